@@ -1,0 +1,20 @@
+"""BitFit (Ben Zaken et al. 2022): train every bias (Linear, Conv and norm) plus the head."""
+import torch.nn as nn
+
+from . import Method, register
+
+
+class Bias(Method):
+    name = "bias"
+    description = "Train every bias of Linear, Conv and norm layers plus the head (BitFit)"
+
+    def inject(self, model: nn.Module, opts: dict) -> list[str]:
+        names = []
+        for module_name, module in model.named_modules():
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, nn.Parameter):
+                names.append(f"{module_name}.bias" if module_name else "bias")
+        return names
+
+
+register(Bias())

@@ -1,0 +1,15 @@
+"""Full fine-tuning: every parameter trains."""
+import torch.nn as nn
+
+from . import Method, register
+
+
+class Full(Method):
+    name = "full"
+    description = "Train every parameter (full fine-tuning)"
+
+    def inject(self, model: nn.Module, opts: dict) -> list[str]:
+        return [name for name, _ in model.named_parameters()]
+
+
+register(Full())

@@ -1,0 +1,124 @@
+"""SSF itself: channel layout by op, inits, options, the generic profile on many families."""
+import pytest
+import torch
+import torch.nn as nn
+
+import scaleshift
+from scaleshift.methods.ssf import ScaleShift, init_scale_shift
+
+from conftest import make_input, make_model
+
+
+def test_conv_output_scales_channels_even_when_width_equals_channels():
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    wrapper = ScaleShift(conv, 8, "output", channel_dim=1)
+    init_scale_shift(wrapper, "normal", 0.5)
+    x = torch.randn(2, 3, 8, 8)                     # output (2, 8, 8, 8): W == C
+    expected = conv(x) * wrapper.ssf_scale.view(1, 8, 1, 1) + wrapper.ssf_shift.view(1, 8, 1, 1)
+    torch.testing.assert_close(wrapper(x), expected)
+
+
+def test_linear_output_scales_last_dim_even_when_tokens_equal_channels():
+    linear = nn.Linear(4, 6)
+    wrapper = ScaleShift(linear, 6, "output", channel_dim=-1)
+    init_scale_shift(wrapper, "normal", 0.5)
+    x = torch.randn(2, 6, 4)                        # output (2, 6, 6): N == C
+    torch.testing.assert_close(wrapper(x), linear(x) * wrapper.ssf_scale + wrapper.ssf_shift)
+
+
+def test_norm_affine_mode_equals_scale_shift_after_the_norm():
+    for norm, x in ((nn.LayerNorm(6), torch.randn(2, 5, 6)),
+                    (nn.GroupNorm(1, 6), torch.randn(2, 6, 4, 4)),
+                    (nn.BatchNorm2d(6).eval(), torch.randn(2, 6, 4, 4))):
+        wrapper = ScaleShift(norm, 6, "affine")
+        init_scale_shift(wrapper, "normal", 0.5)
+        dim = -1 if isinstance(norm, nn.LayerNorm) else 1
+        shape = [1] * x.ndim
+        shape[dim] = -1
+        expected = norm(x) * wrapper.ssf_scale.view(shape) + wrapper.ssf_shift.view(shape)
+        torch.testing.assert_close(wrapper(x), expected)
+
+
+@pytest.mark.parametrize("init", ["normal", "constant", "uniform", "trunc_normal", "random"])
+def test_inits(init):
+    wrapper = ScaleShift(nn.Linear(4, 4096), 4096, "output")
+    init_scale_shift(wrapper, init, 0.02)
+    scale, shift = wrapper.ssf_scale.detach(), wrapper.ssf_shift.detach()
+    expected_mean = 0.0 if init == "random" else 1.0
+    assert abs(scale.mean().item() - expected_mean) < 0.005
+    assert abs(shift.mean().item()) < 0.005
+    if init == "constant":
+        assert torch.all(scale == 1) and torch.all(shift == 0)
+    else:
+        assert 0.01 < scale.std().item() < 0.03
+    if init in ("trunc_normal", "uniform"):
+        assert (scale - 1).abs().max() <= 0.04 + 1e-6
+
+
+def test_constant_init_is_the_identity():
+    model = make_model("vit")
+    x = make_input("vit")
+    model.eval()
+    with torch.no_grad():
+        base = model(x)
+        scaleshift.apply(model, "ssf", init="constant")
+        torch.testing.assert_close(model.eval()(x), base)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(rank=4), "unknown option"),
+    (dict(init="gaussian"), "must be one of"),
+    (dict(layers="two"), "must be a int"),
+    (dict(layers=-1), ">= 0"),
+    (dict(exclude="mlp,heads"), "not allowed"),
+    (dict(scale="maybe"), "must be a bool"),
+    (dict(scale=False, shift=False), "nothing to train"),
+])
+def test_bad_options_fail_clearly(options, message):
+    with pytest.raises(scaleshift.ScaleshiftError, match=message):
+        scaleshift.apply(make_model("vit"), "ssf", **options)
+
+
+def test_paper_profile_refuses_unknown_family():
+    model = scaleshift.create_model("resnet18", num_classes=3)
+    with pytest.raises(scaleshift.ScaleshiftError, match="profile=all"):
+        scaleshift.apply(model, "ssf", profile="paper")
+
+
+def test_apply_twice_is_refused():
+    model = scaleshift.apply(make_model("vit"), "ssf")
+    with pytest.raises(scaleshift.ScaleshiftError, match="already has"):
+        scaleshift.apply(model, "ssf")
+
+
+def test_convnext_official_final_ssf_is_reported_not_mergeable():
+    report = scaleshift.merge_check("convnext_atto", "ssf", 5, convnext_final="residual",
+                                    model_kwargs=dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)),
+                                    input_size=(3, 32, 32))
+    assert [d["module"] for d in report["non_mergeable"]] == ["norm_pre"]
+    assert report["max_rel_diff"] <= 1e-5          # the kept affine still computes the same
+
+
+# Families beyond the paper's, for the generic profile (README lists them).
+GENERIC_FAMILIES = ["test_resnet", "test_efficientnet", "regnetx_002", "deit_tiny_patch16_224",
+                    "pvt_v2_b0", "poolformer_s12", "convnextv2_atto", "mobilenetv3_small_050",
+                    "eva02_tiny_patch14_224", "levit_128s", "coat_lite_tiny",
+                    "xcit_nano_12_p16_224", "test_byobnet", "caformer_s18"]
+
+
+@pytest.mark.parametrize("model_name", GENERIC_FAMILIES)
+def test_profile_all_merges_exactly_on_other_families(model_name):
+    report = scaleshift.merge_check(model_name, "ssf", 10, profile="all", batch_size=1)
+    assert report["non_mergeable"] == []
+    assert report["plain_strict_load"] is True
+    assert report["extra_params"] == 0
+    assert report["max_rel_diff"] <= 1e-5
+
+
+def test_profile_all_skips_layers_whose_weight_the_parent_reads():
+    # BEiT's attention calls F.linear(x, qkv.weight, q/v bias): wrapping qkv would be wrong.
+    model = scaleshift.create_model("beit_base_patch16_224", num_classes=3,
+                                    img_size=32, depth=1, embed_dim=48, num_heads=2)
+    scaleshift.apply(model, "ssf", profile="all")
+    assert isinstance(model.blocks[0].attn.qkv, nn.Linear)
+    assert isinstance(model.blocks[0].attn.proj, ScaleShift)
