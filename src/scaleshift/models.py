@@ -51,6 +51,9 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
             raise ScaleshiftError(f"unsupported weights file {path.name!r}: expected one of "
                                   f"{', '.join(LOCAL_WEIGHT_SUFFIXES)}")
         overlay = dict(file=str(path), source="timm", custom_load=path.suffix == ".npz")
+        rows = _classifier_rows(path, name, timm_kwargs)
+        if rows is not None:   # timm keeps the file's head only when it has this many classes
+            overlay["num_classes"] = rows
         try:
             model = timm.create_model(name, pretrained=True, num_classes=num_classes,
                                       pretrained_cfg_overlay=overlay, **timm_kwargs)
@@ -58,6 +61,23 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
             raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {exc}") from exc
     model.scaleshift_model_name = name.split(".")[0]
     return model
+
+
+def _classifier_rows(path: Path, name: str, timm_kwargs: dict) -> int | None:
+    """Number of classes of the classifier stored in a weights file, if it has one."""
+    if path.suffix == ".npz":
+        return None    # timm's .npz reader compares head shapes itself
+    import torch
+    from safetensors import safe_open
+    from timm.models import load_state_dict
+    with torch.device("meta"):
+        probe = timm.create_model(name, pretrained=False, **timm_kwargs)
+    key = f"{(probe.pretrained_cfg or {}).get('classifier', 'head')}.weight"
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_slice(key).get_shape()[0] if key in f.keys() else None
+    state = load_state_dict(str(path))
+    return state[key].shape[0] if key in state else None
 
 
 def model_name_of(model: nn.Module) -> str | None:
