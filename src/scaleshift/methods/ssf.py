@@ -192,7 +192,7 @@ class SSF(Method):
         if opts["exclude"]:
             points = [p for p in points if p.group not in opts["exclude"]]
         if opts["only_norm"]:
-            points = [p for p in points if p.group == "norm" and (profile == "all" or p.block is not None)]
+            points = [p for p in points if p.group == "norm"]   # paper: the norms inside blocks
         return points, extra, profile
 
     def inject(self, model: nn.Module, opts: dict) -> list[str]:
