@@ -96,6 +96,87 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .config import load_recipe
+    from .engine import train
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
+        recipe, overrides = None, [recipe, *overrides]   # no recipe: defaults + overrides
+    cfg = load_recipe(recipe, overrides)   # every error surfaces before any work
+    if args.validate_only:
+        print(f"{args.recipe or 'defaults'}: valid")
+        return 0
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .engine import evaluate_run
+    metrics = evaluate_run(args.run_dir, merged=args.merged, split=args.split)
+    print(json.dumps(dict(run=args.run_dir, merged=args.merged, **metrics)))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .engine import load_run
+    from .io import atomic_path
+    cfg, merged = load_run(args.run_dir, merged=True)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "merged.safetensors"
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, str(tmp),
+                  metadata=dict(model=cfg.model, num_classes=str(merged.num_classes)))
+    print(f"merged {cfg.method} into plain {cfg.model}: {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .io import atomic_path
+    from .report import build_tables, load_results, to_csv, to_markdown
+    tables = build_tables(load_results(args.run_dirs))
+    markdown = to_markdown(tables)
+    print(markdown)
+    if args.out:
+        out = Path(args.out)
+        for name, text in (("report.md", markdown), ("report.csv", to_csv(tables))):
+            with atomic_path(out / name) as tmp:
+                tmp.write_text(text)
+        print(f"written: {out / 'report.md'}, {out / 'report.csv'}")
+    return 0
+
+
+def recipe_paths() -> list:
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    return sorted(root.rglob("*.yaml")) if root.is_dir() else []
+
+
+def cmd_list(args) -> int:
+    if args.what in ("recipes", "all"):
+        print("recipes:")
+        for path in recipe_paths():
+            print(f"  {path.relative_to(path.parents[1]) if len(path.parents) > 1 else path}")
+    if args.what in ("methods", "all"):
+        from .methods import methods
+        print("methods: " + ", ".join(methods()))
+    if args.what in ("datasets", "all"):
+        from .data import list_datasets
+        print("datasets: " + ", ".join(list_datasets()))
+    if args.what in ("models", "all"):
+        import timm
+        from .models import _ensure_registered
+        _ensure_registered()
+        names = timm.list_models(args.filter or "*")
+        print(f"models ({len(names)} timm architectures" + (f" matching {args.filter!r}" if args.filter else "")
+              + "): " + ", ".join(names))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(prog="scaleshift", description=__doc__)
@@ -124,6 +205,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train from a recipe: scaleshift train RECIPE.yaml key=value ...")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (omit to use the defaults)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
+    p.add_argument("--validate-only", action="store_true", help="check the config and stop")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a finished run (its adapter, or merged)")
+    p.add_argument("run_dir")
+    p.add_argument("--merged", action="store_true", help="evaluate the merged plain model")
+    p.add_argument("--split", default=None, help="default: the run's test split")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("merge", help="fold a run's adapter into plain weights (merged.safetensors)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_merge)
+    p = sub.add_parser("report", help="tables in the paper's shape from run directories")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", default=None, help="directory for report.md and report.csv")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("list", help="recipes, methods, models, datasets")
+    p.add_argument("what", nargs="?", default="all",
+                   choices=("all", "recipes", "methods", "models", "datasets"))
+    p.add_argument("--filter", default=None, help="model name pattern, e.g. 'vit_*'")
+    p.set_defaults(func=cmd_list)
+    from .data.cli import add_datasets_parser
+    add_datasets_parser(sub)
     return parser
 
 
@@ -134,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScaleshiftError as exc:
         print(f"scaleshift: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:   # output piped into `head` and cut short
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""Validate a dataset tree before a long run: `scaleshift datasets check NAME --root PATH`.
+
+Builds every split the tree should provide, decodes every image file and returns a report:
+
+    {"dataset", "root", "options", "meta", "classes", "expected_classes",
+     "splits": {split: {"images": readable, "files": listed, "classes": distinct labels,
+                        "skipped": unreadable}},
+     "skipped": [{"split", "path", "reason"}, ...], "ok": true}
+
+Unreadable or corrupt images are skipped, counted and listed (strict=True raises instead).
+Errors (ScaleshiftError): a missing root or split file (the message names the path and the
+expected layout), a label out of range, a class count other than expected, a class with no
+readable image in any split (not checked when `splits` picks a subset, as VTAB's train800
+need not hold every class), or a training split sharing an image file with the held-out split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ScaleshiftError
+from .base import UNREADABLE, ImageFiles, load_rgb
+
+
+def _held_out(splits) -> str | None:
+    return "test" if "test" in splits else ("val" if "val" in splits else None)
+
+
+def check_dataset(name: str, root=None, strict: bool = False, splits=None, decode: bool = True,
+                  **options) -> dict:
+    """Report on `name` at `root` (see the module doc). `splits` restricts the splits checked;
+    `decode=False` only checks that the files exist; `options` go to the dataset builder
+    (e.g. num_classes=3 for a partial tree, protocol="official", seed=1)."""
+    from . import build_dataset, get_dataset_spec
+    spec = get_dataset_spec(name)
+    root_path = Path(root) if root is not None else None
+    if spec.needs_root and root_path is None:
+        raise ScaleshiftError(f"{spec.name} needs --root; expected layout:\n{spec.layout}")
+    if root_path is not None and spec.needs_root and not root_path.exists():
+        raise ScaleshiftError(f"dataset root not found: {root_path}\n"
+                              f"expected layout:\n{spec.layout}")
+    restricted = bool(splits)
+    splits = [spec.resolve_split(s) for s in (splits or spec.check_splits(root_path))]
+    report = dict(dataset=spec.name, root=str(root_path) if root_path else None,
+                  options={k: v for k, v in options.items()}, meta={}, splits={}, skipped=[])
+    seen: set[int] = set()
+    files: dict[str, set[str]] = {}
+    num_classes = None
+    for split in splits:
+        dataset = build_dataset(spec.name, root, split, strict=strict, **options)
+        num_classes = dataset.num_classes
+        report["meta"].update(getattr(dataset, "meta", {}) or {})
+        if isinstance(dataset, ImageFiles):                   # image files on disk
+            labels, skipped = [], 0
+            for path, label in dataset.samples:
+                reason = _unreadable(path, decode)
+                if reason is None:
+                    labels.append(label)
+                    continue
+                if strict:
+                    raise ScaleshiftError(f"unreadable image {path}: {reason}")
+                skipped += 1
+                report["skipped"].append(dict(split=split, path=str(path), reason=reason))
+            files[split] = {str(Path(path).resolve()) for path, _ in dataset.samples}
+            listed = len(dataset.samples)
+        else:                                                 # in memory or generated
+            labels, skipped, listed = [int(t) for t in dataset.targets], 0, len(dataset)
+            if listed:
+                dataset[0]                                    # renders / decodes one item
+        bad = [label for label in labels if not 0 <= label < num_classes]
+        if bad:
+            raise ScaleshiftError(f"{spec.name} {split}: label {bad[0]} out of range "
+                                  f"[0, {num_classes})")
+        seen.update(labels)
+        report["splits"][split] = dict(images=len(labels), files=listed,
+                                       classes=len(set(labels)), skipped=skipped)
+    expected = options.get("num_classes") or spec.num_classes or num_classes
+    report["classes"], report["expected_classes"] = len(seen), expected
+    if len(seen) != expected and not (restricted and len(seen) < expected):
+        raise ScaleshiftError(f"{spec.name}: {len(seen)} classes have readable images across "
+                              f"splits {', '.join(splits)}; expected {expected}")
+    held_out = _held_out(files)
+    for split in files:
+        if held_out and split != held_out and split.startswith("train"):
+            shared = files[split] & files[held_out]
+            if shared:
+                raise ScaleshiftError(f"{spec.name}: {len(shared)} images are in both {split} "
+                                      f"and {held_out}, e.g. {sorted(shared)[0]}")
+    report["ok"] = True
+    return report
+
+
+def _unreadable(path: Path, decode: bool) -> str | None:
+    """None when the image is fine, else the reason."""
+    if not decode:
+        return None if Path(path).is_file() else "file not found"
+    try:
+        load_rgb(path)
+    except FileNotFoundError:
+        return "file not found"
+    except UNREADABLE as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def format_report(report: dict) -> str:
+    """The human-readable form printed by `scaleshift datasets check`."""
+    lines = [f"dataset   {report['dataset']}", f"root      {report['root']}"]
+    if report["meta"]:
+        lines.append("info      " + ", ".join(f"{k}={v}" for k, v in report["meta"].items()))
+    lines.append(f"classes   {report['classes']} (expected {report['expected_classes']})")
+    lines.append(f"{'split':24} {'images':>8} {'classes':>8} {'skipped':>8}")
+    for split, row in report["splits"].items():
+        lines.append(f"{split:24} {row['images']:>8} {row['classes']:>8} {row['skipped']:>8}")
+    skipped = report["skipped"]
+    lines.append(f"skipped   {len(skipped)} unreadable file{'s' if len(skipped) != 1 else ''}")
+    for item in skipped:
+        lines.append(f"  [{item['split']}] {item['path']}: {item['reason']}")
+    lines.append("OK" if report["ok"] else "FAILED")
+    return "\n".join(lines)

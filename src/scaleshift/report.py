@@ -1,0 +1,174 @@
+"""`scaleshift report RUN_DIRS...`: results.json files -> the paper's table shapes, with the
+paper's numbers side by side (Markdown + CSV).
+
+Benchmarks are recognised by dataset: FGVC (Table 3: five datasets, mean, Params), VTAB-1k
+(Table 4: 19 tasks, group means, 19-task mean, Params), CIFAR-100 / ImageNet (Table 5: one
+column per backbone), anything else (one column per dataset, mean, Params). Every table names
+the protocol of the numbers it shows.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from .errors import ScaleshiftError
+
+FGVC = ["cub2011", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars"]
+VTAB_GROUPS = {
+    "natural": ["cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"],
+    "specialized": ["patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"],
+    "structured": ["clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori",
+                   "smallnorb_azi", "smallnorb_ele"],
+}
+VTAB = [t for tasks in VTAB_GROUPS.values() for t in tasks]
+METHOD_LABEL = {"full": "Full", "linear": "Linear", "adapter": "Adapter", "bias": "Bias",
+                "vpt_shallow": "VPT-Shallow", "vpt_deep": "VPT-Deep", "ssf": "SSF", "lora": "LoRA"}
+# SPEC section 7 (top-1 %, params in M)
+PAPER_FGVC = {  # CUB, NABirds, Flowers, Dogs, Cars, mean, params
+    "full": [87.3, 82.7, 98.8, 89.4, 84.5, 88.54, 85.98],
+    "linear": [85.3, 75.9, 97.9, 86.2, 51.3, 79.32, 0.18],
+    "adapter": [87.1, 84.3, 98.5, 89.8, 68.6, 85.67, 0.41],
+    "bias": [88.4, 84.2, 98.8, 91.2, 79.4, 88.41, 0.28],
+    "vpt_shallow": [86.7, 78.8, 98.4, 90.7, 68.7, 84.62, 0.25],
+    "vpt_deep": [88.5, 84.2, 99.0, 90.2, 83.6, 89.11, 0.85],
+    "ssf": [89.5, 85.7, 99.6, 89.6, 89.2, 90.72, 0.39],
+}
+PAPER_VTAB_MEAN = {"full": 65.57, "linear": 52.94, "adapter": 55.82, "bias": 62.05,
+                   "vpt_shallow": 64.85, "vpt_deep": 69.43, "ssf": 73.10}
+PAPER_TABLE5 = {  # (CIFAR-100, ImageNet-1K) per backbone family
+    "full": {"vit": (93.82, 83.58), "swin": (93.85, 85.20), "convnext": (94.14, 85.80), "as_mlp": (89.96, None)},
+    "linear": {"vit": (88.70, 82.04), "swin": (89.27, 83.25), "convnext": (89.20, 84.05), "as_mlp": (79.04, None)},
+    "adapter": {"vit": (93.34, 82.72), "swin": (92.49, 83.82), "convnext": (92.86, 84.49), "as_mlp": (88.01, None)},
+    "bias": {"vit": (93.39, 82.74), "swin": (92.19, 83.92), "convnext": (92.80, 84.63), "as_mlp": (87.46, None)},
+    "vpt_shallow": {"vit": (90.38, 82.08), "swin": (90.02, 83.29)},
+    "vpt_deep": {"vit": (93.17, 82.45), "swin": (92.62, 83.44)},
+    "ssf": {"vit": (93.99, 83.10), "swin": (93.06, 84.40), "convnext": (93.45, 84.85), "as_mlp": (88.28, None)},
+}
+
+
+def load_results(run_dirs: list[str | Path]) -> list[dict]:
+    rows = []
+    for run in run_dirs:
+        path = Path(run) / "results.json" if Path(run).is_dir() else Path(run)
+        if not path.is_file():
+            raise ScaleshiftError(f"{path} not found: pass run directories written by "
+                                  f"`scaleshift train` (each holds results.json)")
+        data = json.loads(path.read_text())
+        rows.append(dict(model=data["model"], method=data["method"],
+                         dataset=data["dataset"].removeprefix("vtab_"),
+                         top1=data["reported"]["top1"], protocol=data["protocol"],
+                         params=data["trainable_params"] / 1e6, run=str(path.parent)))
+    return rows
+
+
+def _family(model: str) -> str:
+    for key in ("vit", "swin", "convnext", "as_mlp"):
+        if model.startswith(key):
+            return key
+    return model
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _table(title: str, header: list[str], rows: list[list]) -> dict:
+    return dict(title=title, header=header, rows=[[c if isinstance(c, str) else _fmt(c) for c in r]
+                                                  for r in rows])
+
+
+def _by_method(results: list[dict]) -> dict:
+    grouped = defaultdict(dict)
+    for r in results:
+        grouped[(r["model"], r["method"])][r["dataset"]] = r
+    return grouped
+
+
+def build_tables(results: list[dict]) -> list[dict]:
+    protocols = ", ".join(sorted({r["protocol"] for r in results}))
+    tables = []
+    fgvc = [r for r in results if r["dataset"] in FGVC]
+    vtab = [r for r in results if r["dataset"] in VTAB]
+    table5 = [r for r in results if r["dataset"] in ("cifar100", "imagenet")]
+    other = [r for r in results if r not in fgvc + vtab + table5]
+    if fgvc:
+        rows = []
+        for (model, method), per in _by_method(fgvc).items():
+            accs = [per[d]["top1"] if d in per else None for d in FGVC]
+            rows.append([f"{METHOD_LABEL.get(method, method)} ({model})", *accs,
+                         _mean([a for a in accs if a is not None]),
+                         _mean([r["params"] for r in per.values()])])
+            if method in PAPER_FGVC:
+                rows.append([f"paper: {METHOD_LABEL[method]}", *PAPER_FGVC[method]])
+        tables.append(_table(f"FGVC (Table 3), top-1 %, protocol {protocols}",
+                             ["method", *FGVC, "mean", "params (M)"], rows))
+    if vtab:
+        rows = []
+        for (model, method), per in _by_method(vtab).items():
+            accs = [per[t]["top1"] if t in per else None for t in VTAB]
+            groups = [_mean([per[t]["top1"] for t in tasks if t in per]) for tasks in VTAB_GROUPS.values()]
+            rows.append([f"{METHOD_LABEL.get(method, method)} ({model})", *accs, *groups,
+                         _mean([a for a in accs if a is not None]),
+                         _mean([r["params"] for r in per.values()])])
+            if method in PAPER_VTAB_MEAN:
+                rows.append([f"paper: {METHOD_LABEL[method]}", *([None] * (len(VTAB) + 3)),
+                             PAPER_VTAB_MEAN[method], None])
+        tables.append(_table(f"VTAB-1k (Table 4), top-1 %, protocol {protocols}",
+                             ["method", *VTAB, "natural", "specialized", "structured",
+                              "mean (19)", "params (M)"], rows))
+    if table5:
+        columns = sorted({(r["dataset"], r["model"]) for r in table5})
+        rows = []
+        for method in sorted({r["method"] for r in table5}):
+            cells = []
+            for dataset, model in columns:
+                match = [r for r in table5 if (r["dataset"], r["model"], r["method"]) == (dataset, model, method)]
+                cells.append(match[0]["top1"] if match else None)
+            rows.append([METHOD_LABEL.get(method, method), *cells])
+            if method in PAPER_TABLE5:
+                paper = PAPER_TABLE5[method]
+                rows.append([f"paper: {METHOD_LABEL[method]}",
+                             *[(paper.get(_family(m)) or (None, None))[0 if d == "cifar100" else 1]
+                               for d, m in columns]])
+        tables.append(_table(f"CIFAR-100 / ImageNet-1K (Table 5), top-1 %, protocol {protocols}",
+                             ["method", *[f"{d} {m}" for d, m in columns]], rows))
+    if other:
+        datasets = list(dict.fromkeys(r["dataset"] for r in other))
+        rows = []
+        for (model, method), per in _by_method(other).items():
+            accs = [per[d]["top1"] if d in per else None for d in datasets]
+            rows.append([f"{METHOD_LABEL.get(method, method)} ({model})", *accs,
+                         _mean([a for a in accs if a is not None]),
+                         _mean([r["params"] for r in per.values()])])
+        tables.append(_table(f"Results, top-1 %, protocol {protocols}",
+                             ["method", *datasets, "mean", "params (M)"], rows))
+    return tables
+
+
+def to_markdown(tables: list[dict]) -> str:
+    parts = []
+    for t in tables:
+        parts += [f"### {t['title']}", "", "| " + " | ".join(t["header"]) + " |",
+                  "|" + "---|" * len(t["header"])]
+        parts += ["| " + " | ".join(row + [""] * (len(t["header"]) - len(row))) + " |"
+                  for row in t["rows"]]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def to_csv(tables: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for t in tables:
+        writer.writerow([t["title"]])
+        writer.writerow(t["header"])
+        writer.writerows(t["rows"])
+        writer.writerow([])
+    return buffer.getvalue()
