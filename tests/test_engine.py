@@ -165,3 +165,12 @@ def test_linear_probe_on_cached_features_equals_the_uncached_probe(tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["test_top1"] == pytest.approx(b["test_top1"], abs=0.2)
     assert plain[-1]["train_loss"] < plain[0]["train_loss"]
+
+
+def test_testing_only_the_selected_and_final_weights_matches_testing_every_epoch(tmp_path):
+    assert main(["train", *overrides(tmp_path, "every")]) == 0
+    assert main(["train", *overrides(tmp_path, "once", extra=["test_every_epoch=false"])]) == 0
+    every = json.loads((tmp_path / "every" / "results.json").read_text())
+    once = json.loads((tmp_path / "once" / "results.json").read_text())
+    assert once["selected"] == every["selected"] and once["final"] == every["final"]
+    assert once["best"] is None

@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 import scaleshift
+from scaleshift.merge import perturb_trainable
 from scaleshift.methods.ssf import ScaleShift, init_scale_shift
 
 from conftest import make_input, make_model
@@ -37,6 +38,34 @@ def test_norm_affine_mode_equals_scale_shift_after_the_norm():
         shape[dim] = -1
         expected = norm(x) * wrapper.ssf_scale.view(shape) + wrapper.ssf_shift.view(shape)
         torch.testing.assert_close(wrapper(x), expected)
+
+
+@pytest.mark.parametrize("channel_dim, shape", [(-1, (2, 5, 6)), (1, (2, 6, 3, 3))])
+@pytest.mark.parametrize("use_scale, use_shift, scalar", [
+    (True, True, False), (True, False, False), (False, True, False), (True, True, True)])
+@pytest.mark.parametrize("scale_value", [1.0, 1e-6])     # 1e-6: the save-the-input fallback
+def test_scale_shift_function_gradients(channel_dim, shape, use_scale, use_shift, scalar, scale_value):
+    from scaleshift.methods.ssf import _ScaleShiftOutput
+    torch.manual_seed(0)
+    y = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    channels = shape[channel_dim]
+    scale = (scale_value + 0.1 * torch.randn(1 if scalar else channels, dtype=torch.float64)
+             if scale_value == 1.0 else torch.full((1 if scalar else channels,), scale_value,
+                                                   dtype=torch.float64)).requires_grad_() if use_scale else None
+    shift = torch.randn(channels, dtype=torch.float64, requires_grad=True) if use_shift else None
+    inputs = (y, scale, shift, channel_dim)
+    assert torch.autograd.gradcheck(lambda *a: _ScaleShiftOutput.apply(*a), inputs)
+
+
+def test_inference_path_with_folded_weights_equals_the_training_path():
+    for family in ("vit", "convnext", "as_mlp"):
+        model = scaleshift.apply(make_model(family), "ssf")
+        perturb_trainable(model)
+        model.eval()
+        x = make_input(family)
+        training_path = model(x).detach()
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), training_path, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("init", ["normal", "constant", "uniform", "trunc_normal", "random"])

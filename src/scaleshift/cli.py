@@ -177,6 +177,20 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import format_table, run_bench
+    try:
+        model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise ScaleshiftError(f"--model-kwargs must be JSON, e.g. '{{\"img_size\": 32}}' ({exc})") from None
+    result = run_bench(args.model, args.batch_size, args.device, args.rounds, model_kwargs,
+                       args.size, args.out, with_memory=not args.no_memory)
+    print(format_table(result))
+    if args.out:
+        print(f"written: {args.out}/bench.json, bench.csv, bench.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(prog="scaleshift", description=__doc__)
@@ -230,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("all", "recipes", "methods", "models", "datasets"))
     p.add_argument("--filter", default=None, help="model name pattern, e.g. 'vit_*'")
     p.set_defaults(func=cmd_list)
+    p = sub.add_parser("bench", help="training / inference time and memory of every method")
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--size", type=int, default=None, help="input resolution (default: the model's)")
+    p.add_argument("--model-kwargs", default=None, help="JSON of timm constructor kwargs")
+    p.add_argument("--out", default=None, help="directory for bench.json, bench.csv, bench.png")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    p.set_defaults(func=cmd_bench)
     from .data.cli import add_datasets_parser
     add_datasets_parser(sub)
     return parser

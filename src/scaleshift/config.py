@@ -29,6 +29,8 @@ class RunConfig:
     data_root: str | None = None
     dataset_options: dict = field(default_factory=dict)  # e.g. seed of a built-in task
     train_split: str = "train"
+    train_offset: int = 0                                 # use items [offset, offset + limit)
+    train_limit: int | None = None                        # of the train split (None: all)
     val_split: str | None = None                          # selection split ("clean" protocol)
     test_split: str = "test"
     augment: str = "vtab"                                 # vtab | fgvc | cifar | imagenet
@@ -54,6 +56,7 @@ class RunConfig:
     cache_features: bool = False                          # linear probing on cached features
     # protocol and bookkeeping
     protocol: str = "clean"                               # clean | official
+    test_every_epoch: bool = True   # False: test only the final and the val-selected weights
     seed: int = 42
     workers: int = 0
     device: str = "auto"                                  # auto | cpu | cuda
@@ -72,13 +75,15 @@ class RunConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ScaleshiftError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_epochs", "cooldown_epochs", "workers", "weight_decay",
+        for key in ("warmup_epochs", "cooldown_epochs", "workers", "weight_decay", "train_offset",
                     "label_smoothing", "mixup", "cutmix", "drop_path", "lr"):
             if getattr(self, key) < 0:
                 raise ScaleshiftError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.protocol == "clean" and not self.val_split:
             raise ScaleshiftError("protocol=clean selects on a validation split: set val_split "
                                   "(e.g. val200 for VTAB-1k, val for FGVC) or use protocol=official")
+        if not self.test_every_epoch and not self.val_split:
+            raise ScaleshiftError("test_every_epoch=false needs a val_split to select the epoch")
         if self.batch_size % self.accum_steps:
             raise ScaleshiftError(f"batch_size {self.batch_size} must be divisible by "
                                   f"accum_steps {self.accum_steps}")

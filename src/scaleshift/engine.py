@@ -42,6 +42,7 @@ from .io import atomic_path, write_json
 from .methods import apply, total_parameters, trainable_parameters
 
 CHECKPOINT = "checkpoint.pt"
+SELECTED = "selected.pt"       # trainable state of the val-selected epoch (test_every_epoch=false)
 
 
 class TrainingDiverged(ScaleshiftError):
@@ -121,7 +122,14 @@ def build_data(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | Non
         return build_dataset(cfg.dataset, root=cfg.data_root, split=split, transform=tf,
                              **cfg.dataset_options)
     val = load(cfg.val_split, eval_tf) if cfg.val_split else None
-    return load(cfg.train_split, train_tf), val, load(cfg.test_split, eval_tf)
+    train_set = load(cfg.train_split, train_tf)
+    if cfg.train_offset or cfg.train_limit is not None:
+        stop = len(train_set) if cfg.train_limit is None else cfg.train_offset + cfg.train_limit
+        if stop > len(train_set):
+            raise ScaleshiftError(f"train_offset + train_limit = {stop} exceeds the "
+                                  f"{len(train_set)} items of split {cfg.train_split!r}")
+        train_set = torch.utils.data.Subset(train_set, range(cfg.train_offset, stop))
+    return train_set, val, load(cfg.test_split, eval_tf)
 
 
 def dataset_classes(cfg: RunConfig) -> int:
@@ -268,10 +276,12 @@ def summarize(history: list[dict], protocol: str) -> dict:
     """final: last epoch; best: best test epoch (what the official code reports);
     selected: the epoch with the best validation top-1 (the clean protocol)."""
     final = history[-1]
-    best = max(history, key=lambda r: r["test_top1"])
+    tested = [r for r in history if "test_top1" in r]
+    best = max(tested, key=lambda r: r["test_top1"])
     out = dict(protocol=protocol,
                final=dict(epoch=final["epoch"], top1=final["test_top1"], top5=final["test_top5"]),
-               best=dict(epoch=best["epoch"], top1=best["test_top1"], top5=best["test_top5"]))
+               best=dict(epoch=best["epoch"], top1=best["test_top1"], top5=best["test_top5"])
+               if len(tested) == len(history) else None)   # None: test was not run every epoch
     if "val_top1" in final:
         selected = max(history, key=lambda r: (r["val_top1"], r["epoch"]))
         out["selected"] = dict(epoch=selected["epoch"], top1=selected["test_top1"],
@@ -379,6 +389,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
               f"epochs {start_epoch + 1}..{total_epochs}", flush=True)
 
     eval_model = ema.module if ema is not None else trained
+    best_val = max((r["val_top1"] for r in history), default=-1.0) if val_loader else None
     for epoch in range(start_epoch, total_epochs):
         scheduler.step(epoch)
         sampler.set_epoch(epoch)
@@ -387,16 +398,31 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         row = dict(epoch=epoch + 1, **stats)
         if val_loader is not None:
             row.update({f"val_{k}": v for k, v in evaluate(eval_model, val_loader, device, autocast, world).items()})
-        row.update({f"test_{k}": v for k, v in evaluate(eval_model, test_loader, device, autocast, world).items()})
+        if cfg.test_every_epoch or epoch + 1 == total_epochs:
+            row.update({f"test_{k}": v for k, v in evaluate(eval_model, test_loader, device, autocast, world).items()})
+        if not cfg.test_every_epoch and row["val_top1"] >= best_val:   # ties: the later epoch, as summarize()
+            best_val = row["val_top1"]
+            if rank == 0:
+                with atomic_path(out / SELECTED) as tmp:
+                    torch.save({k: v.detach().cpu() for k, v in adapter_state(eval_model).items()}, tmp)
         history.append(row)
         if rank == 0:
             print(f"epoch {epoch + 1}/{total_epochs} train_loss {row['train_loss']:.4f} "
                   + (f"val_top1 {row['val_top1']:.2f} " if "val_top1" in row else "")
-                  + f"test_top1 {row['test_top1']:.2f}", flush=True)
+                  + (f"test_top1 {row['test_top1']:.2f}" if "test_top1" in row else ""), flush=True)
             save_checkpoint(checkpoint_path, cfg, trained, optimizer, scheduler, ema, scaler,
                             epoch + 1, history)
             write_logs(out, history)
 
+    if not cfg.test_every_epoch:   # test the val-selected weights once, at the end
+        selected = max(history, key=lambda r: (r["val_top1"], r["epoch"]))
+        if "test_top1" not in selected:
+            final_state = {k: v.detach().clone() for k, v in adapter_state(eval_model).items()}
+            if world > 1:
+                dist.barrier()   # rank 0 has written the selected weights
+            load_state_into(eval_model, torch.load(out / SELECTED, weights_only=True))
+            selected.update({f"test_{k}": v for k, v in evaluate(eval_model, test_loader, device, autocast, world).items()})
+            load_state_into(eval_model, final_state)
     if ema is not None:   # the reported weights are the EMA ones
         with torch.no_grad():
             for target, source in zip(trained.parameters(), ema.module.parameters()):
@@ -415,6 +441,13 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     if world > 1:
         dist.barrier()
     return results
+
+
+def load_state_into(model: nn.Module, state: dict) -> None:
+    current = adapter_state(model)
+    with torch.no_grad():
+        for key, value in state.items():
+            current[key].copy_(value)
 
 
 def save_checkpoint(path: Path, cfg, trained, optimizer, scheduler, ema, scaler, epoch, history) -> None:
@@ -437,10 +470,7 @@ def load_checkpoint(path: Path, cfg, trained, optimizer, scheduler, ema, scaler)
         changed = sorted(k for k in state["config"] if state["config"][k] != config_fingerprint(cfg).get(k))
         raise ScaleshiftError(f"--resume: the config differs from the checkpoint's in {changed}; "
                               f"resume with the same recipe and overrides")
-    current = adapter_state(trained)
-    with torch.no_grad():
-        for key, value in state["trainable"].items():
-            current[key].copy_(value)
+    load_state_into(trained, state["trainable"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if ema is not None and state["ema"] is not None:

@@ -61,7 +61,8 @@ def merge_check(model_name: str, method: str = "ssf", num_classes: int = 100, *,
     model.eval()
     size = input_size or model.pretrained_cfg.get("input_size", (3, 224, 224))
     x = torch.randn(batch_size, *size, generator=torch.Generator().manual_seed(seed + 1))
-    reference = model(x)
+    with torch.enable_grad():   # the training-time path: scale/shift applied to the outputs
+        reference = model(x).detach()
     merged, non_mergeable = merge_with_report(model)
     merged.eval()
     plain = timm.create_model(model_name, num_classes=num_classes, **model_kwargs).eval()

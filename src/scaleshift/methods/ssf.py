@@ -12,12 +12,49 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..errors import ScaleshiftError
 from ..models import classifier_parameter_names
 from ..profiles import GROUPS, Point, family_of, generic_points, is_affine_norm, is_foldable_layer, paper_points
 from . import Method, Option, register, replace_module
+
+
+class _ScaleShiftOutput(torch.autograd.Function):
+    """z = y * scale + shift that saves its OUTPUT z for backward (and recomputes
+    y = (z - shift) / scale there) instead of its input y. The op after SSF usually saves z too
+    (GELU, LayerNorm, attention's q/k/v), so SSF adds no activation memory of its own; saving y
+    would add one full activation per insertion point. Falls back to saving y when a scale is
+    too close to zero to divide by."""
+
+    @staticmethod
+    def forward(ctx, y, scale, shift, channel_dim):
+        shape = [1] * y.ndim
+        shape[channel_dim] = -1
+        s = scale.view(shape) if scale is not None and scale.numel() > 1 else scale
+        b = shift.view(shape) if shift is not None else None
+        z = y * s if b is None else (y + b if s is None else torch.addcmul(b, y, s))
+        recompute = s is None or bool(scale.detach().abs().min() > 1e-3)
+        ctx.save_for_backward(z if recompute else y, s, b)
+        ctx.recompute, ctx.channel_dim = recompute, channel_dim % y.ndim
+        ctx.has_scale, ctx.has_shift = scale is not None, shift is not None
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved, s, b = ctx.saved_tensors
+        dims = [d for d in range(grad.ndim) if d != ctx.channel_dim]
+        grad_scale = grad_shift = None
+        if ctx.has_shift:
+            grad_shift = grad.sum(dims)
+        if ctx.has_scale:
+            y = saved if not ctx.recompute else ((saved - b) if b is not None else saved) / s
+            product = grad * y
+            grad_scale = product.sum() if s.numel() == 1 else product.sum(dims)
+            grad_scale = grad_scale.reshape(-1)
+            grad = grad * s
+        return grad, grad_scale, grad_shift, None
 
 
 class ScaleShift(nn.Module):
@@ -49,30 +86,40 @@ class ScaleShift(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
-    def _view(self, vector: torch.Tensor, ndim: int) -> torch.Tensor:
-        if self.channel_dim in (-1, ndim - 1):
-            return vector
-        shape = [1] * ndim
-        shape[self.channel_dim] = -1
-        return vector.view(shape)
+    def folded_params(self) -> dict[str, torch.Tensor | None]:
+        """base_layer's weight and bias with scale and shift folded in (paper Eq. 5)."""
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        scale, shift = self.ssf_scale, self.ssf_shift
+        if scale is not None:
+            # Linear (out, in) and Conv (out, in/groups, *k): scale the rows of output channels
+            factor = scale if self.mode == "affine" else scale.view(-1, *([1] * (weight.ndim - 1)))
+            weight = weight * factor.to(weight.dtype)
+            bias = bias * scale.to(bias.dtype) if bias is not None else None
+        if shift is not None:
+            bias = shift if bias is None else bias + shift.to(bias.dtype)
+        return {"weight": weight, "bias": bias}
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        base, params = self.base_layer, self.folded_params()
+        if type(base) is nn.Linear:
+            return F.linear(x, params["weight"], params["bias"])
+        if type(base) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+            return base._conv_forward(x, params["weight"], params["bias"])
+        return functional_call(base, params, (x,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ssf_scale, self.ssf_shift
-        if self.mode == "affine":
-            weight, bias = self.base_layer.weight, self.base_layer.bias
-            params = {"weight": weight * scale if scale is not None else weight}
-            if bias is not None or shift is not None:
-                new_bias = bias if bias is not None else torch.zeros_like(shift)
-                if scale is not None:
-                    new_bias = new_bias * scale
-                params["bias"] = new_bias + shift if shift is not None else new_bias
-            return functional_call(self.base_layer, params, (x,))
+        # Norms always run through their own affine. A Linear/Conv at inference (no grad) also
+        # runs with folded weights: weight-sized work instead of an extra pass over the output.
+        # In training the affine goes on the output, so no weight gradient is ever formed.
+        if self.mode == "affine" or (not torch.is_grad_enabled() and self._foldable()):
+            return self._forward_folded(x)
         y = self.base_layer(x)
-        if scale is not None and shift is not None:
-            return torch.addcmul(self._view(shift, y.ndim), y, self._view(scale, y.ndim))
-        if scale is not None:
-            return y * self._view(scale, y.ndim)
-        return y + self._view(shift, y.ndim)
+        return _ScaleShiftOutput.apply(y, self.ssf_scale, self.ssf_shift, self.channel_dim)
+
+    def _foldable(self) -> bool:
+        if not hasattr(self, "_is_foldable"):
+            self._is_foldable = self.unfoldable_reason() is None
+        return self._is_foldable
 
     def unfoldable_reason(self) -> str | None:
         base = self.base_layer
@@ -88,19 +135,11 @@ class ScaleShift(nn.Module):
     def fold(self) -> nn.Module:
         """Return base_layer with scale/shift folded into its parameters (call only when
         unfoldable_reason() is None)."""
-        base = self.base_layer
-        scale, shift = self.ssf_scale, self.ssf_shift
-        if scale is not None:
-            weight = base.weight
-            factor = scale.to(weight.dtype)
-            if self.mode == "output":   # Linear (out, in) / Conv (out, in/groups, *k): rows
-                factor = factor.view(-1, *([1] * (weight.ndim - 1)))
-            weight.mul_(factor)
-            if base.bias is not None:
-                base.bias.mul_(scale.to(base.bias.dtype))
-        if shift is not None:
-            base.bias.add_(shift.to(base.bias.dtype))
-        return base
+        params = self.folded_params()
+        self.base_layer.weight.copy_(params["weight"])
+        if params["bias"] is not None:
+            self.base_layer.bias.copy_(params["bias"])
+        return self.base_layer
 
 
 def init_scale_shift(module: ScaleShift, init: str, std: float) -> None:

@@ -1,0 +1,247 @@
+"""The paper's experiments in miniature, on scaleshift's own pretrained backbones, offline.
+
+    python benchmarks/mini_repro.py --preset quick      # about 15 minutes on 2 CPU cores
+    python benchmarks/mini_repro.py --preset full       # about 3 hours; resumable
+    python benchmarks/mini_repro.py --preset full --only a,d
+
+(a) 1k-sample suite in the VTAB-1k protocol (train800 / val200 / test), grouped like VTAB,
+    every method on the ViT, SSF and every method that applies on the ConvNeXt;
+(b) the large-data regime (fashion-mnist, 10,000 training images: the budget of this machine);
+(c) robustness: the models of (b) on fashion-mnist-C, per-corruption error and mCE relative to
+    full fine-tuning (mCE of full fine-tuning = 100);
+(d) the SSF ablations of paper Table 6 on one task.
+Protocol "clean" everywhere: each run selects its epoch on val200 and reports that epoch's test
+accuracy. Hyper-parameters are fixed per method in advance (no tuning, and never on test data).
+Every finished run keeps its directory (results.json, adapter) under --runs, so an interrupted
+suite resumes where it stopped. Tables go to --out as Markdown and JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from scaleshift.config import make_config
+from scaleshift.engine import machine_info, train
+from scaleshift.io import atomic_path, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = {
+    "natural": ["digits", "fashion_mnist", "patch_textures", "patch_photos", "faces"],
+    "specialized": ["patch_medical"],
+    "structured": ["struct_location", "struct_orientation", "struct_count", "struct_distance"],
+}
+TASKS = [t for tasks in GROUPS.values() for t in tasks]
+# Fixed per method before any run (the lr scale each method family is usually run at).
+LR = {"full": 5e-4, "linear": 1e-2, "bias": 1e-2, "adapter": 5e-3, "vpt_shallow": 1e-2,
+      "vpt_deep": 1e-2, "lora": 5e-3, "ssf": 1e-2}
+VIT_METHODS = ["full", "linear", "bias", "adapter", "vpt_shallow", "vpt_deep", "lora", "ssf"]
+CONVNEXT_METHODS = ["full", "linear", "bias", "adapter", "lora", "ssf"]
+ABLATIONS = [  # paper Table 6 rows: (table, label, SSF options)
+    ("6a", "layers=0", {"layers": 0}), ("6a", "layers=2", {"layers": 2}),
+    ("6a", "layers=4", {"layers": 4}), ("6a", "all layers", {}),
+    ("6b", "w/o mlp", {"exclude": "mlp"}), ("6b", "w/o attn", {"exclude": "attn"}),
+    ("6b", "w/o embed", {"exclude": "embed"}), ("6b", "w/o norm", {"exclude": "norm"}),
+    ("6c", "init random", {"init": "random"}), ("6c", "init constant", {"init": "constant"}),
+    ("6c", "init uniform", {"init": "uniform"}), ("6c", "init trunc_normal", {"init": "trunc_normal"}),
+    ("6c", "init normal", {}),
+    ("6d", "w/o scale", {"scale": False}), ("6d", "w/o shift", {"shift": False}),
+    ("6d", "only norm", {"only_norm": True}), ("6d", "scalar scale", {"scalar_scale": True}),
+]
+PRESETS = {
+    "quick": dict(seeds=[0], epochs=10, tasks=["digits", "patch_textures", "struct_location",
+                                              "struct_count"],
+                  vit_methods=["linear", "bias", "ssf", "full"], convnext_methods=["linear", "ssf"],
+                  large_train=2000, large_epochs=3, large_methods=["linear", "ssf", "full"],
+                  c_images=200, ablation_task="patch_textures",
+                  ablations=["6a"]),
+    "full": dict(seeds=[0, 1, 2], epochs=30, tasks=TASKS, vit_methods=VIT_METHODS,
+                 convnext_methods=CONVNEXT_METHODS, large_train=10000, large_epochs=10,
+                 large_methods=["linear", "bias", "ssf", "full"], c_images=1000,
+                 ablation_task="patch_textures", ablations=["6a", "6b", "6c", "6d"]),
+}
+
+
+def backbones() -> dict:
+    from scaleshift.backbones.embedded import EMBEDDED
+    vit = [n for n, e in EMBEDDED.items() if "vit" in e["timm_name"]]
+    convnext = [n for n, e in EMBEDDED.items() if "convnext" in e["timm_name"]]
+    return {"vit": vit[0], "convnext": convnext[0] if convnext else None}
+
+
+def run(runs: Path, name: str, **overrides) -> dict:
+    """One engine run, skipped when its results already exist (resumable suite)."""
+    out = runs / name
+    if (out / "results.json").is_file():
+        return json.loads((out / "results.json").read_text())
+    if out.exists():   # interrupted: continue from its checkpoint
+        resume = (out / "checkpoint.pt").is_file()
+    else:
+        resume = False
+    base = dict(pretrained=True, train_split="train800", val_split="val200", test_split="test",
+                augment="vtab", batch_size=64, warmup_epochs=2, weight_decay=0.05,
+                protocol="clean", test_every_epoch=False, log_every=1000, out_dir=str(out))
+    cfg = make_config({**base, **overrides})
+    started = time.time()
+    print(f"--- {name}", flush=True)
+    results = train(cfg, resume=resume)
+    print(f"--- {name}: top-1 {results['reported']['top1']:.2f} in {time.time() - started:.0f}s",
+          flush=True)
+    return results
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def suite_table(results: dict, tasks: list[str], methods: list[str], label: str) -> list[str]:
+    groups = [g for g, ts in GROUPS.items() if any(t in tasks for t in ts)]
+    lines = [f"| {label} | " + " | ".join(tasks) + " | " + " | ".join(groups) + " | mean | params (M) |",
+             "|---" * (len(tasks) + len(groups) + 3) + "|"]
+    for method in methods:
+        per_task = {t: [r["reported"]["top1"] for r in results.get((method, t), [])] for t in tasks}
+        if not any(per_task.values()):
+            continue
+        seeds = min(len(v) for v in per_task.values())
+        # mean over tasks per seed, then mean +- std over seeds
+        task_means = [statistics.mean(per_task[t][s] for t in tasks) for s in range(seeds)]
+        group_cells = [mean_std([statistics.mean(per_task[t][s] for t in GROUPS[g] if t in tasks)
+                                 for s in range(seeds)]) for g in groups]
+        params = statistics.mean(r["trainable_params"] for t in tasks for r in results[(method, t)]) / 1e6
+        lines.append(f"| {method} | " + " | ".join(mean_std(per_task[t]) for t in tasks) + " | "
+                     + " | ".join(group_cells) + f" | {mean_std(task_means)} | {params:.3f} |")
+    return lines
+
+
+def experiment_a(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
+    lines, data = ["## (a) 1k-sample suite (VTAB-1k protocol), top-1 % on test, clean protocol", ""], {}
+    for net, methods in (("vit", p["vit_methods"]), ("convnext", p["convnext_methods"])):
+        if nets.get(net) is None:
+            continue
+        results = {}
+        for method in methods:
+            for task in p["tasks"]:
+                for seed in p["seeds"]:
+                    results.setdefault((method, task), []).append(run(
+                        runs, f"a/{net}/{task}/{method}/seed{seed}", model=nets[net], method=method,
+                        dataset=task, dataset_options={"seed": seed}, seed=seed,
+                        epochs=p["epochs"], lr=LR[method]))
+        lines += [f"### {net}: {nets[net]} (mean ± std over seeds {p['seeds']})", "",
+                  *suite_table(results, p["tasks"], methods, "method"), ""]
+        data[net] = {f"{m}/{t}": [r["reported"]["top1"] for r in rs] for (m, t), rs in results.items()}
+    return lines, data
+
+
+def experiment_b(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
+    lines = [f"## (b) Large data: fashion-mnist, {p['large_train']} training images (items "
+             f"1000.. of the seeded train stream; val200 = items 800..999), top-1 % on the "
+             f"10,000 test images", "",
+             "| method | top-1 | selected epoch | params (M) |", "|---|---|---|---|"]
+    data = {}
+    for method in p["large_methods"]:
+        r = run(runs, f"b/{method}", model=nets["vit"], method=method, dataset="fashion_mnist",
+                train_split="train", train_offset=1000, train_limit=p["large_train"],
+                val_split="val200", dataset_options={"seed": 0}, epochs=p["large_epochs"],
+                lr=LR[method])
+        data[method] = r["reported"]["top1"]
+        lines.append(f"| {method} | {r['reported']['top1']:.2f} | {r['reported']['epoch']} | "
+                     f"{r['trainable_params'] / 1e6:.3f} |")
+    return lines + [""], data
+
+
+@torch.no_grad()
+def experiment_c(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
+    from torch.utils.data import DataLoader, Subset
+
+    from scaleshift.data import build_dataset, build_transform, get_dataset_spec
+    from scaleshift.engine import load_run
+    spec = get_dataset_spec("fashion_mnist_c")
+    corrupted = [s for s in spec.splits if s != "clean"]
+    errors = {}
+    for method in p["large_methods"]:
+        _, model = load_run(runs / f"b/{method}", merged=method not in ("adapter",))
+        model.eval()
+        transform = build_transform("vtab", model, False)
+        for split in ["clean", *corrupted]:
+            dataset = build_dataset("fashion_mnist_c", split=split, transform=transform)
+            subset = Subset(dataset, range(min(p["c_images"], len(dataset))))
+            hits = total = 0
+            for images, labels in DataLoader(subset, batch_size=256):
+                hits += (model(images).argmax(1) == torch.as_tensor(labels)).sum().item()
+                total += len(labels)
+            errors[(method, split)] = 1 - hits / total
+    names = sorted({s.split("/")[0] for s in corrupted})
+    lines = [f"## (c) Robustness: fashion-mnist-C ({p['c_images']} images per split), "
+             f"error % per corruption (mean over 5 severities), mCE relative to full fine-tuning", "",
+             "| method | clean err | " + " | ".join(names) + " | mCE |", "|---" * (len(names) + 3) + "|"]
+    data = {}
+    for method in p["large_methods"]:
+        per = {c: statistics.mean(errors[(method, f"{c}/{s}")] for s in range(1, 6)) for c in names}
+        ce = [sum(errors[(method, f"{c}/{s}")] for s in range(1, 6)) /
+              max(sum(errors[("full", f"{c}/{s}")] for s in range(1, 6)), 1e-9) for c in names]
+        mce = 100 * statistics.mean(ce)
+        data[method] = dict(clean=errors[(method, "clean")], per_corruption=per, mce=mce)
+        lines.append(f"| {method} | {100 * errors[(method, 'clean')]:.1f} | "
+                     + " | ".join(f"{100 * per[c]:.1f}" for c in names) + f" | {mce:.1f} |")
+    return lines + [""], data
+
+
+def experiment_d(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
+    task = p["ablation_task"]
+    lines = [f"## (d) SSF ablations (paper Table 6) on {task}, top-1 % (mean ± std over seeds)", "",
+             "| table | setting | top-1 | params (M) |", "|---|---|---|---|"]
+    data = {}
+    for table, label, options in ABLATIONS:
+        if table not in p["ablations"]:
+            continue
+        results = [run(runs, f"d/{task}/{label.replace(' ', '_').replace('=', '')}/seed{seed}",
+                       model=nets["vit"], method="ssf", method_options=options, dataset=task,
+                       dataset_options={"seed": seed}, seed=seed, epochs=p["epochs"], lr=LR["ssf"])
+                   for seed in p["seeds"]]
+        top1 = [r["reported"]["top1"] for r in results]
+        data[f"{table} {label}"] = top1
+        lines.append(f"| {table} | {label} | {mean_std(top1)} | "
+                     f"{results[0]['trainable_params'] / 1e6:.3f} |")
+    return lines + [""], data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--only", default="a,b,c,d", help="experiments to run, e.g. a,d")
+    parser.add_argument("--runs", default=None, help="run directories (default runs/mini/PRESET)")
+    parser.add_argument("--out", default=None, help="tables (default results/mini/PRESET)")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    runs = Path(args.runs or ROOT / "runs" / "mini" / args.preset)
+    out = Path(args.out or ROOT / "results" / "mini" / args.preset)
+    nets = backbones()
+    started = time.time()
+    sections, data = [], {}
+    for key, experiment in (("a", experiment_a), ("b", experiment_b), ("c", experiment_c),
+                            ("d", experiment_d)):
+        if key in args.only.split(","):
+            lines, data[key] = experiment(preset, runs, nets)
+            sections += lines
+    header = [f"# Mini reproduction, preset {args.preset}", "",
+              f"Command: `python benchmarks/mini_repro.py --preset {args.preset} --only {args.only}`; "
+              f"backbones {nets}; wall time {time.time() - started:.0f} s on "
+              f"{machine_info()['cpus']} CPUs, torch {torch.__version__}.", ""]
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text("\n".join(header + sections) + "\n")
+    write_json(out / "results.json", dict(preset=args.preset, only=args.only, backbones=nets,
+                                          machine=machine_info(), data={k: v for k, v in data.items()},
+                                          wall_time_s=round(time.time() - started, 1)))
+    print("\n".join(header + sections))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

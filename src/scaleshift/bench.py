@@ -1,0 +1,327 @@
+"""`scaleshift bench`: training and inference cost of every method on one backbone (paper Fig. 3).
+
+Time: all variants live in one process; each round runs every variant once, in a fresh random
+order, after one warm-up step each; the median over rounds is reported. Training time is one
+optimizer step (forward, backward, AdamW step) on a random batch; inference time is one
+no-grad forward in eval mode.
+Memory: on CUDA, torch.cuda.max_memory_allocated over two training steps / two forwards. On
+CPU, which has no allocator statistics, each variant runs in a fresh subprocess: the peak RSS is
+reset (Linux /proc/self/clear_refs) right before two training steps / two forwards, and the
+reported figure is the growth of the peak RSS over them plus the bytes of the model's parameters
+and buffers, i.e. the model plus what one step adds (gradients, optimizer state, activations).
+The whole-process RSS of this torch build is dominated by ~2.7 GB of libraries, which would
+hide every difference between methods.
+Ratios: training against full fine-tuning, inference against the plain backbone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import ScaleshiftError
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    method: str | None               # None: the plain backbone
+    options: dict = field(default_factory=dict)
+    merged: bool = False
+    train: bool = True
+    infer: bool = True
+
+
+VARIANTS = [
+    Variant("plain", None, train=False),
+    Variant("full", "full", infer=False),
+    Variant("linear", "linear", infer=False),
+    Variant("bias", "bias", infer=False),
+    Variant("adapter", "adapter"),
+    Variant("vpt_shallow_50", "vpt_shallow", {"prompts": 50}),
+    Variant("vpt_shallow_200", "vpt_shallow", {"prompts": 200}),
+    Variant("vpt_deep_50", "vpt_deep", {"prompts": 50}),
+    Variant("vpt_deep_200", "vpt_deep", {"prompts": 200}),
+    Variant("lora", "lora"),
+    Variant("lora_merged", "lora", merged=True, train=False),
+    Variant("ssf", "ssf"),
+    Variant("ssf_merged", "ssf", merged=True, train=False),
+]
+
+
+def build(model_name: str, model_kwargs: dict, variant: Variant, num_classes: int, device) -> nn.Module:
+    from . import apply, merge
+    from .models import create_model
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=num_classes, **model_kwargs)
+    if variant.method is not None:
+        apply(model, variant.method, **variant.options)
+        if variant.merged:
+            model = merge(model)
+    return model.to(device)
+
+
+def applicable(model_name: str, model_kwargs: dict) -> list[Variant]:
+    """The variants whose method applies to this backbone (VPT needs ViT or Swin)."""
+    from . import apply
+    from .models import create_model
+    keep = []
+    for variant in VARIANTS:
+        if variant.method is None:
+            keep.append(variant)
+            continue
+        with torch.device("meta"):
+            model = create_model(model_name, num_classes=10, **model_kwargs)
+        try:
+            apply(model, variant.method, **variant.options)
+            keep.append(variant)
+        except ScaleshiftError:
+            pass
+    return keep
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(model, optimizer, images, labels, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    loss = nn.functional.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def infer_step(model, images, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    model(images)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def input_shape(model: nn.Module, batch: int, size: int | None) -> tuple:
+    from .profiles import _input_size
+    channels, height, width = _input_size(model)
+    return (batch, channels, size or height, size or width)
+
+
+def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, device,
+                  size: int | None, variants: list[Variant]) -> dict:
+    """Median seconds per training step and per inference forward, variants interleaved."""
+    import timm.optim
+    models, optimizers = {}, {}
+    for v in variants:
+        models[v.label] = build(model_name, model_kwargs, v, 10, device)
+        if v.train:
+            optimizers[v.label] = timm.optim.create_optimizer_v2(models[v.label], "adamw", lr=1e-4,
+                                                                 weight_decay=0.05)
+    shape = input_shape(next(iter(models.values())), batch, size)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(shape, generator=generator).to(device)
+    labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
+    jobs = [(v.label, "train") for v in variants if v.train] + \
+           [(v.label, "infer") for v in variants if v.infer]
+    times = {job: [] for job in jobs}
+    order = random.Random(0)
+    for round_index in range(rounds + 1):          # round 0 is the warm-up
+        order.shuffle(jobs)
+        for label, kind in jobs:
+            model = models[label]
+            if kind == "train":
+                model.train()
+                seconds = train_step(model, optimizers[label], images, labels, device)
+            else:
+                model.eval()
+                seconds = infer_step(model, images, device)
+            if round_index:
+                times[(label, kind)].append(seconds)
+    return {f"{label}/{kind}": statistics.median(values) for (label, kind), values in times.items()}
+
+
+def memory_probe(model_name: str, model_kwargs: dict, label: str, kind: str, batch: int,
+                 size: int | None, device_name: str) -> float:
+    """Peak memory (MB) of two training steps or two forwards of one variant."""
+    import timm.optim
+    device = torch.device(device_name)
+    variant = next(v for v in VARIANTS if v.label == label)
+    model = build(model_name, model_kwargs, variant, 10, device)
+    shape = input_shape(model, batch, size)
+    images = torch.randn(shape).to(device)
+    labels = torch.randint(0, 10, (batch,)).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        rss_before = _reset_peak_rss()
+    if kind == "train":
+        optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
+        model.train()
+        for _ in range(2):
+            train_step(model, optimizer, images, labels, device)
+    else:
+        model.eval()
+        for _ in range(2):
+            infer_step(model, images, device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return (_proc_status_kb("VmHWM") - rss_before) / 1024 + model_bytes / 2**20
+
+
+def _proc_status_kb(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise ScaleshiftError(f"/proc/self/status has no {field_name}")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the peak RSS to the current RSS; return the current RSS in KiB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError as exc:
+        raise ScaleshiftError(f"CPU memory measurement needs Linux /proc/self/clear_refs ({exc}); "
+                              f"use --no-memory") from None
+    return _proc_status_kb("VmRSS")
+
+
+def measure_memory(model_name: str, model_kwargs: dict, batch: int, device, size: int | None,
+                   variants: list[Variant]) -> dict:
+    results = {}
+    for v in variants:
+        for kind in [k for k, on in (("train", v.train), ("infer", v.infer)) if on]:
+            if device.type == "cuda":
+                results[f"{v.label}/{kind}"] = memory_probe(model_name, model_kwargs, v.label, kind,
+                                                            batch, size, "cuda")
+                continue
+            code = ("import json, sys; from scaleshift.bench import memory_probe; "
+                    "print(json.dumps(memory_probe(*json.loads(sys.argv[1]))))")
+            args = json.dumps([model_name, model_kwargs, v.label, kind, batch, size, "cpu"])
+            proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
+                                  env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
+            if proc.returncode:
+                raise RuntimeError(f"memory probe {v.label}/{kind} failed:\n{proc.stderr[-2000:]}")
+            results[f"{v.label}/{kind}"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int = 3,
+              model_kwargs: dict | None = None, size: int | None = None, out: str | None = None,
+              with_memory: bool = True) -> dict:
+    from .engine import machine_info
+    from .models import _ensure_registered
+    _ensure_registered()
+    model_kwargs = model_kwargs or {}
+    device = torch.device(device_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ScaleshiftError("--device cuda but no CUDA device is available")
+    variants = applicable(model_name, model_kwargs)
+    started = time.time()
+    times = measure_times(model_name, model_kwargs, batch, rounds, device, size, variants)
+    memory = measure_memory(model_name, model_kwargs, batch, device, size, variants) if with_memory else {}
+    rows = []
+    for v in variants:
+        for kind in [k for k, on in (("train", v.train), ("infer", v.infer)) if on]:
+            key = f"{v.label}/{kind}"
+            ref = "full/train" if kind == "train" else "plain/infer"
+            rows.append(dict(variant=v.label, kind=kind, seconds=times[key],
+                             time_ratio=times[key] / times[ref],
+                             memory_mb=memory.get(key),
+                             memory_ratio=memory[key] / memory[ref] if key in memory else None))
+    result = dict(model=model_name, model_kwargs=model_kwargs, batch=batch, device=device_name,
+                  rounds=rounds, input=list(input_shape(build(model_name, model_kwargs, VARIANTS[0], 10, "cpu"), batch, size)),
+                  memory_measure="cuda max_memory_allocated" if device.type == "cuda"
+                  else "model bytes + peak RSS growth over two steps (fresh process per variant)",
+                  rows=rows, seconds_total=round(time.time() - started, 1), machine=machine_info())
+    if out:
+        write_bench(result, Path(out))
+    return result
+
+
+def goals(result: dict) -> list[dict]:
+    """The performance goals of the SSF paper's cost claim, as measured ratios."""
+    by = {(r["variant"], r["kind"]): r for r in result["rows"]}
+
+    def get(variant, kind, key):
+        row = by.get((variant, kind))
+        return None if row is None else row[key]
+    checks = [
+        ("merged SSF inference time / plain", get("ssf_merged", "infer", "time_ratio"), 0.97, 1.03),
+        ("unmerged SSF inference time / plain", get("ssf", "infer", "time_ratio"), None, 1.10),
+        ("SSF training step time / full", get("ssf", "train", "time_ratio"), None, 0.60),
+        ("SSF training peak memory / full", get("ssf", "train", "memory_ratio"), None, 0.70),
+    ]
+    ssf, bias = get("ssf", "train", "seconds"), get("bias", "train", "seconds")
+    checks.append(("SSF training step time / bias", ssf / bias if ssf and bias else None, None, 1.10))
+    return [dict(goal=name, value=value, met=None if value is None else
+                 ((low is None or value >= low) and value <= high))
+            for name, value, low, high in checks]
+
+
+def write_bench(result: dict, out: Path) -> None:
+    import csv
+    import io
+
+    from .io import atomic_path, write_json
+    result = dict(result, goals=goals(result))
+    write_json(out / "bench.json", result)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(result["rows"][0]))
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    with atomic_path(out / "bench.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    plot_bench(result, out / "bench.png")
+
+
+def plot_bench(result: dict, path: Path) -> None:
+    """Four panels as in paper Figure 3: training time, training memory, inference time,
+    inference memory."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    panels = [("train", "seconds", "training time per step (s)"),
+              ("train", "memory_mb", "training peak memory (MB)"),
+              ("infer", "seconds", "inference time per batch (s)"),
+              ("infer", "memory_mb", "inference peak memory (MB)")]
+    for ax, (kind, key, title) in zip(axes.flat, panels):
+        rows = [r for r in result["rows"] if r["kind"] == kind and r[key] is not None]
+        ax.bar([r["variant"] for r in rows], [r[key] for r in rows],
+               color=["tab:red" if r["variant"].startswith("ssf") else "tab:gray" for r in rows])
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=60)
+    fig.suptitle(f"{result['model']} batch {result['batch']} on {result['device']} "
+                 f"({result['machine']['cpus']} CPUs, torch {result['machine']['torch']})")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'variant':18} {'kind':6} {'seconds':>9} {'x ref':>7} {'memory MB':>10} {'x ref':>7}"]
+    for r in result["rows"]:
+        mem = f"{r['memory_mb']:10.0f} {r['memory_ratio']:7.2f}" if r["memory_mb"] else f"{'':10} {'':7}"
+        lines.append(f"{r['variant']:18} {r['kind']:6} {r['seconds']:9.4f} {r['time_ratio']:7.2f} {mem}")
+    lines.append("reference: training vs full, inference vs plain; memory: " + result["memory_measure"])
+    for g in goals(result):
+        value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
+        lines.append(f"goal: {g['goal']:40} {value:>7}  {'met' if g['met'] else 'MISSED' if g['met'] is False else ''}")
+    return "\n".join(lines)
