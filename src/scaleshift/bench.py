@@ -9,6 +9,8 @@ CPU, which has no allocator statistics, each variant runs in a fresh subprocess:
 reset (Linux /proc/self/clear_refs) right before two training steps / two forwards, and the
 reported figure is the growth of the peak RSS over them plus the bytes of the model's parameters
 and buffers, i.e. the model plus what one step adds (gradients, optimizer state, activations).
+glibc is told to map every allocation over 64 KiB separately and return freed memory at once,
+so RSS follows live tensors rather than the allocator's cache.
 The whole-process RSS of this torch build is dominated by ~2.7 GB of libraries, which would
 hide every difference between methods.
 Ratios: training against full fine-tuning, inference against the plain backbone.
@@ -211,8 +213,12 @@ def measure_memory(model_name: str, model_kwargs: dict, batch: int, device, size
             code = ("import json, sys; from scaleshift.bench import memory_probe; "
                     "print(json.dumps(memory_probe(*json.loads(sys.argv[1]))))")
             args = json.dumps([model_name, model_kwargs, v.label, kind, batch, size, "cpu"])
-            proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
-                                  env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
+            # glibc: serve every allocation over 64 KiB with mmap and give freed memory back at
+            # once, so that RSS follows the live tensors instead of the allocator's cache
+            env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()),
+                       MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+            proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True,
+                                  text=True, env=env)
             if proc.returncode:
                 raise RuntimeError(f"memory probe {v.label}/{kind} failed:\n{proc.stderr[-2000:]}")
             results[f"{v.label}/{kind}"] = json.loads(proc.stdout.strip().splitlines()[-1])

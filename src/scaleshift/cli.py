@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory for bench.json, bench.csv, bench.png")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     p.set_defaults(func=cmd_bench)
+    from .analyze import add_analyze_parser
+    add_analyze_parser(sub)
     from .data.cli import add_datasets_parser
     add_datasets_parser(sub)
     return parser

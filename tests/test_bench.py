@@ -1,0 +1,39 @@
+"""The cost benchmark on a tiny ViT: every method runs, ratios are finite, files are written."""
+import json
+import math
+
+from scaleshift.bench import VARIANTS, goals, measure_memory, run_bench
+
+TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
+
+
+def test_every_variant_runs_and_ratios_are_finite(tmp_path):
+    result = run_bench("vit_tiny_patch16_224", batch=8, rounds=1, model_kwargs=TINY,
+                       out=str(tmp_path), with_memory=False)
+    ran = {(r["variant"], r["kind"]) for r in result["rows"]}
+    expected = {(v.label, k) for v in VARIANTS for k, on in (("train", v.train), ("infer", v.infer)) if on}
+    assert ran == expected
+    assert all(math.isfinite(r["seconds"]) and r["seconds"] > 0 and math.isfinite(r["time_ratio"])
+               for r in result["rows"])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert {g["goal"] for g in saved["goals"]} == {g["goal"] for g in goals(result)}
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "bench.csv").read_text().startswith("variant,kind,seconds")
+
+
+def test_convnext_skips_prompt_methods():
+    result = run_bench("convnext_atto", batch=2, rounds=1, size=32, with_memory=False,
+                       model_kwargs=dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), conv_mlp=False))
+    assert not any(r["variant"].startswith("vpt") for r in result["rows"])
+
+
+def test_memory_probes_see_what_full_fine_tuning_adds():
+    import torch
+    variants = [v for v in VARIANTS if v.label in ("plain", "full", "linear")]
+    memory = measure_memory("vit_tiny_patch16_224", dict(TINY, embed_dim=128), 32,
+                            torch.device("cpu"), None, variants)
+    # full fine-tuning adds gradients and two AdamW moments: 3 x 4 bytes per parameter
+    params_mb = sum(p.numel() for p in __import__("scaleshift").create_model(
+        "vit_tiny_patch16_224", 10, **dict(TINY, embed_dim=128)).parameters()) * 4 / 2**20
+    assert memory["full/train"] > memory["plain/infer"] + 2 * params_mb
+    assert memory["linear/train"] < memory["full/train"]
