@@ -50,6 +50,11 @@ def backbone_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _jsonable(value):
+    """timm kwargs as JSON (tuples become lists)."""
+    return json.loads(json.dumps(value, default=list))
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -70,6 +75,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         meta = dict(
             format=FORMAT, format_version=1, scaleshift_version=__version__,
             model_name=config["model_name"] or model_name_of(model),
+            model_kwargs=_jsonable(config.get("model_kwargs", {})),
             method=config["method"], options=config["options"],
             num_classes=config["num_classes"],
             backbone_fingerprint=backbone_fingerprint(model),

@@ -191,6 +191,78 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx, export_safetensors
+    if args.format == "safetensors":
+        report = export_safetensors(args.run_dir, args.out)
+    else:
+        report = export_onnx(args.run_dir, args.out)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from PIL import Image
+
+    from .data import build_transform
+    from .multitask import MultiTaskModel
+    directories = [d for d in args.adapters.split(",") if d]
+    model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or False)
+    transform = build_transform("vtab", model.backbone, False, args.input_size)
+    images, names = [], []
+    for path in args.images:
+        try:
+            images.append(transform(Image.open(path).convert("RGB")))
+        except OSError as exc:
+            raise ScaleshiftError(f"cannot read image {path}: {exc}") from None
+        names.append(path)
+    # every image under every task, all in one batch: sample i*T + t goes to task t
+    tasks = len(directories)
+    batch = torch.stack([im for im in images for _ in range(tasks)])
+    task_ids = torch.arange(tasks).repeat(len(images))
+    logits = model(batch, task_ids)
+    out = []
+    for i, name in enumerate(names):
+        per_task = {}
+        for t, directory in enumerate(directories):
+            probs = logits[i * tasks + t].softmax(0)
+            top = probs.topk(min(args.top_k, len(probs)))
+            per_task[directory] = [dict(label=int(c), p=round(float(p), 4))
+                                   for p, c in zip(top.values, top.indices)]
+        out.append(dict(image=name, tasks=per_task))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    from pathlib import Path
+
+    from .adapter_files import WEIGHTS_NAME, read_adapter_config
+    rows = []
+    for directory in args.directories:
+        meta = read_adapter_config(directory)
+        size = sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file())
+        with torch.device("meta"):
+            from .models import create_model
+            full = create_model(meta["model_name"], num_classes=meta["num_classes"],
+                                **meta.get("model_kwargs", {}))
+        full_bytes = sum(p.numel() * 4 for p in full.parameters())   # fp32 checkpoint
+        rows.append(dict(adapter=str(directory), method=meta["method"], classes=meta["num_classes"],
+                         bytes=size, weights_bytes=(Path(directory) / WEIGHTS_NAME).stat().st_size,
+                         full_model_bytes=full_bytes, fraction=size / full_bytes))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'adapter':40} {'method':8} {'classes':>7} {'adapter':>12} {'full model':>12} {'ratio':>8}")
+    for r in rows:
+        print(f"{r['adapter']:40} {r['method']:8} {r['classes']:>7} {r['bytes']:>12,} "
+              f"{r['full_model_bytes']:>12,} {100 * r['fraction']:>7.2f}%")
+    total = sum(r["bytes"] for r in rows)
+    print(f"{len(rows)} tasks: {total:,} bytes of adapters + one backbone, instead of "
+          f"{sum(r['full_model_bytes'] for r in rows):,} bytes for {len(rows)} full models")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(prog="scaleshift", description=__doc__)
@@ -254,6 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory for bench.json, bench.csv, bench.png")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("export", help="merged plain weights (safetensors) or an ONNX graph, checked")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("predict", help="one batch, many SSF tasks on one backbone")
+    p.add_argument("--adapters", required=True, help="comma-separated SSF adapter directories")
+    p.add_argument("--pretrained", default=None, help="backbone weights file the adapters were trained on")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("adapters", help="size of each adapter against its full model")
+    p.add_argument("directories", nargs="+")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_adapters)
     from .analyze import add_analyze_parser
     add_analyze_parser(sub)
     from .data.cli import add_datasets_parser

@@ -60,6 +60,7 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
         except RuntimeError as exc:  # shape or key mismatch from load_state_dict
             raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {exc}") from exc
     model.scaleshift_model_name = name.split(".")[0]
+    model.scaleshift_model_kwargs = dict(timm_kwargs)
     return model
 
 

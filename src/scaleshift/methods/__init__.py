@@ -138,6 +138,7 @@ def apply(model: nn.Module, method: str = "ssf", **options) -> nn.Module:
         param.requires_grad_(name in trainable)
     setattr(model, CONFIG_ATTR, dict(
         method=impl.name, options=opts, model_name=model_name_of(model),
+        model_kwargs=getattr(model, "scaleshift_model_kwargs", {}),
         num_classes=getattr(model, "num_classes", None)))
     return model
 

@@ -1,0 +1,87 @@
+"""Deployment: merged plain weights (safetensors) and ONNX graphs, each checked on export.
+
+    scaleshift export runs/digits_ssf --format safetensors   # loads with timm alone, strict
+    scaleshift export runs/digits_ssf --format onnx          # op counts == the plain backbone's
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from .errors import ScaleshiftError
+from .io import atomic_path, write_json
+
+
+def _input(model: nn.Module, cfg) -> torch.Tensor:
+    from .profiles import _input_size
+    channels, height, width = _input_size(model)
+    size = cfg.input_size
+    return torch.randn(1, channels, size or height, size or width,
+                       generator=torch.Generator().manual_seed(0))
+
+
+def export_safetensors(run_dir: str | Path, out: str | Path | None = None) -> dict:
+    from .engine import load_run
+    cfg, merged = load_run(run_dir, merged=True)
+    out = Path(out or Path(run_dir) / "merged.safetensors")
+    state = {k: v.contiguous() for k, v in merged.state_dict().items()}
+    meta = dict(model=cfg.model, num_classes=str(merged.num_classes),
+                model_kwargs=json.dumps(cfg.model_kwargs), method=cfg.method)
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    plain = timm.create_model(cfg.model.split(".")[0], num_classes=merged.num_classes, **cfg.model_kwargs)
+    plain.load_state_dict(state, strict=True)        # the merged file is the plain architecture
+    return dict(path=str(out), tensors=len(state), bytes=out.stat().st_size, strict_load=True)
+
+
+def onnx_op_counts(path: Path) -> dict[str, int]:
+    import onnx
+    graph = onnx.load(str(path)).graph
+    return dict(sorted(Counter(node.op_type for node in graph.node).items()))
+
+
+def _to_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+    model.eval()
+    with atomic_path(path) as tmp:
+        torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
+                          opset_version=17, dynamo=False)
+
+
+def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: float = 1e-4) -> dict:
+    """Merged model -> ONNX; checks that its operator counts equal the plain backbone's export
+    and that onnxruntime reproduces PyTorch within `tolerance`."""
+    import onnxruntime
+
+    from .engine import load_run
+    cfg, merged = load_run(run_dir, merged=True)
+    out = Path(out or Path(run_dir) / "merged.onnx")
+    x = _input(merged, cfg)
+    _to_onnx(merged, x, out)
+    # the plain timm architecture with the same weights (the exporter folds identical
+    # initializers into Identity nodes, so the reference must hold the same values)
+    plain = timm.create_model(cfg.model.split(".")[0], num_classes=merged.num_classes, **cfg.model_kwargs)
+    plain.load_state_dict(merged.state_dict(), strict=True)
+    plain_path = out.with_name(out.stem + ".plain_reference.onnx")
+    _to_onnx(plain, x, plain_path)
+    ops, plain_ops = onnx_op_counts(out), onnx_op_counts(plain_path)
+    plain_path.unlink()
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        reference = merged.eval()(x).numpy()
+    got = session.run(None, {"images": x.numpy()})[0]
+    diff = float(abs(got - reference).max())
+    report = dict(path=str(out), bytes=out.stat().st_size, op_counts=ops, plain_op_counts=plain_ops,
+                  same_ops_as_plain=ops == plain_ops, max_abs_diff_vs_torch=diff,
+                  parity=diff <= tolerance)
+    write_json(out.with_suffix(".json"), report)
+    if not report["same_ops_as_plain"] or not report["parity"]:
+        raise ScaleshiftError(f"ONNX export check failed: same ops as plain "
+                              f"{report['same_ops_as_plain']}, max diff {diff:.2e}; see "
+                              f"{out.with_suffix('.json')}")
+    return report

@@ -1,0 +1,149 @@
+"""Many SSF tasks on one frozen backbone, in one forward pass.
+
+Each SSF insertion point holds a (tasks, C) stack of scales and shifts; every sample of a batch
+is scaled and shifted with its own task's vectors and classified by its own task's head. The
+outputs equal each task's merged model on that sample; the backbone weights exist once.
+
+    mt = MultiTaskModel.from_adapters(["adapters/cifar", "adapters/flowers", "adapters/pets"])
+    logits = mt(images, task_ids)        # list of (k_t,) logits, one per sample
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ScaleshiftError
+
+
+class TaskScaleShift(nn.Module):
+    """A frozen layer followed by per-sample scale/shift chosen by task id."""
+
+    def __init__(self, base_layer: nn.Module, scales: torch.Tensor, shifts: torch.Tensor,
+                 mode: str, channel_dim: int):
+        super().__init__()
+        self.base_layer = base_layer
+        self.register_buffer("scales", scales)     # (tasks, C) - ones where a task has no scale
+        self.register_buffer("shifts", shifts)     # (tasks, C) - zeros where it has no shift
+        self.mode = mode
+        if mode == "affine":   # the norm's own channel dim
+            if isinstance(base_layer, nn.LayerNorm) and base_layer.weight.ndim == 1:
+                channel_dim = -1
+            elif isinstance(base_layer, nn.GroupNorm):
+                channel_dim = 1
+            else:
+                raise ScaleshiftError(f"multi-task SSF supports LayerNorm and GroupNorm affines, "
+                                      f"not {type(base_layer).__name__}")
+        self.channel_dim = channel_dim
+        self.task_ids: torch.Tensor | None = None  # set by MultiTaskModel.forward
+
+    def _per_sample(self, table: torch.Tensor, ndim: int) -> torch.Tensor:
+        rows = table[self.task_ids]                # (B, C)
+        shape = [rows.shape[0]] + [1] * (ndim - 1)
+        shape[self.channel_dim % ndim] = rows.shape[1]
+        return rows.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if self.mode == "affine":   # normalise without the affine, then the per-sample affine
+            if self.channel_dim == -1:
+                y = F.layer_norm(x, base.normalized_shape, None, None, base.eps)
+                y = y * base.weight + base.bias
+            else:
+                y = F.group_norm(x, base.num_groups, None, None, base.eps)
+                view = [1, -1] + [1] * (x.ndim - 2)
+                y = y * base.weight.view(view) + base.bias.view(view)
+        else:
+            y = base(x)
+        return y * self._per_sample(self.scales, y.ndim) + self._per_sample(self.shifts, y.ndim)
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, backbone: nn.Module, heads: list[nn.Module], names: list[str]):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleList(heads)
+        self.names = names
+
+    @classmethod
+    def from_adapters(cls, directories: list[str | Path], pretrained=False,
+                      backbone_factory=None) -> "MultiTaskModel":
+        """One backbone, the SSF adapters of several tasks (same backbone, same SSF options).
+        `backbone_factory(adapter_config) -> plain model` builds the frozen backbone; by default
+        create_model(model_name, num_classes, pretrained, **model_kwargs) from the adapter."""
+        from . import load_adapter
+        from .adapter_files import read_adapter_config
+        from .methods.ssf import ScaleShift
+        from .models import classifier_parameter_names, create_model
+        if not directories:
+            raise ScaleshiftError("give at least one adapter directory")
+        metas = [read_adapter_config(d) for d in directories]
+        first = metas[0]
+        for d, meta in zip(directories, metas):
+            if meta["method"] != "ssf":
+                raise ScaleshiftError(f"{d} is a {meta['method']} adapter; multi-task serving "
+                                      f"routes SSF adapters only")
+            for key in ("model_name", "backbone_fingerprint", "options"):
+                if meta[key] != first[key]:
+                    raise ScaleshiftError(f"{d} differs from {directories[0]} in {key}: all tasks "
+                                          f"must share one backbone and one SSF configuration")
+        def default_factory(meta):
+            return create_model(meta["model_name"], num_classes=meta["num_classes"],
+                                pretrained=pretrained, **meta.get("model_kwargs", {}))
+        factory = backbone_factory or default_factory
+        # load_adapter verifies each file's checksum and the backbone fingerprint
+        models = [load_adapter(factory(meta), d) for d, meta in zip(directories, metas)]
+        for d, model in zip(directories, models):
+            head = classifier_parameter_names(model)
+            extra = [n for n, p in model.named_parameters()
+                     if p.requires_grad and ".ssf_" not in n and n not in head]
+            if extra:
+                raise ScaleshiftError(f"{d} also trains backbone tensors ({extra[0]}, ...), so "
+                                      f"they differ per task; multi-task serving needs adapters "
+                                      f"whose only backbone tensors are SSF vectors")
+        backbone = models[0]
+        heads = [m.get_classifier() for m in models]
+        for name, module in list(backbone.named_modules()):
+            if not isinstance(module, ScaleShift):
+                continue
+            per_task = [m.get_submodule(name) for m in models]
+            channels = module.base_layer.weight.shape[0] if module.mode == "affine" else None
+            scales = torch.stack([_vector(t.ssf_scale, channels or _width(t), 1.0) for t in per_task])
+            shifts = torch.stack([_vector(t.ssf_shift, scales.shape[1], 0.0) for t in per_task])
+            parent, _, child = name.rpartition(".")
+            setattr(backbone.get_submodule(parent) if parent else backbone, child,
+                    TaskScaleShift(module.base_layer, scales, shifts, module.mode, module.channel_dim))
+        backbone.reset_classifier(0)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        return cls(backbone.eval(), heads, [str(d) for d in directories])
+
+    def _set_tasks(self, task_ids: torch.Tensor | None) -> None:
+        for module in self.backbone.modules():
+            if isinstance(module, TaskScaleShift):
+                module.task_ids = task_ids
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, task_ids: torch.Tensor) -> list[torch.Tensor]:
+        task_ids = torch.as_tensor(task_ids, dtype=torch.long, device=images.device)
+        if task_ids.shape != (images.shape[0],) or task_ids.min() < 0 or task_ids.max() >= len(self.heads):
+            raise ScaleshiftError(f"task_ids must hold one id in 0..{len(self.heads) - 1} per image")
+        self._set_tasks(task_ids)
+        try:
+            features = self.backbone(images)       # (B, num_features): pre-logits
+        finally:
+            self._set_tasks(None)
+        return [self.heads[t](features[i:i + 1])[0] for i, t in enumerate(task_ids.tolist())]
+
+
+def _width(wrapper) -> int:
+    tensor = wrapper.ssf_shift if wrapper.ssf_shift is not None else wrapper.ssf_scale
+    return tensor.shape[0]
+
+
+def _vector(value: torch.Tensor | None, channels: int, fill: float) -> torch.Tensor:
+    if value is None:
+        return torch.full((channels,), fill)
+    return value.detach().expand(channels).clone() if value.numel() == 1 else value.detach().clone()

@@ -1,0 +1,91 @@
+"""Deployment: export (safetensors loadable by timm alone, ONNX with the plain op counts and
+onnxruntime parity), many tasks on one backbone, adapter sizes."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import scaleshift
+from scaleshift.cli import main
+from scaleshift.engine import load_run
+from scaleshift.multitask import MultiTaskModel
+
+KWARGS = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
+TASKS = ("digits", "faces", "struct_count")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    torch.manual_seed(5)
+    backbone = scaleshift.create_model("vit_tiny_patch16_224", 0, **KWARGS)
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(root / "backbone.safetensors"))
+    kwargs = "{img_size: 32, patch_size: 8, depth: 2, embed_dim: 32, num_heads: 2}"
+    for task in TASKS:
+        assert main(["train", f"model_kwargs={kwargs}", f"pretrained={root / 'backbone.safetensors'}",
+                     f"dataset={task}", "train_split=train800", "val_split=val200", "test_split=test",
+                     "input_size=32", "batch_size=50", "epochs=1", "max_steps_per_epoch=4",
+                     "lr=1e-2", f"out_dir={root / task}"]) == 0
+    return root
+
+
+def test_safetensors_export_loads_with_timm_alone(runs):
+    assert main(["export", str(runs / "digits"), "--format", "safetensors"]) == 0
+    code = ("import json, sys, timm, torch; from safetensors.torch import load_file; "
+            "assert 'scaleshift' not in sys.modules; "
+            f"m = timm.create_model('vit_tiny_patch16_224', num_classes=10, **{KWARGS!r}); "
+            f"m.load_state_dict(load_file('{runs / 'digits' / 'merged.safetensors'}'), strict=True); "
+            "print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_onnx_export_has_the_plain_op_counts_and_matches_torch(runs):
+    assert main(["export", str(runs / "digits"), "--format", "onnx"]) == 0
+    report = json.loads((runs / "digits" / "merged.json").read_text())
+    assert report["same_ops_as_plain"] and report["op_counts"] == report["plain_op_counts"]
+    assert report["max_abs_diff_vs_torch"] <= 1e-4
+
+
+def test_three_tasks_in_one_batch_equal_three_merged_models(runs):
+    adapters = [runs / t / "adapter" for t in TASKS]
+    mt = MultiTaskModel.from_adapters(adapters, pretrained=runs / "backbone.safetensors")
+    merged = [load_run(runs / t, merged=True)[1].eval() for t in TASKS]
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    task_ids = torch.tensor([0, 1, 2, 2, 1, 0])
+    outputs = mt(images, task_ids)
+    with torch.no_grad():
+        for i, t in enumerate(task_ids.tolist()):
+            expected = merged[t](images[i:i + 1])[0]
+            assert outputs[i].shape == expected.shape
+            torch.testing.assert_close(outputs[i], expected, rtol=1e-4, atol=1e-5)
+            assert outputs[i].argmax() == expected.argmax()
+
+
+def test_predict_and_adapters_commands(runs, tmp_path, capsys):
+    from PIL import Image
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"im{i}.png"
+        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(path)
+        paths.append(str(path))
+    adapters = ",".join(str(runs / t / "adapter") for t in TASKS)
+    capsys.readouterr()
+    assert main(["predict", "--adapters", adapters, "--pretrained", str(runs / "backbone.safetensors"),
+                 "--input-size", "32", *paths]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [len(o["tasks"]) for o in out] == [3, 3]
+    assert main(["adapters", *[str(runs / t / "adapter") for t in TASKS], "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(0 < r["fraction"] < 0.2 for r in rows)
+
+
+def test_multitask_refuses_mixed_backbones(runs, tmp_path):
+    other = scaleshift.apply(scaleshift.create_model("vit_tiny_patch16_224", 4, **KWARGS), "ssf")
+    scaleshift.save_adapter(other, tmp_path / "other")
+    with pytest.raises(scaleshift.ScaleshiftError, match="backbone_fingerprint"):
+        MultiTaskModel.from_adapters([runs / "digits" / "adapter", tmp_path / "other"],
+                                     pretrained=runs / "backbone.safetensors")
