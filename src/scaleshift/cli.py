@@ -92,7 +92,7 @@ def cmd_methods(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(out_dir=args.out, steps=args.steps, seed=args.seed)
+    run_demo(out_dir=args.out, steps=args.epochs, seed=args.seed, task=args.task)
     return 0
 
 
@@ -286,9 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge_check)
     p = sub.add_parser("methods", help="list methods and their options")
     p.set_defaults(func=cmd_methods)
-    p = sub.add_parser("demo", help="SSF end to end on a built-in task: train, merge, verify")
+    p = sub.add_parser("demo", help="SSF vs linear vs full on scaleshift's pretrained ViT: "
+                       "train, merge, verify, table + plot")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=None, help="override the epochs of every run")
+    p.add_argument("--task", default="patch_textures", help="a built-in dataset")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
@@ -342,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directories", nargs="+")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_adapters)
+    from .pretrain import add_pretrain_parser
+    add_pretrain_parser(sub)
     from .analyze import add_analyze_parser
     add_analyze_parser(sub)
     from .data.cli import add_datasets_parser

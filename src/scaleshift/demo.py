@@ -1,8 +1,9 @@
-"""`scaleshift demo`: SSF end to end on a small built-in task, offline, in about a minute.
+"""`scaleshift demo`: SSF on scaleshift's own pretrained ViT, offline, in a few minutes.
 
-Applies SSF to a small ViT, trains scale/shift + head on scikit-learn's handwritten digits
-(real data, bundled with scikit-learn), merges, proves the merged model is the plain timm
-architecture with the same predictions, and saves the adapter.
+Fine-tunes the embedded ViT on a built-in real-data task (VTAB-1k protocol: 800 train, 200 val,
+the full test set) with SSF, linear probing and full fine-tuning, merges the SSF model, checks
+that the merged model is the plain timm architecture with identical predictions, saves the
+adapter, and writes a results table and a plot.
 """
 from __future__ import annotations
 
@@ -10,85 +11,119 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import timm
-import timm.optim
 import torch
-import torch.nn.functional as F
 
-from . import apply, create_model, merge, save_adapter, total_parameters, trainable_parameters
-from .io import write_json
+from .config import make_config
+from .engine import load_run, train
+from .io import atomic_path, write_json
+from .models import plain_timm_model
 
-DEMO_MODEL = dict(name="vit_tiny_patch16_224", img_size=32, patch_size=8, depth=6)
-
-
-def digits_tensors(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32) / 16.0          # (N, 8, 8) in [0, 1]
-    images = F.interpolate(images[:, None], size=32, mode="bilinear", align_corners=False)
-    images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()     # (N, 3, 32, 32)
-    labels = torch.tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(order))
-    return images[order[:cut]], labels[order[:cut]], images[order[cut:]], labels[order[cut:]]
+DEMO_TASK = "patch_textures"
+DEMO_BACKBONE = "scaleshift_vit32"
+METHODS = {  # method -> (lr, epochs, extra config)
+    "linear": (1e-2, 15, {"cache_features": True}),
+    "ssf": (1e-2, 15, {}),
+    "full": (5e-4, 15, {}),
+}
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(chunk) for chunk in images.split(256)])
-
-
-def run_demo(out_dir: str = "runs/demo", steps: int = 300, seed: int = 0) -> dict:
-    start = time.time()
-    torch.manual_seed(seed)
+def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0,
+             task: str = DEMO_TASK, backbone: str = DEMO_BACKBONE) -> dict:
+    started = time.time()
     out = Path(out_dir)
-    x_train, y_train, x_test, y_test = digits_tensors(seed)
-    kwargs = {k: v for k, v in DEMO_MODEL.items() if k != "name"}
-    model = create_model(DEMO_MODEL["name"], num_classes=10, **kwargs)
-    apply(model, "ssf")
-    print(f"[demo] {DEMO_MODEL['name']} {kwargs} + SSF: {trainable_parameters(model):,} of "
-          f"{total_parameters(model):,} parameters train; digits {len(y_train)} train / "
-          f"{len(y_test)} test", flush=True)
-    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=3e-3, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps,
-                                                   pct_start=0.1)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for step in range(1, steps + 1):
-        batch = torch.randint(len(y_train), (64,), generator=generator)
-        loss = F.cross_entropy(model(x_train[batch]), y_train[batch], label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 50 == 0 or step == steps:
-            print(f"[demo] step {step}/{steps} loss {loss.item():.3f} "
-                  f"({time.time() - start:.0f}s)", flush=True)
-            model.train()
+    base = dict(model=backbone, pretrained=True,
+                dataset=task, dataset_options={"seed": seed}, train_split="train800",
+                val_split="val200", test_split="test", augment="vtab", input_size=32,
+                batch_size=64, warmup_epochs=1, weight_decay=0.05, protocol="clean",
+                test_every_epoch=False, seed=seed, log_every=1000)
+    results = {}
+    for method, (lr, epochs, extra) in METHODS.items():
+        run_dir = out / method
+        if (run_dir / "results.json").is_file():
+            results[method] = json.loads((run_dir / "results.json").read_text())
+            print(f"[demo] {method}: already done ({results[method]['reported']['top1']:.2f}%)")
+            continue
+        print(f"[demo] {method} on {task} with {backbone} ({time.time() - started:.0f}s elapsed)",
+              flush=True)
+        cfg = make_config(dict(base, method=method, lr=lr, epochs=steps or epochs,
+                               out_dir=str(run_dir), **extra))
+        results[method] = train(cfg, resume=(run_dir / "checkpoint.pt").is_file())
 
-    logits = predict(model, x_test)
-    merged = merge(model)
-    plain = timm.create_model(DEMO_MODEL["name"], num_classes=10, **kwargs)
-    plain.load_state_dict(merged.state_dict(), strict=True)   # the plain architecture, no scaleshift
-    merged_logits = predict(plain, x_test)
-    adapter_dir = save_adapter(model, out / "adapter")
-    adapter_bytes = sum(f.stat().st_size for f in adapter_dir.iterdir())
-    results = dict(
-        task="digits", model=DEMO_MODEL, method="ssf", steps=steps, seed=seed,
-        top1=float((logits.argmax(1) == y_test).float().mean() * 100),
-        top1_merged=float((merged_logits.argmax(1) == y_test).float().mean() * 100),
-        predictions_identical=bool(torch.equal(logits.argmax(1), merged_logits.argmax(1))),
-        max_abs_logit_diff=float((logits - merged_logits).abs().max()),
-        trainable_params=trainable_parameters(model),
-        extra_params_after_merge=total_parameters(plain) - total_parameters(
-            timm.create_model(DEMO_MODEL["name"], num_classes=10, **kwargs)),
-        adapter_bytes=adapter_bytes, seconds=round(time.time() - start, 1),
-        chance_top1=float(100 / 10), class_balance=np.bincount(y_test.numpy()).tolist())
-    write_json(out / "results.json", results)
-    print(json.dumps({k: results[k] for k in ("top1", "top1_merged", "predictions_identical",
-                                               "max_abs_logit_diff", "extra_params_after_merge",
-                                               "adapter_bytes", "seconds")}, indent=1))
-    print(f"[demo] adapter: {adapter_dir}  results: {out / 'results.json'}")
-    return results
+    # merge: the merged model is the plain timm architecture and predicts exactly the same
+    _, unmerged = load_run(out / "ssf")
+    _, merged = load_run(out / "ssf", merged=True)
+    plain = plain_timm_model(backbone, merged.num_classes)
+    plain.load_state_dict(merged.state_dict(), strict=True)
+    from .data import build_dataset, build_transform
+    test = build_dataset(task, split="test", transform=build_transform("vtab", plain, False, 32),
+                         seed=seed)
+    images = torch.stack([test[i][0] for i in range(min(len(test), 1000))])
+    unmerged.eval(), plain.eval()
+    with torch.enable_grad():   # the training-time path: scale/shift on the outputs
+        reference = unmerged(images).detach()
+    with torch.no_grad():
+        deployed = plain(images)
+    check = dict(identical_predictions=bool(torch.equal(reference.argmax(1), deployed.argmax(1))),
+                 max_abs_logit_diff=float((reference - deployed).abs().max()),
+                 extra_params=sum(p.numel() for p in plain.parameters())
+                 - sum(p.numel() for p in plain_timm_model(backbone, merged.num_classes).parameters()),
+                 compared_images=len(images))
+    summary = dict(task=task, backbone=backbone, protocol="clean (epoch selected on val200)",
+                   methods={m: dict(top1=r["reported"]["top1"], epoch=r["reported"]["epoch"],
+                                    trainable_params=r["trainable_params"],
+                                    total_params=r["total_params"], seconds=r["wall_time_s"])
+                            for m, r in results.items()},
+                   merge=check, adapter=str(out / "ssf" / "adapter"),
+                   adapter_bytes=sum(f.stat().st_size for f in (out / "ssf" / "adapter").iterdir()),
+                   seconds=round(time.time() - started, 1))
+    write_json(out / "results.json", summary)
+    table = render_table(summary)
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(table)
+    plot_demo(results, out / "results.png", summary)
+    print(table)
+    print(f"[demo] results: {out / 'results.md'}, {out / 'results.json'}, plot: {out / 'results.png'}")
+    print(f"[demo] SSF adapter: {out / 'ssf' / 'adapter'} ({summary['adapter_bytes']:,} bytes)")
+    return summary
+
+
+def render_table(summary: dict) -> str:
+    lines = [f"# scaleshift demo: {summary['task']} (VTAB-1k protocol) on {summary['backbone']}", "",
+             f"Protocol: {summary['protocol']}; test top-1 %.", "",
+             "| method | top-1 | selected epoch | trainable params | share of model |",
+             "|---|---:|---:|---:|---:|"]
+    for method, r in summary["methods"].items():
+        lines.append(f"| {method} | {r['top1']:.2f} | {r['epoch']} | {r['trainable_params']:,} | "
+                     f"{100 * r['trainable_params'] / r['total_params']:.2f}% |")
+    m = summary["merge"]
+    lines += ["", f"Merged SSF model: plain `timm` architecture (strict load), extra parameters "
+              f"{m['extra_params']}, identical predictions on {m['compared_images']} test images: "
+              f"{m['identical_predictions']} (max logit difference {m['max_abs_logit_diff']:.1e}).", ""]
+    return "\n".join(lines)
+
+
+def plot_demo(results: dict, path: Path, summary: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for method, r in results.items():
+        history = [json.loads(line) for line in
+                   (Path(r["config"]["out_dir"]) / "log.jsonl").read_text().splitlines()]
+        left.plot([h["epoch"] for h in history], [h["val_top1"] for h in history], marker=".",
+                  label=method)
+    left.set_xlabel("epoch")
+    left.set_ylabel("val200 top-1 %")
+    left.legend()
+    methods = list(summary["methods"])
+    right.bar(methods, [summary["methods"][m]["top1"] for m in methods],
+              color=["tab:red" if m == "ssf" else "tab:gray" for m in methods])
+    for i, m in enumerate(methods):
+        right.text(i, summary["methods"][m]["top1"] + 0.5,
+                   f"{summary['methods'][m]['trainable_params'] / 1e3:.0f}k params", ha="center")
+    right.set_ylabel("test top-1 % (clean protocol)")
+    fig.suptitle(f"{summary['task']} on {summary['backbone']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)

@@ -9,13 +9,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
 from .errors import ScaleshiftError
 from .io import atomic_path, write_json
+from .models import architecture_of, plain_timm_model
 
 
 def _input(model: nn.Module, cfg) -> torch.Tensor:
@@ -31,11 +31,12 @@ def export_safetensors(run_dir: str | Path, out: str | Path | None = None) -> di
     cfg, merged = load_run(run_dir, merged=True)
     out = Path(out or Path(run_dir) / "merged.safetensors")
     state = {k: v.contiguous() for k, v in merged.state_dict().items()}
-    meta = dict(model=cfg.model, num_classes=str(merged.num_classes),
-                model_kwargs=json.dumps(cfg.model_kwargs), method=cfg.method)
+    timm_name, timm_kwargs = architecture_of(cfg.model, cfg.model_kwargs)
+    meta = dict(timm_model=timm_name, timm_kwargs=json.dumps(timm_kwargs, default=list),
+                num_classes=str(merged.num_classes), method=cfg.method)
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=meta)
-    plain = timm.create_model(cfg.model.split(".")[0], num_classes=merged.num_classes, **cfg.model_kwargs)
+    plain = plain_timm_model(cfg.model, merged.num_classes, **cfg.model_kwargs)
     plain.load_state_dict(state, strict=True)        # the merged file is the plain architecture
     return dict(path=str(out), tensors=len(state), bytes=out.stat().st_size, strict_load=True)
 
@@ -65,7 +66,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: f
     _to_onnx(merged, x, out)
     # the plain timm architecture with the same weights (the exporter folds identical
     # initializers into Identity nodes, so the reference must hold the same values)
-    plain = timm.create_model(cfg.model.split(".")[0], num_classes=merged.num_classes, **cfg.model_kwargs)
+    plain = plain_timm_model(cfg.model, merged.num_classes, **cfg.model_kwargs)
     plain.load_state_dict(merged.state_dict(), strict=True)
     plain_path = out.with_name(out.stem + ".plain_reference.onnx")
     _to_onnx(plain, x, plain_path)

@@ -4,13 +4,12 @@ from __future__ import annotations
 import copy
 import warnings
 
-import timm
 import torch
 import torch.nn as nn
 
 from .errors import ScaleshiftError
 from .methods import CONFIG_ATTR, apply, config_of, get_method, total_parameters
-from .models import create_model
+from .models import create_model, plain_timm_model
 
 
 def merge_with_report(model: nn.Module) -> tuple[nn.Module, list[dict]]:
@@ -65,7 +64,7 @@ def merge_check(model_name: str, method: str = "ssf", num_classes: int = 100, *,
         reference = model(x).detach()
     merged, non_mergeable = merge_with_report(model)
     merged.eval()
-    plain = timm.create_model(model_name, num_classes=num_classes, **model_kwargs).eval()
+    plain = plain_timm_model(model_name, num_classes, **model_kwargs).eval()
     try:
         plain.load_state_dict(merged.state_dict(), strict=True)
         strict_load = True

@@ -26,6 +26,20 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     loading (pretrained_cfg_overlay file=...), which drops a classifier of the wrong size.
     """
     _ensure_registered()
+    from .backbones.embedded import EMBEDDED, embedded_backbone
+    if name in EMBEDDED:   # scaleshift's own pretrained backbones (pretrained=True: shipped weights)
+        if pretrained is True:
+            model = embedded_backbone(name, num_classes, **timm_kwargs)
+        elif pretrained in (False, None):
+            model = plain_timm_model(name, num_classes, **timm_kwargs)
+            from .backbones.embedded import DATA_CFG
+            model.pretrained_cfg = {**(model.pretrained_cfg or {}), **DATA_CFG}
+        else:
+            raise ScaleshiftError(f"{name} is an embedded backbone: pass pretrained=True (its "
+                                  f"shipped weights) or False (random init), not a file")
+        model.scaleshift_model_name = name
+        model.scaleshift_model_kwargs = dict(timm_kwargs)
+        return model
     if not timm.is_model(name.split(".")[0]):
         raise ScaleshiftError(
             f"unknown model {name!r}: not a timm model name. List them with "
@@ -79,6 +93,22 @@ def _classifier_rows(path: Path, name: str, timm_kwargs: dict) -> int | None:
             return f.get_slice(key).get_shape()[0] if key in f.keys() else None
     state = load_state_dict(str(path))
     return state[key].shape[0] if key in state else None
+
+
+def architecture_of(name: str, timm_kwargs: dict | None = None) -> tuple[str, dict]:
+    """The timm architecture (name, kwargs) a scaleshift model name stands for: itself for timm
+    names, the registered architecture for scaleshift's embedded backbones."""
+    from .backbones.embedded import EMBEDDED
+    timm_kwargs = dict(timm_kwargs or {})
+    if name in EMBEDDED:
+        return EMBEDDED[name]["timm_name"], {**EMBEDDED[name]["kwargs"], **timm_kwargs}
+    return name.split(".")[0], timm_kwargs
+
+
+def plain_timm_model(name: str, num_classes: int, **timm_kwargs) -> nn.Module:
+    """The plain timm model (random weights) of the architecture `name` stands for."""
+    timm_name, kwargs = architecture_of(name, timm_kwargs)
+    return timm.create_model(timm_name, num_classes=num_classes, **kwargs)
 
 
 def model_name_of(model: nn.Module) -> str | None:
