@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ScaleshiftError
-from .io import atomic_path, write_json
+from .io import figure, save_png, write_json
 
 
 def backbone_values(model: nn.Module, head: set[str]) -> dict[str, np.ndarray]:
@@ -54,10 +54,7 @@ def weight_histograms(run_dir: str | Path, vs: str | Path | None = None, bins: i
 
 
 def plot_weights(hist: dict, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = figure(1, 2, figsize=(12, 4))
     for ax, kind in zip(axes, ("weight", "bias")):
         edges = np.array(hist[kind]["edges"])
         centers = (edges[1:] + edges[:-1]) / 2
@@ -70,9 +67,7 @@ def plot_weights(hist: dict, path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -154,10 +149,7 @@ def similarity(run_dirs: list[str | Path], data: str, split: str = "test", sampl
 
 
 def plot_similarity(result: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figure(figsize=(7, 4))
     for run in result["runs"]:
         ax.plot(range(1, len(run["cka"]) + 1), run["cka"], marker="o", label=run["method"])
     ax.set_xlabel("block")
@@ -166,9 +158,7 @@ def plot_similarity(result: dict, path: Path) -> None:
     ax.set_title(f"feature similarity on {result['data']} ({result['samples']} images)")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def add_analyze_parser(subparsers) -> None:

@@ -297,12 +297,8 @@ def write_bench(result: dict, out: Path) -> None:
 def plot_bench(result: dict, path: Path) -> None:
     """Four panels as in paper Figure 3: training time, training memory, inference time,
     inference memory."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import atomic_path
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    from .io import figure, save_png
+    fig, axes = figure(2, 2, figsize=(12, 8))
     panels = [("train", "seconds", "training time per step (s)"),
               ("train", "memory_mb", "training peak memory (MB)"),
               ("infer", "seconds", "inference time per batch (s)"),
@@ -316,9 +312,7 @@ def plot_bench(result: dict, path: Path) -> None:
     fig.suptitle(f"{result['model']} batch {result['batch']} on {result['device']} "
                  f"({result['machine']['cpus']} CPUs, torch {result['machine']['torch']})")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def format_table(result: dict) -> str:

@@ -118,18 +118,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from .engine import load_run
-    from .io import atomic_path
-    cfg, merged = load_run(args.run_dir, merged=True)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "merged.safetensors"
-    with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, str(tmp),
-                  metadata=dict(model=cfg.model, num_classes=str(merged.num_classes)))
-    print(f"merged {cfg.method} into plain {cfg.model}: {out}")
+    from .export import export_safetensors
+    report = export_safetensors(args.run_dir, args.out)   # also checks a strict load into timm
+    print(f"merged into plain timm weights ({report['tensors']} tensors): {report['path']}")
     return 0
 
 

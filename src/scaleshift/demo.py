@@ -15,7 +15,7 @@ import torch
 
 from .config import make_config
 from .engine import load_run, train
-from .io import atomic_path, write_json
+from .io import atomic_path, figure, save_png, write_json
 from .models import plain_timm_model
 
 DEMO_TASK = "patch_textures"
@@ -103,10 +103,7 @@ def render_table(summary: dict) -> str:
 
 
 def plot_demo(results: dict, path: Path, summary: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = figure(1, 2, figsize=(11, 4))
     for method, r in results.items():
         history = [json.loads(line) for line in
                    (Path(r["config"]["out_dir"]) / "log.jsonl").read_text().splitlines()]
@@ -124,6 +121,4 @@ def plot_demo(results: dict, path: Path, summary: dict) -> None:
     right.set_ylabel("test top-1 % (clean protocol)")
     fig.suptitle(f"{summary['task']} on {summary['backbone']}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_png(fig, path)

@@ -51,3 +51,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def figure(*args, **kwargs):
+    """plt.subplots on the non-interactive Agg backend (no screen needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.subplots(*args, **kwargs)
+
+
+def save_png(fig, path: str | os.PathLike) -> None:
+    import matplotlib.pyplot as plt
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
