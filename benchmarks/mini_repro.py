@@ -13,12 +13,16 @@
 Protocol "clean" everywhere: each run selects its epoch on val200 and reports that epoch's test
 accuracy. Hyper-parameters are fixed per method in advance (no tuning, and never on test data).
 Every finished run keeps its directory (results.json, adapter) under --runs, so an interrupted
-suite resumes where it stopped. Tables go to --out as Markdown and JSON.
+suite resumes where it stopped (an unfinished run continues from its last epoch checkpoint).
+Runs go `--jobs` at a time (default 2 processes of cpus/2 threads each). Tables go to --out as
+Markdown and JSON, with Figure 4 (weights) and Figure 5 (CKA) PNGs from the ViT runs of (a).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -46,8 +50,9 @@ OPTIONS = {"adapter": {"reduction": 8}, "vpt_shallow": {"prompts": 10}, "vpt_dee
 VIT_METHODS = ["full", "linear", "bias", "adapter", "vpt_shallow", "vpt_deep", "lora", "ssf"]
 CONVNEXT_METHODS = ["full", "linear", "bias", "adapter", "lora", "ssf"]
 ABLATIONS = [  # paper Table 6 rows: (table, label, SSF options)
-    ("6a", "layers=0", {"layers": 0}), ("6a", "layers=2", {"layers": 2}),
-    ("6a", "layers=4", {"layers": 4}), ("6a", "all layers", {}),
+    # the embedded ViT has 4 blocks: 0/1/2/3/all of 4 stand for the paper's 0/2/4/8/12 of 12
+    ("6a", "layers=0", {"layers": 0}), ("6a", "layers=1", {"layers": 1}),
+    ("6a", "layers=2", {"layers": 2}), ("6a", "layers=3", {"layers": 3}), ("6a", "all layers", {}),
     ("6b", "w/o mlp", {"exclude": "mlp"}), ("6b", "w/o attn", {"exclude": "attn"}),
     ("6b", "w/o embed", {"exclude": "embed"}), ("6b", "w/o norm", {"exclude": "norm"}),
     ("6c", "init random", {"init": "random"}), ("6c", "init constant", {"init": "constant"}),
@@ -60,12 +65,13 @@ PRESETS = {
     "quick": dict(seeds=[0], epochs=8, tasks=["digits", "patch_textures", "struct_count"],
                   vit_methods=["linear", "bias", "ssf", "full"], convnext_methods=["linear", "ssf"],
                   large_train=2000, large_epochs=3, large_methods=["linear", "ssf", "full"],
-                  c_images=200, ablation_task="patch_textures",
+                  c_images=200, ablation_task="patch_textures", figure_task="patch_textures",
                   ablations=["6a"]),
     "full": dict(seeds=[0, 1, 2], epochs=30, tasks=TASKS, vit_methods=VIT_METHODS,
                  convnext_methods=CONVNEXT_METHODS, large_train=10000, large_epochs=10,
                  large_methods=["linear", "bias", "ssf", "full"], c_images=1000,
-                 ablation_task="patch_textures", ablations=["6a", "6b", "6c", "6d"]),
+                 ablation_task="patch_textures", figure_task="patch_textures",
+                 ablations=["6a", "6b", "6c", "6d"]),
 }
 
 
@@ -76,25 +82,51 @@ def backbones() -> dict:
     return {"vit": vit[0], "convnext": convnext[0] if convnext else None}
 
 
-def run(runs: Path, name: str, **overrides) -> dict:
-    """One engine run, skipped when its results already exist (resumable suite)."""
-    out = runs / name
-    if (out / "results.json").is_file():
-        return json.loads((out / "results.json").read_text())
-    if out.exists():   # interrupted: continue from its checkpoint
-        resume = (out / "checkpoint.pt").is_file()
-    else:
-        resume = False
-    base = dict(pretrained=True, input_size=32, train_split="train800", val_split="val200", test_split="test",
-                augment="vtab", batch_size=64, warmup_epochs=2, weight_decay=0.05,
-                protocol="clean", test_every_epoch=False, log_every=1000, out_dir=str(out))
-    cfg = make_config({**base, **overrides})
+BASE = dict(pretrained=True, input_size=32, train_split="train800", val_split="val200", test_split="test",
+            augment="vtab", batch_size=64, warmup_epochs=2, weight_decay=0.05, protocol="clean",
+            test_every_epoch=False, log_every=1000)
+
+
+def run_one(job: tuple[str, str, dict]) -> tuple[str, float, float]:
+    """One engine run in its own directory; an interrupted run continues from its checkpoint."""
+    runs, name, overrides = job
+    out = Path(runs) / name
+    cfg = make_config({**BASE, **overrides, "out_dir": str(out)})
     started = time.time()
-    print(f"--- {name}", flush=True)
-    results = train(cfg, resume=resume)
-    print(f"--- {name}: top-1 {results['reported']['top1']:.2f} in {time.time() - started:.0f}s",
+    results = train(cfg, resume=(out / "checkpoint.pt").is_file())
+    return name, results["reported"]["top1"], time.time() - started
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def execute(runs: Path, plan: dict[str, dict], jobs: int) -> None:
+    """Run every planned run that has no results.json yet, `jobs` at a time (each process gets
+    cpus // jobs threads: small models use one process per core better than two threads)."""
+    todo = [(str(runs), name, overrides) for name, overrides in plan.items()
+            if not (runs / name / "results.json").is_file()]
+    print(f"{len(plan) - len(todo)} of {len(plan)} runs done, {len(todo)} to go, {jobs} at a time",
           flush=True)
-    return results
+    if not todo:
+        return
+    started, threads = time.time(), max(1, (os.cpu_count() or 1) // jobs)
+    if jobs == 1:
+        outcomes = map(run_one, todo)
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(jobs, _worker_init, (threads,))
+        outcomes = pool.imap_unordered(run_one, todo)
+    for done, (name, top1, seconds) in enumerate(outcomes, 1):
+        eta = (time.time() - started) / done * (len(todo) - done)
+        print(f"[{done}/{len(todo)}] {name}: top-1 {top1:.2f} in {seconds:.0f}s; ETA {eta / 60:.1f} min",
+              flush=True)
+    if jobs > 1:
+        pool.close()
+        pool.join()
+
+
+def result(runs: Path, name: str) -> dict:
+    return json.loads((runs / name / "results.json").read_text())
 
 
 def mean_std(values: list[float]) -> str:
@@ -122,24 +154,35 @@ def suite_table(results: dict, tasks: list[str], methods: list[str], label: str)
     return lines
 
 
+def plan_a(p: dict, nets: dict) -> dict:
+    return {f"a/{net}/{task}/{method}/seed{seed}": dict(
+                model=nets[net], method=method, method_options=OPTIONS.get(method, {}), dataset=task,
+                dataset_options={"seed": seed}, seed=seed, epochs=p["epochs"], lr=LR[method],
+                cache_features=method == "linear")
+            for net, methods in (("vit", p["vit_methods"]), ("convnext", p["convnext_methods"]))
+            if nets.get(net) for method in methods for task in p["tasks"] for seed in p["seeds"]}
+
+
 def experiment_a(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
     lines, data = ["## (a) 1k-sample suite (VTAB-1k protocol), top-1 % on test, clean protocol", ""], {}
     for net, methods in (("vit", p["vit_methods"]), ("convnext", p["convnext_methods"])):
         if nets.get(net) is None:
             continue
-        results = {}
-        for method in methods:
-            for task in p["tasks"]:
-                for seed in p["seeds"]:
-                    results.setdefault((method, task), []).append(run(
-                        runs, f"a/{net}/{task}/{method}/seed{seed}", model=nets[net], method=method,
-                        method_options=OPTIONS.get(method, {}), dataset=task,
-                        dataset_options={"seed": seed}, seed=seed, epochs=p["epochs"],
-                        lr=LR[method], cache_features=method == "linear"))
+        results = {(method, task): [result(runs, f"a/{net}/{task}/{method}/seed{seed}") for seed in p["seeds"]]
+                   for method in methods for task in p["tasks"]}
         lines += [f"### {net}: {nets[net]} (mean ± std over seeds {p['seeds']})", "",
                   *suite_table(results, p["tasks"], methods, "method"), ""]
         data[net] = {f"{m}/{t}": [r["reported"]["top1"] for r in rs] for (m, t), rs in results.items()}
     return lines, data
+
+
+def plan_b(p: dict, nets: dict) -> dict:
+    return {f"b/{method}": dict(
+                model=nets["vit"], method=method, method_options=OPTIONS.get(method, {}),
+                dataset="fashion_mnist", train_split="train", train_offset=1000, train_limit=p["large_train"],
+                val_split="val200", dataset_options={"seed": 0}, seed=0, epochs=p["large_epochs"],
+                lr=LR[method])
+            for method in p["large_methods"]}
 
 
 def experiment_b(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
@@ -149,11 +192,7 @@ def experiment_b(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
              "| method | top-1 | selected epoch | params (M) |", "|---|---|---|---|"]
     data = {}
     for method in p["large_methods"]:
-        r = run(runs, f"b/{method}", model=nets["vit"], method=method,
-                method_options=OPTIONS.get(method, {}), dataset="fashion_mnist",
-                train_split="train", train_offset=1000, train_limit=p["large_train"],
-                val_split="val200", dataset_options={"seed": 0}, epochs=p["large_epochs"],
-                lr=LR[method])
+        r = result(runs, f"b/{method}")
         data[method] = r["reported"]["top1"]
         lines.append(f"| {method} | {r['reported']['top1']:.2f} | {r['reported']['epoch']} | "
                      f"{r['trainable_params'] / 1e6:.3f} |")
@@ -197,6 +236,18 @@ def experiment_c(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
     return lines + [""], data
 
 
+def ablation_name(task: str, label: str, seed: int) -> str:
+    return f"d/{task}/{label.replace(' ', '_').replace('=', '')}/seed{seed}"
+
+
+def plan_d(p: dict, nets: dict) -> dict:
+    task = p["ablation_task"]
+    return {ablation_name(task, label, seed): dict(
+                model=nets["vit"], method="ssf", method_options=options, dataset=task,
+                dataset_options={"seed": seed}, seed=seed, epochs=p["epochs"], lr=LR["ssf"])
+            for table, label, options in ABLATIONS if table in p["ablations"] for seed in p["seeds"]}
+
+
 def experiment_d(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
     task = p["ablation_task"]
     lines = [f"## (d) SSF ablations (paper Table 6) on {task}, top-1 % (mean ± std over seeds)", "",
@@ -205,15 +256,36 @@ def experiment_d(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
     for table, label, options in ABLATIONS:
         if table not in p["ablations"]:
             continue
-        results = [run(runs, f"d/{task}/{label.replace(' ', '_').replace('=', '')}/seed{seed}",
-                       model=nets["vit"], method="ssf", method_options=options, dataset=task,
-                       dataset_options={"seed": seed}, seed=seed, epochs=p["epochs"], lr=LR["ssf"])
-                   for seed in p["seeds"]]
+        results = [result(runs, ablation_name(task, label, seed)) for seed in p["seeds"]]
         top1 = [r["reported"]["top1"] for r in results]
         data[f"{table} {label}"] = top1
         lines.append(f"| {table} | {label} | {mean_std(top1)} | "
                      f"{results[0]['trainable_params'] / 1e6:.3f} |")
     return lines + [""], data
+
+
+def figures(p: dict, runs: Path, out: Path) -> list[str]:
+    """Paper Figure 4 (weights: pretrained vs merged SSF vs full) and Figure 5 (linear CKA per
+    block against full fine-tuning) from the ViT runs of (a) on the figure task, seed 0."""
+    from scaleshift.analyze import plot_similarity, plot_weights, similarity, weight_histograms
+    task, seed = p["figure_task"], p["seeds"][0]
+    run_of = {m: runs / f"a/vit/{task}/{m}/seed{seed}" for m in p["vit_methods"]}
+    if not all((run_of[m] / "results.json").is_file() for m in ("full", "ssf")):
+        return []
+    hist = weight_histograms(run_of["ssf"], run_of["full"])
+    write_json(out / "fig4_weights.json", hist)
+    plot_weights(hist, out / "fig4_weights.png", f"ViT backbone parameters after fine-tuning on {task}")
+    others = [m for m in ("linear", "vpt_deep", "ssf") if m in run_of]
+    result = similarity([run_of["full"]] + [run_of[m] for m in others], task, "test", 500)
+    write_json(out / "fig5_similarity.json", result)
+    plot_similarity(result, out / "fig5_similarity.png")
+    cka = {r["method"]: r["cka"] for r in result["runs"]}
+    return [f"## Figures 4 and 5 (ViT, {task}, seed {seed})", "",
+            "![Figure 4](fig4_weights.png)", "", "![Figure 5](fig5_similarity.png)", "",
+            "Linear CKA with full fine-tuning per block (500 test images):", "",
+            "| method | " + " | ".join(f"block {i + 1}" for i in range(len(next(iter(cka.values()))))) + " |",
+            "|---" * (1 + len(next(iter(cka.values())))) + "|",
+            *[f"| {m} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for m, values in cka.items()], ""]
 
 
 def main() -> int:
@@ -222,18 +294,27 @@ def main() -> int:
     parser.add_argument("--only", default="a,b,c,d", help="experiments to run, e.g. a,d")
     parser.add_argument("--runs", default=None, help="run directories (default runs/mini/PRESET)")
     parser.add_argument("--out", default=None, help="tables (default results/mini/PRESET)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (processes)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     runs = Path(args.runs or ROOT / "runs" / "mini" / args.preset)
     out = Path(args.out or ROOT / "results" / "mini" / args.preset)
     nets = backbones()
     started = time.time()
+    only = args.only.split(",")
+    plan = {}
+    for key, planner in (("a", plan_a), ("b", plan_b), ("c", plan_b), ("d", plan_d)):
+        if key in only:
+            plan.update(planner(preset, nets))
+    execute(runs, plan, args.jobs)
     sections, data = [], {}
     for key, experiment in (("a", experiment_a), ("b", experiment_b), ("c", experiment_c),
                             ("d", experiment_d)):
-        if key in args.only.split(","):
+        if key in only:
             lines, data[key] = experiment(preset, runs, nets)
             sections += lines
+    if "a" in only:
+        sections += figures(preset, runs, out)
     header = [f"# Mini reproduction, preset {args.preset}", "",
               f"Command: `python benchmarks/mini_repro.py --preset {args.preset} --only {args.only}`; "
               f"backbones {nets}; wall time {time.time() - started:.0f} s on "

@@ -2,8 +2,9 @@
 on the 1k suite in the VTAB-1k protocol.
 
 For each task: images resized to 32x32 (bicubic), scaled to [0, 1], normalised with
-mean = std = 0.5; frozen pooled features (scaleshift.pretrain.pooled_features: ViT = [cls, mean
-of patch tokens] after the final norm, ConvNeXt = pooled + head norm); standardised; sklearn
+mean = std = 0.5; frozen features = the classifier's input (ViT: mean of the normed patch tokens,
+global_pool="avg"; ConvNeXt: pooled + head norm), i.e. what the `linear` method trains a head
+on; standardised; sklearn
 LogisticRegression fitted on train800 for each C in the grid, C chosen on val200, refitted on
 train800val200 with that C; top-1 on the full test split. Same procedure for both models.
 
@@ -14,7 +15,6 @@ train800val200 with that C; top-1 on the full test split. Same procedure for bot
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from scaleshift.io import atomic_path, write_json
 
 TASKS = ("digits", "patch_textures", "patch_photos", "patch_medical", "faces", "fashion_mnist",
          "struct_location", "struct_orientation", "struct_count", "struct_distance")
@@ -48,10 +50,9 @@ def images_of(name: str, split: str, seed: int, limit: int | None = None):
 
 @torch.no_grad()
 def features(model, x: torch.Tensor, batch: int = 500) -> np.ndarray:
-    from scaleshift.pretrain import pooled_features
-    model.eval()
-    return torch.cat([pooled_features(model, x[i:i + batch]) for i in range(0, len(x), batch)]
-                     ).numpy().astype(np.float64)
+    model.eval()       # the classifier's input: what the `linear` method trains a head on
+    return torch.cat([model.forward_head(model.forward_features(x[i:i + batch]), pre_logits=True)
+                      for i in range(0, len(x), batch)]).numpy().astype(np.float64)
 
 
 def probe(f: dict, y: dict) -> dict:
@@ -145,15 +146,15 @@ def main(argv=None) -> int:
                                     " (full test split)"),
         probe="sklearn LogisticRegression(max_iter=2000) on StandardScaler features, C grid "
               + str(list(C_GRID)),
-        features="pooled: ViT [cls, mean patch tokens] after final norm; ConvNeXt pool + head norm",
+        features="the classifier's input (forward_head pre_logits): ViT mean of normed patch tokens; "
+                 "ConvNeXt pool + head norm",
         seed=args.seed, tasks=tasks, results=rows, means=means,
         machine=dict(cpu_count=os.cpu_count(), torch_threads=args.threads,
                      torch=torch.__version__, python=platform.python_version(),
                      platform=platform.platform()),
         seconds=round(time.time() - t0, 1))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    write_json(out.with_suffix(".json"), report)
     lines = ["# Linear probe: pretrained vs random init (1k suite, VTAB-1k protocol)", "",
              f"Command: `{report['command']}`", "", f"Protocol: {report['protocol']}.",
              f"Probe: {report['probe']}.", f"Features: {report['features']}.",
@@ -174,7 +175,8 @@ def main(argv=None) -> int:
         r, p = means[n]["random"], means[n]["pretrained"]
         cells += [f"**{r:.2f}**", f"**{p:.2f}**", f"**{p - r:+.2f}**"]
     lines.append("| **mean** | " + " | ".join(cells) + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-len(tasks) - 3:]))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0

@@ -37,3 +37,25 @@ def test_memory_probes_see_what_full_fine_tuning_adds():
         "vit_tiny_patch16_224", 10, **dict(TINY, embed_dim=128)).parameters()) * 4 / 2**20
     assert memory["full/train"] > memory["plain/infer"] + 2 * params_mb
     assert memory["linear/train"] < memory["full/train"]
+
+
+def test_profile_splits_every_profiled_step(tmp_path):
+    from scaleshift.bench import format_table
+    result = run_bench("vit_tiny_patch16_224", batch=4, rounds=1, model_kwargs=TINY, out=str(tmp_path),
+                       with_memory=False, profile=["ssf", "bias"])
+    for label in ("ssf", "bias"):
+        p = result["profile"][label]
+        assert p["matmul_conv_attention_ms"] > 0 and p["other_ms"] > 0
+        assert abs(p["matmul_conv_attention_ms"] + p["other_ms"] - p["self_ms"]) < 1e-6
+        assert "aten::" in (tmp_path / f"profile_{label}.txt").read_text()
+    table = format_table(result)
+    assert "floor: bias (BitFit)" in table and "profile ssf" in table
+
+
+def test_profile_refuses_an_inference_only_variant():
+    import pytest
+
+    from scaleshift.errors import ScaleshiftError
+    with pytest.raises(ScaleshiftError, match="not a trained variant"):
+        run_bench("vit_tiny_patch16_224", batch=2, rounds=1, model_kwargs=TINY, with_memory=False,
+                  profile=["ssf_merged"])

@@ -57,6 +57,59 @@ def test_scale_shift_function_gradients(channel_dim, shape, use_scale, use_shift
     assert torch.autograd.gradcheck(lambda *a: _ScaleShiftOutput.apply(*a), inputs)
 
 
+@pytest.mark.parametrize("layer", [
+    nn.Linear(5, 6), nn.Linear(5, 6, bias=False), nn.Conv1d(4, 6, 3, padding=1),
+    nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1), nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6),
+    nn.Conv3d(2, 4, 2)], ids=repr)
+@pytest.mark.parametrize("use_scale, use_shift, scalar", [
+    (True, True, False), (True, False, False), (False, True, False), (True, True, True)])
+def test_frozen_layer_function_gradients(layer, use_scale, use_shift, scalar):
+    """The fused training path (folded weight forward, input-grad-only backward) against
+    autograd through layer(x) * scale + shift, in float64."""
+    from scaleshift.methods.ssf import _ScaleShiftFrozenLayer
+    if layer.bias is None and use_shift:
+        pytest.skip("a shift after a bias-free layer does not fold; never takes this path")
+    torch.manual_seed(0)
+    layer = layer.double().requires_grad_(False)
+    channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    x = torch.randn((3, 7, 5) if isinstance(layer, nn.Linear) else
+                    (2, layer.in_channels, *([6] * (layer.weight.ndim - 2))),
+                    dtype=torch.float64, requires_grad=True)
+    scale = (1 + 0.3 * torch.randn(1 if scalar else channels, dtype=torch.float64)).requires_grad_() \
+        if use_scale else None
+    shift = torch.randn(channels, dtype=torch.float64, requires_grad=True) if use_shift else None
+    assert torch.autograd.gradcheck(lambda x, s, b: _ScaleShiftFrozenLayer.apply(x, s, b, layer),
+                                    (x, scale, shift))
+    shape = [1] * x.ndim
+    shape[-1 if isinstance(layer, nn.Linear) else 1] = -1
+    reference = layer(x)
+    reference = reference * scale.view(shape) if use_scale else reference
+    reference = reference + shift.view(shape) if use_shift else reference
+    torch.testing.assert_close(_ScaleShiftFrozenLayer.apply(x, scale, shift, layer), reference)
+
+
+def test_training_path_with_trainable_base_weights_still_trains_them():
+    linear = nn.Linear(4, 6)
+    wrapper = ScaleShift(linear, 6, "output")
+    init_scale_shift(wrapper, "normal", 0.5)
+    wrapper(torch.randn(3, 4)).sum().backward()
+    assert linear.weight.grad is not None and wrapper.ssf_scale.grad is not None
+
+
+def test_fused_training_path_under_bf16_autocast():
+    torch.manual_seed(0)
+    wrapper = ScaleShift(nn.Linear(8, 6).requires_grad_(False), 6, "output")
+    init_scale_shift(wrapper, "normal", 0.5)
+    x = torch.randn(4, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = wrapper(x)
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and wrapper.ssf_scale.grad.dtype == torch.float32
+    expected = torch.autograd.grad((nn.functional.linear(x, wrapper.base_layer.weight, wrapper.base_layer.bias)
+                                    * wrapper.ssf_scale + wrapper.ssf_shift).sum(), wrapper.ssf_scale)[0]
+    torch.testing.assert_close(wrapper.ssf_scale.grad, expected, rtol=0.05, atol=0.05)
+
+
 def test_inference_path_with_folded_weights_equals_the_training_path():
     for family in ("vit", "convnext", "as_mlp"):
         model = scaleshift.apply(make_model(family), "ssf")
@@ -151,3 +204,21 @@ def test_profile_all_skips_layers_whose_weight_the_parent_reads():
     scaleshift.apply(model, "ssf", profile="all")
     assert isinstance(model.blocks[0].attn.qkv, nn.Linear)
     assert isinstance(model.blocks[0].attn.proj, ScaleShift)
+
+
+def test_explicit_output_affine_runs_the_layer_then_the_affine():
+    """merge checks compare against layer(x) * scale + shift computed literally, not folded."""
+    from scaleshift.methods.ssf import explicit_output_affine
+    linear = nn.Linear(4, 6).requires_grad_(False)
+    wrapper = ScaleShift(linear, 6, "output")
+    init_scale_shift(wrapper, "normal", 0.5)
+    calls = []
+    linear.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(3, 4)
+    fused = wrapper(x)
+    assert not calls                      # folded: the Linear module itself never runs
+    with explicit_output_affine():
+        explicit = wrapper(x)
+    assert calls == [1]
+    torch.testing.assert_close(explicit, linear(x) * wrapper.ssf_scale + wrapper.ssf_shift)
+    torch.testing.assert_close(fused, explicit)

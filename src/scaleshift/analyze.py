@@ -35,21 +35,23 @@ def weight_histograms(run_dir: str | Path, vs: str | Path | None = None, bins: i
     cfg, merged = load_run(run_dir, merged=True)
     pretrained = build_backbone(cfg, dataset_classes(cfg))
     head = classifier_parameter_names(pretrained)
-    models = {"pretrained": pretrained, f"{cfg.method} (merged)": merged}
+    def label(method: str) -> str:
+        return method if method in ("full", "linear") else f"{method} (merged)"
+    models = {"pretrained": pretrained, label(cfg.method): merged}
     if vs is not None:
         vs_cfg, vs_model = load_run(vs, merged=True)
         if vs_cfg.model != cfg.model:
             raise ScaleshiftError(f"--vs run uses {vs_cfg.model}, not {cfg.model}")
-        models[f"{vs_cfg.method} (merged)" if vs_cfg.method != cfg.method else str(vs)] = vs_model
-    values = {label: backbone_values(m, head) for label, m in models.items()}
+        models[label(vs_cfg.method) if vs_cfg.method != cfg.method else str(vs)] = vs_model
+    values = {name: backbone_values(m, head) for name, m in models.items()}
     out = {}
     for kind in ("weight", "bias"):
-        low = min(float(np.percentile(v[kind], 0.1)) for v in values.values())
-        high = max(float(np.percentile(v[kind], 99.9)) for v in values.values())
+        low = min(float(v[kind].min()) for v in values.values())
+        high = max(float(v[kind].max()) for v in values.values())
         edges = np.linspace(low, high, bins + 1)
         out[kind] = dict(edges=edges.tolist(), counts={
-            label: np.histogram(np.clip(v[kind], low, high), edges)[0].tolist()
-            for label, v in values.items()}, totals={label: int(v[kind].size) for label, v in values.items()})
+            name: np.histogram(v[kind], edges)[0].tolist()
+            for name, v in values.items()}, totals={name: int(v[kind].size) for name, v in values.items()})
     return out
 
 
@@ -62,7 +64,7 @@ def plot_weights(hist: dict, path: Path, title: str) -> None:
             counts = np.array(counts, dtype=float)
             ax.plot(centers, counts / counts.sum(), label=label)
         ax.set_yscale("log")
-        ax.set_title(f"{kind}s of the backbone")
+        ax.set_title({"weight": "weights", "bias": "biases"}[kind] + " of the backbone")
         ax.set_xlabel("value")
         ax.legend()
     fig.suptitle(title)
@@ -92,20 +94,22 @@ def block_names(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def block_features(model: nn.Module, images: torch.Tensor, batch: int = 128) -> list[torch.Tensor]:
-    """One (n, C) feature matrix per block: the class token of token models (B, N, C), the
-    spatial mean of (B, H, W, C) / (B, C, H, W) maps."""
+    """One (n, C) feature matrix per block: for token models (B, N, C) the class token when the
+    model's head reads it (global_pool "token"), else the mean of the other tokens; the spatial
+    mean of (B, H, W, C) / (B, C, H, W) maps."""
     from .profiles import family_of
     names = block_names(model)
     store: dict[str, list] = {n: [] for n in names}
     family = family_of(model)
     channel_last_maps = family is not None and family.name == "swin"   # Swin blocks: (B, H, W, C)
-    class_token = getattr(model, "num_prefix_tokens", 0) > 0
+    prefix = getattr(model, "num_prefix_tokens", 0)
+    class_token = prefix > 0 and getattr(model, "global_pool", "token") == "token"
 
     def hook(name):
         def record(module, inputs, output):
             out = output[0] if isinstance(output, tuple) else output
             if out.ndim == 3:
-                feat = out[:, 0] if class_token else out.mean(1)    # tokens (B, N, C)
+                feat = out[:, 0] if class_token else out[:, prefix:].mean(1)    # tokens (B, N, C)
             elif channel_last_maps:
                 feat = out.mean((1, 2))
             else:

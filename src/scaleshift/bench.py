@@ -201,6 +201,51 @@ def _reset_peak_rss() -> int:
     return _proc_status_kb("VmRSS")
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
+              "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution",
+              "aten::convolution_backward", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def _trained_variant(label: str) -> Variant:
+    variant = next((v for v in VARIANTS if v.label == label and v.train), None)
+    if variant is None:
+        raise ScaleshiftError(f"--profile: {label!r} is not a trained variant; one of "
+                              f"{', '.join(v.label for v in VARIANTS if v.train)}")
+    return variant
+
+
+def profile_train_steps(model_name: str, model_kwargs: dict, batch: int, device, size: int | None,
+                        labels: list[str], out: Path | None) -> dict:
+    """torch.profiler over one training step per variant (after a warm-up step): self time in
+    matmul/conv/attention kernels vs everything else, and the top ops (written to
+    profile_<label>.txt under `out`)."""
+    import timm.optim
+    from torch.profiler import ProfilerActivity, profile
+    summary = {}
+    for label in labels:
+        variant = _trained_variant(label)
+        model = build(model_name, model_kwargs, variant, 10, device).train()
+        optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
+        images = torch.randn(input_shape(model, batch, size)).to(device)
+        labels_t = torch.randint(0, 10, (batch,)).to(device)
+        train_step(model, optimizer, images, labels_t, device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            train_step(model, optimizer, images, labels_t, device)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        heavy = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS
+                    or e.key.startswith("aten::_scaled_dot_product"))
+        summary[label] = dict(self_ms=total / 1e3, matmul_conv_attention_ms=heavy / 1e3,
+                              other_ms=(total - heavy) / 1e3)
+        if out is not None:
+            from .io import atomic_path
+            with atomic_path(out / f"profile_{label}.txt") as tmp:
+                tmp.write_text(events.table(sort_by="self_cpu_time_total", row_limit=25))
+    return summary
+
+
 def measure_memory(model_name: str, model_kwargs: dict, batch: int, device, size: int | None,
                    variants: list[Variant]) -> dict:
     results = {}
@@ -227,7 +272,7 @@ def measure_memory(model_name: str, model_kwargs: dict, batch: int, device, size
 
 def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int = 3,
               model_kwargs: dict | None = None, size: int | None = None, out: str | None = None,
-              with_memory: bool = True) -> dict:
+              with_memory: bool = True, profile: list[str] | None = None) -> dict:
     from .engine import machine_info
     from .models import _ensure_registered
     _ensure_registered()
@@ -235,10 +280,14 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ScaleshiftError("--device cuda but no CUDA device is available")
+    for label in profile or []:
+        _trained_variant(label)
     variants = applicable(model_name, model_kwargs)
     started = time.time()
     times = measure_times(model_name, model_kwargs, batch, rounds, device, size, variants)
     memory = measure_memory(model_name, model_kwargs, batch, device, size, variants) if with_memory else {}
+    profiled = profile_train_steps(model_name, model_kwargs, batch, device, size, profile,
+                                   Path(out) if out else None) if profile else {}
     rows = []
     for v in variants:
         for kind in [k for k, on in (("train", v.train), ("infer", v.infer)) if on]:
@@ -252,7 +301,7 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
                   rounds=rounds, input=list(input_shape(build(model_name, model_kwargs, VARIANTS[0], 10, "cpu"), batch, size)),
                   memory_measure="cuda max_memory_allocated" if device.type == "cuda"
                   else "model bytes + peak RSS growth over two steps (fresh process per variant)",
-                  rows=rows, seconds_total=round(time.time() - started, 1), machine=machine_info())
+                  rows=rows, profile=profiled, seconds_total=round(time.time() - started, 1), machine=machine_info())
     if out:
         write_bench(result, Path(out))
     return result
@@ -324,4 +373,12 @@ def format_table(result: dict) -> str:
     for g in goals(result):
         value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
         lines.append(f"goal: {g['goal']:40} {value:>7}  {'met' if g['met'] else 'MISSED' if g['met'] is False else ''}")
+    by = {(r["variant"], r["kind"]): r for r in result["rows"]}
+    if ("bias", "train") in by:
+        # BitFit trains no weight matrix either: its step is the floor for any method that
+        # needs gradients through every block
+        lines.append(f"floor: bias (BitFit) training step time / full {by[('bias', 'train')]['time_ratio']:.3f}")
+    for label, p in result.get("profile", {}).items():
+        lines.append(f"profile {label:16} self {p['self_ms']:9.1f} ms: matmul/conv/attention "
+                     f"{p['matmul_conv_attention_ms']:9.1f} ms, other {p['other_ms']:9.1f} ms")
     return "\n".join(lines)

@@ -175,7 +175,8 @@ def cmd_bench(args) -> int:
     except json.JSONDecodeError as exc:
         raise ScaleshiftError(f"--model-kwargs must be JSON, e.g. '{{\"img_size\": 32}}' ({exc})") from None
     result = run_bench(args.model, args.batch_size, args.device, args.rounds, model_kwargs,
-                       args.size, args.out, with_memory=not args.no_memory)
+                       args.size, args.out, with_memory=not args.no_memory,
+                       profile=[x for x in (args.profile or "").split(",") if x])
     print(format_table(result))
     if args.out:
         print(f"written: {args.out}/bench.json, bench.csv, bench.png")
@@ -317,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="input resolution (default: the model's)")
     p.add_argument("--model-kwargs", default=None, help="JSON of timm constructor kwargs")
     p.add_argument("--out", default=None, help="directory for bench.json, bench.csv, bench.png")
+    p.add_argument("--profile", default=None,
+                   help="comma-separated trained variants to profile with torch.profiler, e.g. "
+                        "ssf,bias,full (writes profile_<variant>.txt under --out)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("export", help="merged plain weights (safetensors) or an ONNX graph, checked")

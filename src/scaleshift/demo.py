@@ -16,6 +16,7 @@ import torch
 from .config import make_config
 from .engine import load_run, train
 from .io import atomic_path, figure, save_png, write_json
+from .methods.ssf import explicit_output_affine
 from .models import plain_timm_model
 
 DEMO_TASK = "patch_textures"
@@ -59,7 +60,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
                          seed=seed)
     images = torch.stack([test[i][0] for i in range(min(len(test), 1000))])
     unmerged.eval(), plain.eval()
-    with torch.enable_grad():   # the training-time path: scale/shift on the outputs
+    with torch.no_grad(), explicit_output_affine():   # layer(x) * scale + shift, unfolded
         reference = unmerged(images).detach()
     with torch.no_grad():
         deployed = plain(images)

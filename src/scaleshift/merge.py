@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .errors import ScaleshiftError
 from .methods import CONFIG_ATTR, apply, config_of, get_method, total_parameters
+from .methods.ssf import explicit_output_affine
 from .models import create_model, plain_timm_model
 
 
@@ -60,7 +61,7 @@ def merge_check(model_name: str, method: str = "ssf", num_classes: int = 100, *,
     model.eval()
     size = input_size or model.pretrained_cfg.get("input_size", (3, 224, 224))
     x = torch.randn(batch_size, *size, generator=torch.Generator().manual_seed(seed + 1))
-    with torch.enable_grad():   # the training-time path: scale/shift applied to the outputs
+    with torch.no_grad(), explicit_output_affine():   # layer(x) * scale + shift, unfolded
         reference = model(x).detach()
     merged, non_mergeable = merge_with_report(model)
     merged.eval()

@@ -135,7 +135,12 @@ class MultiTaskModel(nn.Module):
             features = self.backbone(images)       # (B, num_features): pre-logits
         finally:
             self._set_tasks(None)
-        return [self.heads[t](features[i:i + 1])[0] for i, t in enumerate(task_ids.tolist())]
+        logits: list = [None] * len(task_ids)
+        for task in task_ids.unique().tolist():      # each head once, on its own rows
+            rows = (task_ids == task).nonzero().flatten()
+            for row, out in zip(rows.tolist(), self.heads[task](features[rows])):
+                logits[row] = out
+        return logits
 
 
 def _width(wrapper) -> int:

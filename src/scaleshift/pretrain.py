@@ -49,13 +49,15 @@ MEAN = STD = (0.5, 0.5, 0.5)     # inputs in [0, 1] are normalised to [-1, 1]
 
 ARCHS = {
     "vit": dict(timm_name="vit_tiny_patch16_224",
-                kwargs=dict(img_size=SIZE, patch_size=4, embed_dim=128, depth=4, num_heads=4)),
+                kwargs=dict(img_size=SIZE, patch_size=4, embed_dim=128, depth=4, num_heads=4,
+                            global_pool="avg", fc_norm=False)),
     "convnext": dict(timm_name="convnext_atto",
                      kwargs=dict(dims=(32, 64, 128, 256), depths=(2, 2, 4, 2), patch_size=2,
                                  conv_mlp=False)),
     # tiny configurations for tests
     "vit_test": dict(timm_name="vit_tiny_patch16_224",
-                     kwargs=dict(img_size=SIZE, patch_size=8, embed_dim=32, depth=1, num_heads=2)),
+                     kwargs=dict(img_size=SIZE, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                                 global_pool="avg", fc_norm=False)),
     "convnext_test": dict(timm_name="convnext_atto",
                           kwargs=dict(dims=(8, 16, 16, 16), depths=(1, 1, 1, 1), patch_size=2,
                                       conv_mlp=False)),
@@ -279,7 +281,7 @@ def run_pretrain(args) -> dict:
         if not ckpt_path.is_file():
             raise ScaleshiftError(f"--resume: no checkpoint at {ckpt_path}; run without --resume "
                                   f"to start")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if state["config"] != config:
             diff = {k: (state["config"].get(k), config[k]) for k in config
                     if state["config"].get(k) != config[k]}

@@ -8,6 +8,7 @@ and works for any norm class, including those that fuse an activation (timm's Ba
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -57,6 +58,88 @@ class _ScaleShiftOutput(torch.autograd.Function):
         return grad, grad_scale, grad_shift, None
 
 
+_CONV_INPUT_GRAD = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
+                    nn.Conv3d: torch.nn.grad.conv3d_input}
+
+
+def _scaled_weight_and_bias(layer: nn.Module, scale, shift, rows: bool = True):
+    """(weight, bias) of `layer` with scale and shift folded in (paper Eq. 5). rows=True: a
+    Linear (out, in) or Conv (out, in/groups, *k) weight, scaled per output row; rows=False: a
+    norm's affine weight, scaled along its channel (last) dim."""
+    weight, bias = layer.weight, layer.bias
+    if scale is not None:
+        factor = scale.view(-1, *([1] * (weight.ndim - 1))) if rows else scale
+        weight = weight * factor.to(weight.dtype)
+        bias = bias * scale.to(bias.dtype) if bias is not None else None
+    if shift is not None:
+        bias = shift.to(weight.dtype) if bias is None else bias + shift.to(bias.dtype)
+    return weight, bias
+
+
+class _ScaleShiftFrozenLayer(torch.autograd.Function):
+    """Training path of SSF after a frozen Linear / Conv: z = layer(x) * scale + shift computed
+    as ONE op with the folded weight (scale * W, scale * b + shift), so the forward makes no
+    extra pass over the output and the backward's input gradient is a single matmul / conv with
+    the folded weight, exactly as for BitFit. No weight gradient is ever formed. The scale's
+    gradient sum(g * (z - shift)) / scale comes from the saved output z, which the next op saves
+    anyway, so no activation is added. Used only when every |scale| > 1e-3."""
+
+    @staticmethod
+    def forward(ctx, x, scale, shift, layer):
+        weight, bias = _scaled_weight_and_bias(layer, scale, shift)
+        if type(layer) is nn.Linear:
+            z = F.linear(x, weight, bias)
+        else:
+            z = layer._conv_forward(x, weight, bias)
+        ctx.save_for_backward(z, scale, shift)
+        ctx.layer, ctx.x_shape, ctx.x_dtype = layer, x.shape, x.dtype
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, scale, shift = ctx.saved_tensors
+        layer = ctx.layer
+        channel_dim = grad.ndim - 1 if type(layer) is nn.Linear else 1
+        dims = [d for d in range(grad.ndim) if d != channel_dim]
+        grad_x = grad_scale = grad_shift = None
+        if ctx.needs_input_grad[0]:
+            weight, _ = _scaled_weight_and_bias(layer, scale, None)
+            weight = weight.to(grad.dtype)
+            if type(layer) is nn.Linear:
+                grad_x = grad.matmul(weight)
+            else:
+                grad_x = _CONV_INPUT_GRAD[type(layer)](ctx.x_shape, weight, grad, layer.stride,
+                                                       layer.padding, layer.dilation, layer.groups)
+            grad_x = grad_x.to(ctx.x_dtype)
+        sum_grad = grad.sum(dims, dtype=torch.float32) if shift is not None else None
+        if shift is not None and ctx.needs_input_grad[2]:
+            grad_shift = sum_grad.to(shift.dtype)
+        if scale is not None and ctx.needs_input_grad[1]:
+            per_channel = (grad * z).sum(dims, dtype=torch.float32)
+            if shift is not None:
+                per_channel = per_channel - shift.float() * sum_grad
+            grad_scale = per_channel / scale.float()
+            if scale.numel() == 1:
+                grad_scale = grad_scale.sum().reshape(1)
+            grad_scale = grad_scale.to(scale.dtype)
+        return grad_x, grad_scale, grad_shift, None
+
+
+_EXPLICIT = [False]
+
+
+@contextlib.contextmanager
+def explicit_output_affine():
+    """Inside this block every SSF Linear/Conv computes the paper's formula literally, the
+    layer's own output followed by y * scale + shift, instead of folding scale and shift into
+    its weight. The reference that merge checks compare folded models against."""
+    previous, _EXPLICIT[0] = _EXPLICIT[0], True
+    try:
+        yield
+    finally:
+        _EXPLICIT[0] = previous
+
+
 class ScaleShift(nn.Module):
     """Wraps `base_layer` and scales/shifts its output channels.
 
@@ -88,31 +171,30 @@ class ScaleShift(nn.Module):
 
     def folded_params(self) -> dict[str, torch.Tensor | None]:
         """base_layer's weight and bias with scale and shift folded in (paper Eq. 5)."""
-        weight, bias = self.base_layer.weight, self.base_layer.bias
-        scale, shift = self.ssf_scale, self.ssf_shift
-        if scale is not None:
-            # Linear (out, in) and Conv (out, in/groups, *k): scale the rows of output channels
-            factor = scale if self.mode == "affine" else scale.view(-1, *([1] * (weight.ndim - 1)))
-            weight = weight * factor.to(weight.dtype)
-            bias = bias * scale.to(bias.dtype) if bias is not None else None
-        if shift is not None:
-            bias = shift if bias is None else bias + shift.to(bias.dtype)
-        return {"weight": weight, "bias": bias}
+        return dict(zip(("weight", "bias"), _scaled_weight_and_bias(
+            self.base_layer, self.ssf_scale, self.ssf_shift, rows=self.mode == "output")))
 
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         base, params = self.base_layer, self.folded_params()
         if type(base) is nn.Linear:
             return F.linear(x, params["weight"], params["bias"])
-        if type(base) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        if type(base) in _CONV_INPUT_GRAD:
             return base._conv_forward(x, params["weight"], params["bias"])
+        if type(base) is nn.LayerNorm:
+            return F.layer_norm(x, base.normalized_shape, params["weight"], params["bias"], base.eps)
         return functional_call(base, params, (x,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Norms always run through their own affine. A Linear/Conv at inference (no grad) also
-        # runs with folded weights: weight-sized work instead of an extra pass over the output.
-        # In training the affine goes on the output, so no weight gradient is ever formed.
-        if self.mode == "affine" or (not torch.is_grad_enabled() and self._foldable()):
+        # Norms always run through their own affine. A foldable Linear/Conv runs with folded
+        # weights at inference (weight-sized work instead of a pass over the output) and, while
+        # its own weights are frozen, in training too (_ScaleShiftFrozenLayer).
+        if self.mode == "affine":
             return self._forward_folded(x)
+        if self._foldable() and not self._base_trainable() and not _EXPLICIT[0]:
+            if not torch.is_grad_enabled():
+                return self._forward_folded(x)
+            if self._fused_backward_ok():
+                return _ScaleShiftFrozenLayer.apply(x, self.ssf_scale, self.ssf_shift, self.base_layer)
         y = self.base_layer(x)
         return _ScaleShiftOutput.apply(y, self.ssf_scale, self.ssf_shift, self.channel_dim)
 
@@ -120,6 +202,17 @@ class ScaleShift(nn.Module):
         if not hasattr(self, "_is_foldable"):
             self._is_foldable = self.unfoldable_reason() is None
         return self._is_foldable
+
+    def _base_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.base_layer.parameters(recurse=False))
+
+    def _fused_backward_ok(self) -> bool:
+        base = self.base_layer
+        if type(base) is not nn.Linear and (type(base) not in _CONV_INPUT_GRAD
+                                            or base.padding_mode != "zeros"
+                                            or isinstance(base.padding, str)):
+            return False
+        return self.ssf_scale is None or bool(self.ssf_scale.detach().abs().min() > 1e-3)
 
     def unfoldable_reason(self) -> str | None:
         base = self.base_layer
