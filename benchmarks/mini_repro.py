@@ -1,7 +1,8 @@
 """The paper's experiments in miniature, on scaleshift's own pretrained backbones, offline.
 
     python benchmarks/mini_repro.py --preset quick      # about 15 minutes on 2 CPU cores
-    python benchmarks/mini_repro.py --preset full       # about 3 hours; resumable
+    python benchmarks/mini_repro.py --preset full       # about 70 minutes; resumable
+    python benchmarks/mini_repro.py --preset full --seeds 0,1,2   # mean +- std, about 3.5 hours
     python benchmarks/mini_repro.py --preset full --only a,d
 
 (a) 1k-sample suite in the VTAB-1k protocol (train800 / val200 / test), grouped like VTAB,
@@ -67,8 +68,9 @@ PRESETS = {
                   large_train=2000, large_epochs=3, large_methods=["linear", "ssf", "full"],
                   c_images=200, ablation_task="patch_textures", figure_task="patch_textures",
                   ablations=["6a"]),
-    "full": dict(seeds=[0, 1, 2], epochs=30, tasks=TASKS, vit_methods=VIT_METHODS,
-                 convnext_methods=CONVNEXT_METHODS, large_train=10000, large_epochs=10,
+    # sized to about 70 minutes on 2 cores (2 runs at a time); --seeds 0,1,2 gives mean +- std
+    "full": dict(seeds=[0], epochs=12, tasks=TASKS, vit_methods=VIT_METHODS,
+                 convnext_methods=CONVNEXT_METHODS, large_train=5000, large_epochs=8,
                  large_methods=["linear", "bias", "ssf", "full"], c_images=1000,
                  ablation_task="patch_textures", figure_task="patch_textures",
                  ablations=["6a", "6b", "6c", "6d"]),
@@ -237,6 +239,8 @@ def experiment_c(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
 
 
 def ablation_name(task: str, label: str, seed: int) -> str:
+    if label in ("all layers", "init normal"):      # plain SSF: the same run as in (a)
+        return f"a/vit/{task}/ssf/seed{seed}"
     return f"d/{task}/{label.replace(' ', '_').replace('=', '')}/seed{seed}"
 
 
@@ -295,8 +299,11 @@ def main() -> int:
     parser.add_argument("--runs", default=None, help="run directories (default runs/mini/PRESET)")
     parser.add_argument("--out", default=None, help="tables (default results/mini/PRESET)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (processes)")
+    parser.add_argument("--seeds", default=None, help="override the preset's seeds, e.g. 0,1,2")
     args = parser.parse_args()
-    preset = PRESETS[args.preset]
+    preset = dict(PRESETS[args.preset])
+    if args.seeds:
+        preset["seeds"] = [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs or ROOT / "runs" / "mini" / args.preset)
     out = Path(args.out or ROOT / "results" / "mini" / args.preset)
     nets = backbones()
@@ -315,14 +322,18 @@ def main() -> int:
             sections += lines
     if "a" in only:
         sections += figures(preset, runs, out)
+    run_seconds = sum(result(runs, name).get("wall_time_s", 0) for name in plan)
     header = [f"# Mini reproduction, preset {args.preset}", "",
-              f"Command: `python benchmarks/mini_repro.py --preset {args.preset} --only {args.only}`; "
-              f"backbones {nets}; wall time {time.time() - started:.0f} s on "
-              f"{machine_info()['cpus']} CPUs, torch {torch.__version__}.", ""]
+              f"Command: `python benchmarks/mini_repro.py --preset {args.preset} --only {args.only}"
+              + (f" --seeds {args.seeds}" if args.seeds else "") + "`; "
+              f"backbones {nets}; {len(plan)} runs, {run_seconds / 60:.0f} min of run time in all "
+              f"({args.jobs} at a time on {machine_info()['cpus']} CPUs; this invocation "
+              f"{time.time() - started:.0f} s), torch {torch.__version__}.", ""]
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text("\n".join(header + sections) + "\n")
     write_json(out / "results.json", dict(preset=args.preset, only=args.only, backbones=nets,
                                           machine=machine_info(), data={k: v for k, v in data.items()},
+                                          runs=len(plan), run_seconds=round(run_seconds, 1),
                                           wall_time_s=round(time.time() - started, 1)))
     print("\n".join(header + sections))
     return 0

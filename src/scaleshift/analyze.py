@@ -156,6 +156,7 @@ def plot_similarity(result: dict, path: Path) -> None:
     fig, ax = figure(figsize=(7, 4))
     for run in result["runs"]:
         ax.plot(range(1, len(run["cka"]) + 1), run["cka"], marker="o", label=run["method"])
+    ax.set_xticks(range(1, max(len(r["cka"]) for r in result["runs"]) + 1))
     ax.set_xlabel("block")
     ax.set_ylabel(f"linear CKA with {result['reference']['method']}")
     ax.set_ylim(0, 1.02)
