@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         export = export_checks(run_dirs[0], images, Path(tmp))
     multitask = multitask_check([r / "adapter" for r in run_dirs], tasks, args.per_task)
-    report = dict(command="python benchmarks/deploy_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    report = dict(command=" ".join(["python benchmarks/deploy_check.py", *(sys.argv[1:] if argv is None else argv)]),
                   export=export, multitask=multitask)
     out = Path(args.out)
     write_json(out.with_suffix(".json"), report)

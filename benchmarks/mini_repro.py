@@ -24,6 +24,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import time
@@ -113,18 +114,19 @@ def execute(runs: Path, plan: dict[str, dict], jobs: int) -> None:
     if not todo:
         return
     started, threads = time.time(), max(1, (os.cpu_count() or 1) // jobs)
-    if jobs == 1:
-        outcomes = map(run_one, todo)
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(jobs, _worker_init, (threads,))
-        outcomes = pool.imap_unordered(run_one, todo)
-    for done, (name, top1, seconds) in enumerate(outcomes, 1):
-        eta = (time.time() - started) / done * (len(todo) - done)
-        print(f"[{done}/{len(todo)}] {name}: top-1 {top1:.2f} in {seconds:.0f}s; ETA {eta / 60:.1f} min",
-              flush=True)
-    if jobs > 1:
-        pool.close()
-        pool.join()
+    pool = multiprocessing.get_context("spawn").Pool(jobs, _worker_init, (threads,)) if jobs > 1 else None
+    # SIGTERM (kill, a CI timeout) must take the workers down too; an interrupted run resumes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("mini_repro: terminated; rerun to resume"))
+    try:
+        outcomes = pool.imap_unordered(run_one, todo) if pool else map(run_one, todo)
+        for done, (name, top1, seconds) in enumerate(outcomes, 1):
+            eta = (time.time() - started) / done * (len(todo) - done)
+            print(f"[{done}/{len(todo)}] {name}: top-1 {top1:.2f} in {seconds:.0f}s; ETA {eta / 60:.1f} min",
+                  flush=True)
+    finally:
+        if pool:
+            pool.terminate()
+            pool.join()
 
 
 def result(runs: Path, name: str) -> dict:

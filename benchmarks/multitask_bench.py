@@ -39,25 +39,29 @@ from scaleshift.multitask import MultiTaskModel
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def backbone(model_name: str, classes: int, pretrained: bool, model_kwargs: dict | None = None):
+    torch.manual_seed(0)        # with --random-init every task must see the same random backbone
+    return create_model(model_name, num_classes=classes, pretrained=pretrained, **(model_kwargs or {}))
+
+
 def make_adapters(model_name: str, pretrained: bool, tasks: int, classes: int, directory: Path) -> list[Path]:
     paths = []
     for seed in range(tasks):
-        torch.manual_seed(seed)
-        model = scaleshift.apply(create_model(model_name, num_classes=classes, pretrained=pretrained), "ssf")
+        model = scaleshift.apply(backbone(model_name, classes, pretrained), "ssf")
         perturb_trainable(model, std=0.1, seed=seed)
         paths.append(scaleshift.save_adapter(model, directory / f"task{seed}"))
     return paths
 
 
 def build(setup: str, adapters: list[str], pretrained: bool):
+    def factory(meta):
+        return backbone(meta["model_name"], meta["num_classes"], pretrained, meta.get("model_kwargs"))
     if setup == "multitask":
-        return MultiTaskModel.from_adapters(adapters, pretrained=pretrained)
+        return MultiTaskModel.from_adapters(adapters, backbone_factory=factory)
     from scaleshift.adapter_files import read_adapter_config
     models = []
     for directory in adapters:
-        meta = read_adapter_config(directory)
-        plain = create_model(meta["model_name"], num_classes=meta["num_classes"], pretrained=pretrained,
-                             **meta.get("model_kwargs", {}))
+        plain = factory(read_adapter_config(directory))
         models.append(scaleshift.merge(scaleshift.load_adapter(plain, directory)).eval())
     return models
 
@@ -164,7 +168,7 @@ def main(argv=None) -> int:
                   f"{r['rows']['multitask']['held_mib']:.1f} MiB held; {r['tasks']} merged models "
                   f"{r['rows']['merged']['images_per_s']:.0f} img/s, {r['rows']['merged']['held_mib']:.1f} "
                   f"MiB held; max logit diff {r['max_abs_logit_diff']:.1e}", flush=True)
-    report = dict(command="python benchmarks/multitask_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    report = dict(command=" ".join(["python benchmarks/multitask_bench.py", *(sys.argv[1:] if argv is None else argv)]),
                   model=args.model, pretrained=pretrained, runs=runs, machine=machine_info(),
                   threads=args.threads, seconds=round(time.time() - started, 1))
     out = Path(args.out or ROOT / "results" / "deploy" / f"multitask_{args.model}")

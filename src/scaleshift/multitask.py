@@ -9,6 +9,7 @@ outputs equal each task's merged model on that sample; the backbone weights exis
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -25,8 +26,6 @@ class TaskScaleShift(nn.Module):
                  mode: str, channel_dim: int):
         super().__init__()
         self.base_layer = base_layer
-        self.register_buffer("scales", scales)     # (tasks, C) - ones where a task has no scale
-        self.register_buffer("shifts", shifts)     # (tasks, C) - zeros where it has no shift
         self.mode = mode
         if mode == "affine":   # the norm's own channel dim
             if isinstance(base_layer, nn.LayerNorm) and base_layer.weight.ndim == 1:
@@ -36,6 +35,12 @@ class TaskScaleShift(nn.Module):
             else:
                 raise ScaleshiftError(f"multi-task SSF supports LayerNorm and GroupNorm affines, "
                                       f"not {type(base_layer).__name__}")
+            # (norm(x) * w + b) * s + shift = norm(x) * (w * s) + (b * s + shift): one per-task
+            # affine after an affine-free normalisation
+            weight, bias = base_layer.weight.detach(), base_layer.bias.detach()
+            scales, shifts = scales * weight, shifts + scales * bias
+        self.register_buffer("scales", scales)     # (tasks, C) - ones where a task has no scale
+        self.register_buffer("shifts", shifts)     # (tasks, C) - zeros where it has no shift
         self.channel_dim = channel_dim
         self.task_ids: torch.Tensor | None = None  # set by MultiTaskModel.forward
 
@@ -47,17 +52,15 @@ class TaskScaleShift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
-        if self.mode == "affine":   # normalise without the affine, then the per-sample affine
+        if self.mode == "affine":
             if self.channel_dim == -1:
                 y = F.layer_norm(x, base.normalized_shape, None, None, base.eps)
-                y = y * base.weight + base.bias
             else:
                 y = F.group_norm(x, base.num_groups, None, None, base.eps)
-                view = [1, -1] + [1] * (x.ndim - 2)
-                y = y * base.weight.view(view) + base.bias.view(view)
         else:
             y = base(x)
-        return y * self._per_sample(self.scales, y.ndim) + self._per_sample(self.shifts, y.ndim)
+        # inference only (MultiTaskModel runs under no_grad): y is this layer's own fresh output
+        return torch.addcmul(self._per_sample(self.shifts, y.ndim), y, self._per_sample(self.scales, y.ndim), out=y)
 
 
 class MultiTaskModel(nn.Module):
@@ -74,7 +77,7 @@ class MultiTaskModel(nn.Module):
         `backbone_factory(adapter_config) -> plain model` builds the frozen backbone; by default
         create_model(model_name, num_classes, pretrained, **model_kwargs) from the adapter."""
         from . import load_adapter
-        from .adapter_files import read_adapter_config
+        from .adapter_files import adapter_state, read_adapter_config
         from .methods.ssf import ScaleShift
         from .models import classifier_parameter_names, create_model
         if not directories:
@@ -93,25 +96,36 @@ class MultiTaskModel(nn.Module):
             return create_model(meta["model_name"], num_classes=meta["num_classes"],
                                 pretrained=pretrained, **meta.get("model_kwargs", {}))
         factory = backbone_factory or default_factory
-        # load_adapter verifies each file's checksum and the backbone fingerprint
-        models = [load_adapter(factory(meta), d) for d, meta in zip(directories, metas)]
-        for d, model in zip(directories, models):
-            head = classifier_parameter_names(model)
-            extra = [n for n, p in model.named_parameters()
+        # ONE backbone: each adapter in turn is loaded onto it (load_adapter verifies the file's
+        # checksum and the backbone fingerprint) and its vectors and head are kept
+        backbone = factory(first)
+        heads, vectors, first_stats = [], {}, None
+        for d, meta in zip(directories, metas):
+            if getattr(backbone, "num_classes", meta["num_classes"]) != meta["num_classes"]:
+                backbone.reset_classifier(meta["num_classes"])
+            load_adapter(backbone, d)
+            head = classifier_parameter_names(backbone)
+            extra = [n for n, p in backbone.named_parameters()
                      if p.requires_grad and ".ssf_" not in n and n not in head]
             if extra:
                 raise ScaleshiftError(f"{d} also trains backbone tensors ({extra[0]}, ...), so "
                                       f"they differ per task; multi-task serving needs adapters "
                                       f"whose only backbone tensors are SSF vectors")
-        backbone = models[0]
-        heads = [m.get_classifier() for m in models]
-        for name, module in list(backbone.named_modules()):
-            if not isinstance(module, ScaleShift):
-                continue
-            per_task = [m.get_submodule(name) for m in models]
-            channels = module.base_layer.weight.shape[0] if module.mode == "affine" else None
-            scales = torch.stack([_vector(t.ssf_scale, channels or _width(t), 1.0) for t in per_task])
-            shifts = torch.stack([_vector(t.ssf_shift, scales.shape[1], 0.0) for t in per_task])
+            stats = {k: v.clone() for k, v in adapter_state(backbone).items() if k.endswith(("running_mean", "running_var"))}
+            first_stats = stats if first_stats is None else first_stats
+            if any(not torch.equal(v, first_stats[k]) for k, v in stats.items()):
+                raise ScaleshiftError(f"{d} carries its own norm running statistics, which would differ "
+                                      f"per task inside one backbone; serve such tasks as merged models")
+            heads.append(copy.deepcopy(backbone.get_classifier()).requires_grad_(False))
+            for name, module in backbone.named_modules():
+                if isinstance(module, ScaleShift):
+                    channels = module.base_layer.weight.shape[0] if module.mode == "affine" else _width(module)
+                    vectors.setdefault(name, []).append((_vector(module.ssf_scale, channels, 1.0),
+                                                         _vector(module.ssf_shift, channels, 0.0)))
+        for name, per_task in vectors.items():
+            module = backbone.get_submodule(name)
+            scales = torch.stack([scale for scale, _ in per_task])
+            shifts = torch.stack([shift for _, shift in per_task])
             parent, _, child = name.rpartition(".")
             setattr(backbone.get_submodule(parent) if parent else backbone, child,
                     TaskScaleShift(module.base_layer, scales, shifts, module.mode, module.channel_dim))
