@@ -129,8 +129,14 @@ def execute(runs: Path, plan: dict[str, dict], jobs: int) -> None:
             pool.join()
 
 
-def result(runs: Path, name: str) -> dict:
-    return json.loads((runs / name / "results.json").read_text())
+def result(runs: Path, name: str) -> dict | None:
+    """A finished run's results.json, or None while it is pending."""
+    path = runs / name / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def pending_line(what: list[str]) -> list[str]:
+    return [f"Pending (not finished yet, rerun the command to continue): {', '.join(what)}.", ""] if what else []
 
 
 def mean_std(values: list[float]) -> str:
@@ -158,13 +164,14 @@ def suite_table(results: dict, tasks: list[str], methods: list[str], label: str)
     return lines
 
 
-def plan_a(p: dict, nets: dict) -> dict:
+def plan_a(p: dict, nets: dict, only_net: str | None = None) -> dict:
     return {f"a/{net}/{task}/{method}/seed{seed}": dict(
                 model=nets[net], method=method, method_options=OPTIONS.get(method, {}), dataset=task,
                 dataset_options={"seed": seed}, seed=seed, epochs=p["epochs"], lr=LR[method],
                 cache_features=method == "linear")
             for net, methods in (("vit", p["vit_methods"]), ("convnext", p["convnext_methods"]))
-            if nets.get(net) for method in methods for task in p["tasks"] for seed in p["seeds"]}
+            if nets.get(net) and only_net in (None, net)
+            for method in methods for task in p["tasks"] for seed in p["seeds"]}
 
 
 def experiment_a(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
@@ -174,8 +181,11 @@ def experiment_a(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
             continue
         results = {(method, task): [result(runs, f"a/{net}/{task}/{method}/seed{seed}") for seed in p["seeds"]]
                    for method in methods for task in p["tasks"]}
+        done = [m for m in methods if all(r is not None for t in p["tasks"] for r in results[(m, t)])]
+        results = {k: v for k, v in results.items() if k[0] in done}
         lines += [f"### {net}: {nets[net]} (mean ± std over seeds {p['seeds']})", "",
-                  *suite_table(results, p["tasks"], methods, "method"), ""]
+                  *(suite_table(results, p["tasks"], done, "method") + [""] if done else []),
+                  *pending_line([m for m in methods if m not in done])]
         data[net] = {f"{m}/{t}": [r["reported"]["top1"] for r in rs] for (m, t), rs in results.items()}
     return lines, data
 
@@ -195,12 +205,16 @@ def experiment_b(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
              f"10,000 test images", "",
              "| method | top-1 | selected epoch | params (M) |", "|---|---|---|---|"]
     data = {}
+    pending = []
     for method in p["large_methods"]:
         r = result(runs, f"b/{method}")
+        if r is None:
+            pending.append(method)
+            continue
         data[method] = r["reported"]["top1"]
         lines.append(f"| {method} | {r['reported']['top1']:.2f} | {r['reported']['epoch']} | "
                      f"{r['trainable_params'] / 1e6:.3f} |")
-    return lines + [""], data
+    return lines + [""] + pending_line(pending), data
 
 
 @torch.no_grad()
@@ -212,7 +226,10 @@ def experiment_c(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
     spec = get_dataset_spec("fashion_mnist_c")
     corrupted = [s for s in spec.splits if s != "clean"]
     errors = {}
-    for method in p["large_methods"]:
+    methods = [m for m in p["large_methods"] if result(runs, f"b/{m}") is not None]
+    if "full" not in methods:
+        return ["## (c) Robustness: pending (needs the (b) runs, full fine-tuning at least)", ""], {}
+    for method in methods:
         _, model = load_run(runs / f"b/{method}", merged=method not in ("adapter",))
         model.eval()
         transform = build_transform("vtab", model, False)
@@ -229,7 +246,7 @@ def experiment_c(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
              f"error % per corruption (mean over 5 severities), mCE relative to full fine-tuning", "",
              "| method | clean err | " + " | ".join(names) + " | mCE |", "|---" * (len(names) + 3) + "|"]
     data = {}
-    for method in p["large_methods"]:
+    for method in methods:
         per = {c: statistics.mean(errors[(method, f"{c}/{s}")] for s in range(1, 6)) for c in names}
         ce = [sum(errors[(method, f"{c}/{s}")] for s in range(1, 6)) /
               max(sum(errors[("full", f"{c}/{s}")] for s in range(1, 6)), 1e-9) for c in names]
@@ -258,16 +275,19 @@ def experiment_d(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
     task = p["ablation_task"]
     lines = [f"## (d) SSF ablations (paper Table 6) on {task}, top-1 % (mean ± std over seeds)", "",
              "| table | setting | top-1 | params (M) |", "|---|---|---|---|"]
-    data = {}
+    data, pending = {}, []
     for table, label, options in ABLATIONS:
         if table not in p["ablations"]:
             continue
         results = [result(runs, ablation_name(task, label, seed)) for seed in p["seeds"]]
+        if any(r is None for r in results):
+            pending.append(f"{table} {label}")
+            continue
         top1 = [r["reported"]["top1"] for r in results]
         data[f"{table} {label}"] = top1
         lines.append(f"| {table} | {label} | {mean_std(top1)} | "
                      f"{results[0]['trainable_params'] / 1e6:.3f} |")
-    return lines + [""], data
+    return lines + [""] + pending_line(pending), data
 
 
 def figures(p: dict, runs: Path, out: Path) -> list[str]:
@@ -281,7 +301,7 @@ def figures(p: dict, runs: Path, out: Path) -> list[str]:
     hist = weight_histograms(run_of["ssf"], run_of["full"])
     write_json(out / "fig4_weights.json", hist)
     plot_weights(hist, out / "fig4_weights.png", f"ViT backbone parameters after fine-tuning on {task}")
-    others = [m for m in ("linear", "vpt_deep", "ssf") if m in run_of]
+    others = [m for m in ("linear", "vpt_deep", "ssf") if m in run_of and (run_of[m] / "results.json").is_file()]
     result = similarity([run_of["full"]] + [run_of[m] for m in others], task, "test", 500)
     write_json(out / "fig5_similarity.json", result)
     plot_similarity(result, out / "fig5_similarity.png")
@@ -302,6 +322,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="tables (default results/mini/PRESET)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (processes)")
     parser.add_argument("--seeds", default=None, help="override the preset's seeds, e.g. 0,1,2")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="train nothing: tables from the finished runs, the rest marked pending")
     args = parser.parse_args()
     preset = dict(PRESETS[args.preset])
     if args.seeds:
@@ -312,10 +334,14 @@ def main() -> int:
     started = time.time()
     only = args.only.split(",")
     plan = {}
-    for key, planner in (("a", plan_a), ("b", plan_b), ("c", plan_b), ("d", plan_d)):
+    # the ViT's runs first, the ConvNeXt's last
+    for key, planner in (("a", lambda p, n: plan_a(p, n, "vit")), ("b", plan_b), ("c", plan_b),
+                         ("d", plan_d), ("a", lambda p, n: plan_a(p, n, "convnext"))):
         if key in only:
             plan.update(planner(preset, nets))
-    execute(runs, plan, args.jobs)
+    if not args.tables_only:
+        execute(runs, plan, args.jobs)
+    finished = sum(result(runs, name) is not None for name in plan)
     sections, data = [], {}
     for key, experiment in (("a", experiment_a), ("b", experiment_b), ("c", experiment_c),
                             ("d", experiment_d)):
@@ -324,8 +350,9 @@ def main() -> int:
             sections += lines
     if "a" in only:
         sections += figures(preset, runs, out)
-    run_seconds = sum(result(runs, name).get("wall_time_s", 0) for name in plan)
-    header = [f"# Mini reproduction, preset {args.preset}", "",
+    run_seconds = sum((result(runs, name) or {}).get("wall_time_s", 0) for name in plan)
+    partial = f" (PARTIAL: {finished} of {len(plan)} runs finished)" if finished < len(plan) else ""
+    header = [f"# Mini reproduction, preset {args.preset}{partial}", "",
               f"Command: `python benchmarks/mini_repro.py --preset {args.preset} --only {args.only}"
               + (f" --seeds {args.seeds}" if args.seeds else "") + "`; "
               f"backbones {nets}; {len(plan)} runs, {run_seconds / 60:.0f} min of run time in all "
@@ -335,7 +362,7 @@ def main() -> int:
         tmp.write_text("\n".join(header + sections) + "\n")
     write_json(out / "results.json", dict(preset=args.preset, only=args.only, backbones=nets,
                                           machine=machine_info(), data={k: v for k, v in data.items()},
-                                          runs=len(plan), run_seconds=round(run_seconds, 1),
+                                          runs=len(plan), finished=finished, run_seconds=round(run_seconds, 1),
                                           wall_time_s=round(time.time() - started, 1)))
     print("\n".join(header + sections))
     return 0
