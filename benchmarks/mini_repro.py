@@ -1,7 +1,7 @@
 """The paper's experiments in miniature, on scaleshift's own pretrained backbones, offline.
 
     python benchmarks/mini_repro.py --preset quick      # about 15 minutes on 2 CPU cores
-    python benchmarks/mini_repro.py --preset full       # about 70 minutes; resumable
+    python benchmarks/mini_repro.py --preset full       # about 75 minutes; resumable
     python benchmarks/mini_repro.py --preset full --seeds 0,1,2   # mean +- std, about 3.5 hours
     python benchmarks/mini_repro.py --preset full --only a,d
 
@@ -69,7 +69,7 @@ PRESETS = {
                   large_train=2000, large_epochs=3, large_methods=["linear", "ssf", "full"],
                   c_images=200, ablation_task="patch_textures", figure_task="patch_textures",
                   ablations=["6a"]),
-    # sized to about 70 minutes on 2 cores (2 runs at a time); --seeds 0,1,2 gives mean +- std
+    # sized to about 75 minutes on 2 cores (2 runs at a time); --seeds 0,1,2 gives mean +- std
     "full": dict(seeds=[0], epochs=12, tasks=TASKS, vit_methods=VIT_METHODS,
                  convnext_methods=CONVNEXT_METHODS, large_train=5000, large_epochs=8,
                  large_methods=["linear", "bias", "ssf", "full"], c_images=1000,
