@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 
 import scaleshift
-from scaleshift.adapter_files import read_adapter_config
+from scaleshift.adapter_files import plain_model_for, read_adapter_config
 from scaleshift.data import build_dataset, build_transform
 from scaleshift.engine import load_run
 from scaleshift.export import export_onnx, export_safetensors
 from scaleshift.io import atomic_path, write_json
-from scaleshift.models import create_model
 from scaleshift.multitask import MultiTaskModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,10 +68,8 @@ def export_checks(run_dir: Path, images: torch.Tensor, tmp: Path) -> dict:
 
 
 def multitask_check(adapters: list[Path], tasks: list[str], per_task: int) -> dict:
-    metas = [read_adapter_config(a) for a in adapters]
-    merged = [scaleshift.merge(scaleshift.load_adapter(
-        create_model(m["model_name"], num_classes=m["num_classes"], pretrained=True, **m.get("model_kwargs", {})),
-        a)).eval() for a, m in zip(adapters, metas)]
+    merged = [scaleshift.merge(scaleshift.load_adapter(plain_model_for(read_adapter_config(a), True), a)).eval()
+              for a in adapters]
     transform = build_transform("vtab", merged[0], False)
     images, task_ids = [], []
     for round_index in range(per_task):          # interleave the tasks inside the batch

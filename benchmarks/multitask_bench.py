@@ -33,21 +33,21 @@ import scaleshift
 from scaleshift.engine import machine_info
 from scaleshift.io import atomic_path, write_json
 from scaleshift.merge import perturb_trainable
-from scaleshift.models import create_model
+from scaleshift.adapter_files import plain_model_for, read_adapter_config
 from scaleshift.multitask import MultiTaskModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def backbone(model_name: str, classes: int, pretrained: bool, model_kwargs: dict | None = None):
+def backbone(meta: dict, pretrained: bool):
     torch.manual_seed(0)        # with --random-init every task must see the same random backbone
-    return create_model(model_name, num_classes=classes, pretrained=pretrained, **(model_kwargs or {}))
+    return plain_model_for(meta, pretrained)
 
 
 def make_adapters(model_name: str, pretrained: bool, tasks: int, classes: int, directory: Path) -> list[Path]:
     paths = []
     for seed in range(tasks):
-        model = scaleshift.apply(backbone(model_name, classes, pretrained), "ssf")
+        model = scaleshift.apply(backbone(dict(model_name=model_name, num_classes=classes), pretrained), "ssf")
         perturb_trainable(model, std=0.1, seed=seed)
         paths.append(scaleshift.save_adapter(model, directory / f"task{seed}"))
     return paths
@@ -55,10 +55,9 @@ def make_adapters(model_name: str, pretrained: bool, tasks: int, classes: int, d
 
 def build(setup: str, adapters: list[str], pretrained: bool):
     def factory(meta):
-        return backbone(meta["model_name"], meta["num_classes"], pretrained, meta.get("model_kwargs"))
+        return backbone(meta, pretrained)
     if setup == "multitask":
         return MultiTaskModel.from_adapters(adapters, backbone_factory=factory)
-    from scaleshift.adapter_files import read_adapter_config
     models = []
     for directory in adapters:
         plain = factory(read_adapter_config(directory))

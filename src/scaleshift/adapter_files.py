@@ -102,6 +102,14 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
     return meta
 
 
+def plain_model_for(meta: dict, pretrained=False) -> nn.Module:
+    """The plain model an adapter (its adapter_config.json, read) was trained on: same model
+    name, class count and timm kwargs; `pretrained` as for create_model."""
+    from .models import create_model
+    return create_model(meta["model_name"], num_classes=meta["num_classes"], pretrained=pretrained,
+                        **meta.get("model_kwargs", {}))
+
+
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Load an adapter onto `model`: a plain model gets the adapter's method applied first.
     Refuses another backbone, class count, method or options, and tampered weights."""

@@ -122,16 +122,27 @@ def input_shape(model: nn.Module, batch: int, size: int | None) -> tuple:
     return (batch, channels, size or height, size or width)
 
 
+def _optimizer(model: nn.Module):
+    import timm.optim
+    return timm.optim.create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
+
+
+def _model_and_batch(model_name: str, model_kwargs: dict, variant: Variant, batch: int,
+                     size: int | None, device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """One variant's model and a random batch of images and labels (10 classes)."""
+    model = build(model_name, model_kwargs, variant, 10, device)
+    images = torch.randn(input_shape(model, batch, size)).to(device)
+    return model, images, torch.randint(0, 10, (batch,)).to(device)
+
+
 def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, device,
                   size: int | None, variants: list[Variant]) -> dict:
     """Median seconds per training step and per inference forward, variants interleaved."""
-    import timm.optim
     models, optimizers = {}, {}
     for v in variants:
         models[v.label] = build(model_name, model_kwargs, v, 10, device)
         if v.train:
-            optimizers[v.label] = timm.optim.create_optimizer_v2(models[v.label], "adamw", lr=1e-4,
-                                                                 weight_decay=0.05)
+            optimizers[v.label] = _optimizer(models[v.label])
     shape = input_shape(next(iter(models.values())), batch, size)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(shape, generator=generator).to(device)
@@ -158,19 +169,15 @@ def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, 
 def memory_probe(model_name: str, model_kwargs: dict, label: str, kind: str, batch: int,
                  size: int | None, device_name: str) -> float:
     """Peak memory (MB) of two training steps or two forwards of one variant."""
-    import timm.optim
     device = torch.device(device_name)
     variant = next(v for v in VARIANTS if v.label == label)
-    model = build(model_name, model_kwargs, variant, 10, device)
-    shape = input_shape(model, batch, size)
-    images = torch.randn(shape).to(device)
-    labels = torch.randint(0, 10, (batch,)).to(device)
+    model, images, labels = _model_and_batch(model_name, model_kwargs, variant, batch, size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
         rss_before = _reset_peak_rss()
     if kind == "train":
-        optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
+        optimizer = _optimizer(model)
         model.train()
         for _ in range(2):
             train_step(model, optimizer, images, labels, device)
@@ -220,15 +227,12 @@ def profile_train_steps(model_name: str, model_kwargs: dict, batch: int, device,
     """torch.profiler over one training step per variant (after a warm-up step): self time in
     matmul/conv/attention kernels vs everything else, and the top ops (written to
     profile_<label>.txt under `out`)."""
-    import timm.optim
     from torch.profiler import ProfilerActivity, profile
     summary = {}
     for label in labels:
         variant = _trained_variant(label)
-        model = build(model_name, model_kwargs, variant, 10, device).train()
-        optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
-        images = torch.randn(input_shape(model, batch, size)).to(device)
-        labels_t = torch.randint(0, 10, (batch,)).to(device)
+        model, images, labels_t = _model_and_batch(model_name, model_kwargs, variant, batch, size, device)
+        optimizer = _optimizer(model.train())
         train_step(model, optimizer, images, labels_t, device)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:

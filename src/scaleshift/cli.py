@@ -92,7 +92,7 @@ def cmd_methods(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(out_dir=args.out, steps=args.epochs, seed=args.seed, task=args.task)
+    run_demo(out_dir=args.out, epochs=args.epochs, seed=args.seed, task=args.task)
     return 0
 
 
@@ -229,15 +229,13 @@ def cmd_predict(args) -> int:
 def cmd_adapters(args) -> int:
     from pathlib import Path
 
-    from .adapter_files import WEIGHTS_NAME, read_adapter_config
+    from .adapter_files import WEIGHTS_NAME, plain_model_for, read_adapter_config
     rows = []
     for directory in args.directories:
         meta = read_adapter_config(directory)
         size = sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file())
         with torch.device("meta"):
-            from .models import create_model
-            full = create_model(meta["model_name"], num_classes=meta["num_classes"],
-                                **meta.get("model_kwargs", {}))
+            full = plain_model_for(meta)
         full_bytes = sum(p.numel() * 4 for p in full.parameters())   # fp32 checkpoint
         rows.append(dict(adapter=str(directory), method=meta["method"], classes=meta["num_classes"],
                          bytes=size, weights_bytes=(Path(directory) / WEIGHTS_NAME).stat().st_size,

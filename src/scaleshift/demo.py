@@ -28,7 +28,7 @@ METHODS = {  # method -> (lr, epochs, extra config)
 }
 
 
-def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0,
+def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 0,
              task: str = DEMO_TASK, backbone: str = DEMO_BACKBONE) -> dict:
     started = time.time()
     out = Path(out_dir)
@@ -38,7 +38,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
                 batch_size=64, warmup_epochs=1, weight_decay=0.05, protocol="clean",
                 test_every_epoch=False, seed=seed, log_every=1000)
     results = {}
-    for method, (lr, epochs, extra) in METHODS.items():
+    for method, (lr, method_epochs, extra) in METHODS.items():
         run_dir = out / method
         if (run_dir / "results.json").is_file():
             results[method] = json.loads((run_dir / "results.json").read_text())
@@ -46,7 +46,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
             continue
         print(f"[demo] {method} on {task} with {backbone} ({time.time() - started:.0f}s elapsed)",
               flush=True)
-        cfg = make_config(dict(base, method=method, lr=lr, epochs=steps or epochs,
+        cfg = make_config(dict(base, method=method, lr=lr, epochs=epochs or method_epochs,
                                out_dir=str(run_dir), **extra))
         results[method] = train(cfg, resume=(run_dir / "checkpoint.pt").is_file())
 
@@ -61,7 +61,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
     images = torch.stack([test[i][0] for i in range(min(len(test), 1000))])
     unmerged.eval(), plain.eval()
     with torch.no_grad(), explicit_output_affine():   # layer(x) * scale + shift, unfolded
-        reference = unmerged(images).detach()
+        reference = unmerged(images)
     with torch.no_grad():
         deployed = plain(images)
     check = dict(identical_predictions=bool(torch.equal(reference.argmax(1), deployed.argmax(1))),

@@ -77,9 +77,9 @@ class MultiTaskModel(nn.Module):
         `backbone_factory(adapter_config) -> plain model` builds the frozen backbone; by default
         create_model(model_name, num_classes, pretrained, **model_kwargs) from the adapter."""
         from . import load_adapter
-        from .adapter_files import adapter_state, read_adapter_config
+        from .adapter_files import adapter_state, plain_model_for, read_adapter_config
         from .methods.ssf import ScaleShift
-        from .models import classifier_parameter_names, create_model
+        from .models import classifier_parameter_names
         if not directories:
             raise ScaleshiftError("give at least one adapter directory")
         metas = [read_adapter_config(d) for d in directories]
@@ -92,10 +92,7 @@ class MultiTaskModel(nn.Module):
                 if meta[key] != first[key]:
                     raise ScaleshiftError(f"{d} differs from {directories[0]} in {key}: all tasks "
                                           f"must share one backbone and one SSF configuration")
-        def default_factory(meta):
-            return create_model(meta["model_name"], num_classes=meta["num_classes"],
-                                pretrained=pretrained, **meta.get("model_kwargs", {}))
-        factory = backbone_factory or default_factory
+        factory = backbone_factory or (lambda meta: plain_model_for(meta, pretrained))
         # ONE backbone: each adapter in turn is loaded onto it (load_adapter verifies the file's
         # checksum and the backbone fingerprint) and its vectors and head are kept
         backbone = factory(first)
