@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 import scaleshift
-from scaleshift.adapter_files import plain_model_for, read_adapter_config
+from scaleshift.adapter_files import backbone_for, read_adapter_config
 from scaleshift.data import build_dataset, build_transform
-from scaleshift.engine import load_run
+from scaleshift.runs import load_run
 from scaleshift.export import export_onnx, export_safetensors
 from scaleshift.io import atomic_path, write_json
 from scaleshift.multitask import MultiTaskModel
@@ -68,7 +68,7 @@ def export_checks(run_dir: Path, images: torch.Tensor, tmp: Path) -> dict:
 
 
 def multitask_check(adapters: list[Path], tasks: list[str], per_task: int) -> dict:
-    merged = [scaleshift.merge(scaleshift.load_adapter(plain_model_for(read_adapter_config(a), True), a)).eval()
+    merged = [scaleshift.merge(scaleshift.load_adapter(backbone_for(read_adapter_config(a)), a)).eval()
               for a in adapters]
     transform = build_transform("vtab", merged[0], False)
     images, task_ids = [], []

@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 from scaleshift.config import make_config
-from scaleshift.engine import machine_info, train
+from scaleshift.engine import train
+from scaleshift.runs import machine_info
 from scaleshift.io import atomic_path, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +223,7 @@ def experiment_c(p: dict, runs: Path, nets: dict) -> tuple[list[str], dict]:
     from torch.utils.data import DataLoader, Subset
 
     from scaleshift.data import build_dataset, build_transform, get_dataset_spec
-    from scaleshift.engine import load_run
+    from scaleshift.runs import load_run
     spec = get_dataset_spec("fashion_mnist_c")
     corrupted = [s for s in spec.splits if s != "clean"]
     errors = {}

@@ -30,18 +30,21 @@ from pathlib import Path
 import torch
 
 import scaleshift
-from scaleshift.engine import machine_info
+from scaleshift.runs import machine_info
 from scaleshift.io import atomic_path, write_json
 from scaleshift.merge import perturb_trainable
-from scaleshift.adapter_files import plain_model_for, read_adapter_config
+from scaleshift.adapter_files import backbone_for, read_adapter_config
+from scaleshift.models import plain_model
 from scaleshift.multitask import MultiTaskModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def backbone(meta: dict, pretrained: bool):
+    if pretrained:
+        return backbone_for(meta)
     torch.manual_seed(0)        # with --random-init every task must see the same random backbone
-    return plain_model_for(meta, pretrained)
+    return plain_model(meta["base_model"], meta["num_classes"])
 
 
 def make_adapters(model_name: str, pretrained: bool, tasks: int, classes: int, directory: Path) -> list[Path]:
@@ -86,15 +89,15 @@ def held_bytes(setup: str, built) -> int:
 def memory_probe(setup: str, adapters: list[str], pretrained: bool, shape: list[int], seed: int) -> dict:
     """Run in a fresh process: peak RSS growth (MiB) while building the setup and answering two
     mixed batches."""
-    from scaleshift.bench import _proc_status_kb, _reset_peak_rss
+    from scaleshift.bench import proc_status_kb, reset_peak_rss
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(shape, generator=generator)
     task_ids = torch.randint(0, len(adapters), (shape[0],), generator=generator)
-    before = _reset_peak_rss()
+    before = reset_peak_rss()
     built = build(setup, adapters, pretrained)
     for _ in range(2):
         answer(setup, built, images, task_ids)
-    return dict(peak_growth_mib=(_proc_status_kb("VmHWM") - before) / 1024,
+    return dict(peak_growth_mib=(proc_status_kb("VmHWM") - before) / 1024,
                 held_mib=held_bytes(setup, built) / 2**20)
 
 

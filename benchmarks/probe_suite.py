@@ -77,10 +77,10 @@ def load_model(arch: str | None, weights: str | None, embedded: str | None, seed
     """(random-init model, pretrained model) of one architecture."""
     from scaleshift.models import create_model
     if embedded:
-        from scaleshift.backbones.embedded import EMBEDDED, embedded_backbone
+        from scaleshift.backbones.embedded import EMBEDDED
         spec = EMBEDDED[embedded]
         timm_name, kwargs = spec["timm_name"], spec["kwargs"]
-        pretrained = embedded_backbone(embedded, num_classes=0)
+        pretrained = create_model(embedded, num_classes=0, pretrained=True)
     else:
         from scaleshift.pretrain import ARCHS
         timm_name, kwargs = ARCHS[arch]["timm_name"], ARCHS[arch]["kwargs"]

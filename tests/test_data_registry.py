@@ -1,12 +1,11 @@
 """The dataset registry, the `datasets` CLI (through argparse) and the per-setting transforms."""
-import argparse
 import json
 
 import pytest
 from PIL import Image
 
 from scaleshift.data import build_transform, get_dataset_spec, list_datasets, resolve_config
-from scaleshift.data.cli import add_datasets_parser
+from scaleshift.cli import build_parser, parse_command_line
 from scaleshift.errors import ScaleshiftError
 
 FGVC = ["cub2011", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars"]
@@ -27,9 +26,7 @@ BUILTINS = ["fashion_mnist", "digits", "fashion_mnist_c", "pretrain_fractal",
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="scaleshift")
-    add_datasets_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = parse_command_line(build_parser(), argv)   # the CLI's own parsing, errors raised
     return args.func(args)
 
 

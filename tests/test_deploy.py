@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import scaleshift
 from scaleshift.cli import main
-from scaleshift.engine import load_run
+from scaleshift.runs import load_run
 from scaleshift.multitask import MultiTaskModel
 
 KWARGS = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)

@@ -11,7 +11,9 @@ import torch
 import scaleshift
 from scaleshift.backbones import embedded
 from scaleshift.errors import ScaleshiftError
+from scaleshift.io import file_sha256
 from scaleshift.merge import perturb_trainable
+from scaleshift.methods import config_of
 from scaleshift.pretrain import add_pretrain_parser, run_pretrain
 
 
@@ -65,8 +67,8 @@ def test_shipped_weights_within_budget():
 def test_embedded_loads_and_ssf_merges_exactly(name):
     spec = embedded.EMBEDDED[name]
     path = embedded.embedded_path(name)
-    assert embedded.sha256_of(path) == spec["sha256"]
-    model = embedded.embedded_backbone(name, num_classes=10).eval()
+    assert file_sha256(path) == spec["sha256"]
+    model = scaleshift.create_model(name, num_classes=10, pretrained=True).eval()
     # the pretrained weights are really loaded (not random init), the head is new
     from safetensors.torch import load_file
     stored = load_file(str(path))
@@ -76,10 +78,10 @@ def test_embedded_loads_and_ssf_merges_exactly(name):
         torch.testing.assert_close(own[key], value)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert model(x).shape == (2, 10)
-    assert embedded.embedded_backbone(name, num_classes=1000)(x).shape == (2, 1000)
+    assert scaleshift.create_model(name, num_classes=1000, pretrained=True)(x).shape == (2, 1000)
 
     scaleshift.apply(model, method="ssf")
-    assert model.scaleshift_config["options"]["profile"] == "paper"
+    assert config_of(model)["options"]["profile"] == "paper"
     perturb_trainable(model, seed=1)
     model.eval()
     reference = model(x)
@@ -99,9 +101,9 @@ def test_tampered_or_missing_weights_are_refused(tmp_path, monkeypatch):
     data[-1] ^= 0xFF
     (tmp_path / spec["file"]).write_bytes(bytes(data))
     with pytest.raises(ScaleshiftError, match="sha256"):
-        embedded.embedded_backbone(name, num_classes=10)
+        scaleshift.create_model(name, num_classes=10, pretrained=True)
     (tmp_path / spec["file"]).unlink()
     with pytest.raises(ScaleshiftError, match="missing"):
-        embedded.embedded_backbone(name, num_classes=10)
+        scaleshift.create_model(name, num_classes=10, pretrained=True)
     with pytest.raises(ScaleshiftError, match="unknown embedded"):
-        embedded.embedded_backbone("no_such_backbone", num_classes=10)
+        embedded.embedded_path("no_such_backbone")

@@ -45,7 +45,7 @@ def test_norm_affine_mode_equals_scale_shift_after_the_norm():
     (True, True, False), (True, False, False), (False, True, False), (True, True, True)])
 @pytest.mark.parametrize("scale_value", [1.0, 1e-6])     # 1e-6: the save-the-input fallback
 def test_scale_shift_function_gradients(channel_dim, shape, use_scale, use_shift, scalar, scale_value):
-    from scaleshift.methods.ssf import _ScaleShiftOutput
+    from scaleshift.methods.ssf import ScaleShiftOutputFn
     torch.manual_seed(0)
     y = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     channels = shape[channel_dim]
@@ -54,7 +54,7 @@ def test_scale_shift_function_gradients(channel_dim, shape, use_scale, use_shift
                                                    dtype=torch.float64)).requires_grad_() if use_scale else None
     shift = torch.randn(channels, dtype=torch.float64, requires_grad=True) if use_shift else None
     inputs = (y, scale, shift, channel_dim)
-    assert torch.autograd.gradcheck(lambda *a: _ScaleShiftOutput.apply(*a), inputs)
+    assert torch.autograd.gradcheck(lambda *a: ScaleShiftOutputFn.apply(*a), inputs)
 
 
 FROZEN_LAYERS = [nn.Linear(5, 6), nn.Linear(5, 6, bias=False), nn.Conv1d(4, 6, 3, padding=1),
@@ -70,7 +70,7 @@ SCALE_SHIFT_CASES = [(True, True, False), (True, False, False), (False, True, Fa
 def test_frozen_layer_function_gradients(layer, use_scale, use_shift, scalar):
     """The fused training path (folded weight forward, input-grad-only backward) against
     autograd through layer(x) * scale + shift, in float64."""
-    from scaleshift.methods.ssf import _ScaleShiftFrozenLayer
+    from scaleshift.methods.ssf import FrozenLayerScaleShiftFn
     torch.manual_seed(0)
     layer = layer.double().requires_grad_(False)
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
@@ -80,14 +80,14 @@ def test_frozen_layer_function_gradients(layer, use_scale, use_shift, scalar):
     scale = (1 + 0.3 * torch.randn(1 if scalar else channels, dtype=torch.float64)).requires_grad_() \
         if use_scale else None
     shift = torch.randn(channels, dtype=torch.float64, requires_grad=True) if use_shift else None
-    assert torch.autograd.gradcheck(lambda x, s, b: _ScaleShiftFrozenLayer.apply(x, s, b, layer),
+    assert torch.autograd.gradcheck(lambda x, s, b: FrozenLayerScaleShiftFn.apply(x, s, b, layer),
                                     (x, scale, shift))
     shape = [1] * x.ndim
     shape[-1 if isinstance(layer, nn.Linear) else 1] = -1
     reference = layer(x)
     reference = reference * scale.view(shape) if use_scale else reference
     reference = reference + shift.view(shape) if use_shift else reference
-    torch.testing.assert_close(_ScaleShiftFrozenLayer.apply(x, scale, shift, layer), reference)
+    torch.testing.assert_close(FrozenLayerScaleShiftFn.apply(x, scale, shift, layer), reference)
 
 
 def test_training_path_with_trainable_base_weights_still_trains_them():
@@ -208,9 +208,10 @@ def test_profile_all_skips_layers_whose_weight_the_parent_reads():
     assert isinstance(model.blocks[0].attn.proj, ScaleShift)
 
 
-def test_explicit_output_affine_runs_the_layer_then_the_affine():
-    """merge checks compare against layer(x) * scale + shift computed literally, not folded."""
-    from scaleshift.methods.ssf import explicit_output_affine
+def test_explicit_reference_runs_the_layer_then_the_affine():
+    """merge checks compare against layer(x) * scale + shift computed literally, not folded,
+    and the switch is the model's own (no module-global flag)."""
+    from scaleshift.methods import get_method
     linear = nn.Linear(4, 6).requires_grad_(False)
     wrapper = ScaleShift(linear, 6, "output")
     init_scale_shift(wrapper, "normal", 0.5)
@@ -219,8 +220,10 @@ def test_explicit_output_affine_runs_the_layer_then_the_affine():
     x = torch.randn(3, 4)
     fused = wrapper(x)
     assert not calls                      # folded: the Linear module itself never runs
-    with explicit_output_affine():
+    other = ScaleShift(nn.Linear(4, 6).requires_grad_(False), 6, "output")
+    with get_method("ssf").explicit_reference(wrapper):
+        assert not other.explicit         # another model is not switched
         explicit = wrapper(x)
-    assert calls == [1]
+    assert calls == [1] and not wrapper.explicit
     torch.testing.assert_close(explicit, linear(x) * wrapper.ssf_scale + wrapper.ssf_shift)
     torch.testing.assert_close(fused, explicit)

@@ -13,17 +13,13 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import ScaleshiftError
-from .io import atomic_dir
-from .methods import apply, config_of
-from .models import model_name_of
+from .io import atomic_dir, file_sha256
+from .methods import apply, config_of, plain_key
+from .models import build_model, describe, identity_of
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "scaleshift-adapter"
-
-
-def _plain_name(name: str) -> str:
-    return name.replace(".base_layer.", ".")
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -42,24 +38,11 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def backbone_fingerprint(model: nn.Module) -> str:
     """sha256 over the frozen parameters (names without wrapper segments, dtypes, shapes, bytes)."""
     digest = hashlib.sha256()
-    frozen = sorted((_plain_name(n), p) for n, p in model.named_parameters() if not p.requires_grad)
+    frozen = sorted((plain_key(n), p) for n, p in model.named_parameters() if not p.requires_grad)
     for name, param in frozen:
         tensor = param.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def _jsonable(value):
-    """timm kwargs as JSON (tuples become lists)."""
-    return json.loads(json.dumps(value, default=list))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -69,18 +52,18 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         raise ScaleshiftError("save_adapter needs a model with a method applied "
                               "(scaleshift.apply(model, method=...))")
     state = {k: v.contiguous() for k, v in adapter_state(model).items()}
+    identity = identity_of(model)
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
         meta = dict(
-            format=FORMAT, format_version=1, scaleshift_version=__version__,
-            model_name=config["model_name"] or model_name_of(model),
-            model_kwargs=_jsonable(config.get("model_kwargs", {})),
+            format=FORMAT, format_version=2, scaleshift_version=__version__,
+            base_model=identity, model_name=identity["name"] if identity else None,
             method=config["method"], options=config["options"],
-            num_classes=config["num_classes"],
+            num_classes=getattr(model, "num_classes", None),
             backbone_fingerprint=backbone_fingerprint(model),
             tensors={k: list(v.shape) for k, v in state.items()},
-            weights_sha256=_file_sha256(tmp / WEIGHTS_NAME))
+            weights_sha256=file_sha256(tmp / WEIGHTS_NAME))
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
 
@@ -99,30 +82,38 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
     if meta.get("format") != FORMAT:
         raise ScaleshiftError(f"{config_path} is not a scaleshift adapter config "
                               f"(format={meta.get('format')!r})")
+    missing = [k for k in ("method", "options", "num_classes", "backbone_fingerprint",
+                           "weights_sha256") if k not in meta]
+    if missing:
+        raise ScaleshiftError(f"{config_path} lacks {missing}: the file is incomplete or was "
+                              f"edited; re-save the adapter with scaleshift.save_adapter")
+    if "base_model" not in meta:   # format 1: the name and kwargs only, no weights record
+        meta["base_model"] = dict(name=meta.get("model_name"), architecture=meta.get("model_name"),
+                                  kwargs=meta.get("model_kwargs", {}), num_classes=meta["num_classes"],
+                                  source="unknown", tag=None, weights_file=None,
+                                  weights_sha256=None, seed=None)
     return meta
 
 
-def plain_model_for(meta: dict, pretrained=False) -> nn.Module:
-    """The plain model an adapter (its adapter_config.json, read) was trained on: same model
-    name, class count and timm kwargs; `pretrained` as for create_model."""
-    from .models import create_model
-    return create_model(meta["model_name"], num_classes=meta["num_classes"], pretrained=pretrained,
-                        **meta.get("model_kwargs", {}))
+def backbone_for(meta: dict, pretrained=None) -> nn.Module:
+    """The backbone an adapter (its adapter_config.json, read) was trained on, rebuilt from the
+    identity record it carries: same weights, class count and timm kwargs. `pretrained`: the
+    weights file, when it has moved since training."""
+    return build_model(meta["base_model"], meta["num_classes"], pretrained=pretrained)
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Load an adapter onto `model`: a plain model gets the adapter's method applied first.
     Refuses another backbone, class count, method or options, and tampered weights."""
-    directory = Path(directory)
-    meta = read_adapter_config(directory)
-    weights_path = directory / WEIGHTS_NAME
-    if _file_sha256(weights_path) != meta.get("weights_sha256"):
-        raise ScaleshiftError(f"{weights_path} does not match the checksum in {CONFIG_NAME}: "
-                              f"the file was changed or damaged; re-save the adapter")
-    name = model_name_of(model)
-    if name and meta["model_name"] and name != meta["model_name"]:
-        raise ScaleshiftError(f"adapter was trained on {meta['model_name']!r} but the model is "
-                              f"{name!r}; create the model with that name")
+    meta, state = adapter_tensors(directory)
+    trained_on, identity = meta["base_model"], identity_of(model)
+    if identity and trained_on.get("architecture") and identity["architecture"] != trained_on["architecture"]:
+        raise ScaleshiftError(f"adapter was trained on {trained_on['architecture']!r} but the model "
+                              f"is {identity['architecture']!r}; create the model with that name")
+    if identity and None not in (identity.get("kwargs"), trained_on.get("kwargs")) \
+            and _architecture_kwargs(identity) != _architecture_kwargs(trained_on):
+        raise ScaleshiftError(f"adapter was trained on {describe(trained_on)}, but the model was "
+                              f"built with kwargs {identity['kwargs']}; build it with the same kwargs")
     if getattr(model, "num_classes", meta["num_classes"]) != meta["num_classes"]:
         raise ScaleshiftError(f"adapter has a {meta['num_classes']}-class head but the model has "
                               f"{model.num_classes} classes; create it with "
@@ -134,9 +125,10 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         raise ScaleshiftError(f"adapter is {meta['method']} {meta['options']} but the model has "
                               f"{config['method']} {config['options']} applied")
     if backbone_fingerprint(model) != meta["backbone_fingerprint"]:
-        raise ScaleshiftError("the frozen backbone weights differ from the ones this adapter was "
-                              "trained on (fingerprint mismatch); load the same pretrained weights")
-    state = load_file(str(weights_path))
+        raise ScaleshiftError(f"the frozen backbone weights differ from the ones this adapter was "
+                              f"trained on (fingerprint mismatch). The adapter's backbone: "
+                              f"{describe(trained_on)}; this model: "
+                              f"{describe(identity) if identity else 'unknown'}. Load those weights")
     expected = adapter_state(model)
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -150,3 +142,19 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         for key, target in expected.items():
             target.copy_(state[key])
     return model
+
+
+def _architecture_kwargs(identity: dict) -> dict:
+    """Constructor kwargs that shape the architecture (drop rates only matter in training)."""
+    return {k: v for k, v in identity["kwargs"].items() if not k.startswith("drop")}
+
+
+def adapter_tensors(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config.json, its tensors) after verifying the weights' sha256: what the pure
+    merge takes, with no model in sight."""
+    meta = read_adapter_config(directory)
+    weights_path = Path(directory) / WEIGHTS_NAME
+    if file_sha256(weights_path) != meta["weights_sha256"]:
+        raise ScaleshiftError(f"{weights_path} does not match the checksum in {CONFIG_NAME}: "
+                              f"the file was changed or damaged; re-save the adapter")
+    return meta, load_file(str(weights_path))

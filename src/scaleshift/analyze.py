@@ -30,10 +30,11 @@ def backbone_values(model: nn.Module, head: set[str]) -> dict[str, np.ndarray]:
 def weight_histograms(run_dir: str | Path, vs: str | Path | None = None, bins: int = 200) -> dict:
     """Histograms of the pretrained backbone, the run's merged model, and optionally a second run
     (e.g. full fine-tuning), on shared bin edges. Counts cover every backbone parameter."""
-    from .engine import build_backbone, dataset_classes, load_run
+    from .adapter_files import backbone_for, read_adapter_config
     from .models import classifier_parameter_names
+    from .runs import ADAPTER, load_run
     cfg, merged = load_run(run_dir, merged=True)
-    pretrained = build_backbone(cfg, dataset_classes(cfg))
+    pretrained = backbone_for(read_adapter_config(Path(run_dir) / ADAPTER))
     head = classifier_parameter_names(pretrained)
     def label(method: str) -> str:
         return method if method in ("full", "linear") else f"{method} (merged)"
@@ -131,7 +132,7 @@ def similarity(run_dirs: list[str | Path], data: str, split: str = "test", sampl
     """Linear CKA per block between the first run (the reference, e.g. full fine-tuning) and
     every other run, on `samples` images of `data`."""
     from .data import build_dataset, build_transform
-    from .engine import load_run
+    from .runs import load_run
     if len(run_dirs) < 2:
         raise ScaleshiftError("similarity needs a reference run and at least one more")
     loaded = [load_run(r) for r in run_dirs]

@@ -117,8 +117,8 @@ def infer_step(model, images, device) -> float:
 
 
 def input_shape(model: nn.Module, batch: int, size: int | None) -> tuple:
-    from .profiles import _input_size
-    channels, height, width = _input_size(model)
+    from .profiles import input_size_of
+    channels, height, width = input_size_of(model)
     return (batch, channels, size or height, size or width)
 
 
@@ -175,7 +175,7 @@ def memory_probe(model_name: str, model_kwargs: dict, label: str, kind: str, bat
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        rss_before = _reset_peak_rss()
+        rss_before = reset_peak_rss()
     if kind == "train":
         optimizer = _optimizer(model)
         model.train()
@@ -188,24 +188,24 @@ def memory_probe(model_name: str, model_kwargs: dict, label: str, kind: str, bat
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    return (_proc_status_kb("VmHWM") - rss_before) / 1024 + model_bytes / 2**20
+    return (proc_status_kb("VmHWM") - rss_before) / 1024 + model_bytes / 2**20
 
 
-def _proc_status_kb(field_name: str) -> int:
+def proc_status_kb(field_name: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
             return int(line.split()[1])
     raise ScaleshiftError(f"/proc/self/status has no {field_name}")
 
 
-def _reset_peak_rss() -> int:
+def reset_peak_rss() -> int:
     """Reset the peak RSS to the current RSS; return the current RSS in KiB."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError as exc:
         raise ScaleshiftError(f"CPU memory measurement needs Linux /proc/self/clear_refs ({exc}); "
                               f"use --no-memory") from None
-    return _proc_status_kb("VmRSS")
+    return proc_status_kb("VmRSS")
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
@@ -277,9 +277,9 @@ def measure_memory(model_name: str, model_kwargs: dict, batch: int, device, size
 def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int = 3,
               model_kwargs: dict | None = None, size: int | None = None, out: str | None = None,
               with_memory: bool = True, profile: list[str] | None = None) -> dict:
-    from .engine import machine_info
-    from .models import _ensure_registered
-    _ensure_registered()
+    from .runs import machine_info
+    from .models import register_backbones
+    register_backbones()
     model_kwargs = model_kwargs or {}
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -1,4 +1,9 @@
-"""The `scaleshift` command. Subcommands stay thin: they parse, call the library, print."""
+"""The `scaleshift` command. Subcommands stay thin: they parse, call the library, print.
+
+Every subcommand takes its options as flags or as key=value in any order and mix (the one
+grammar of options.py): `scaleshift train R.yaml --resume epochs=3`, `scaleshift params
+model=vit_base_patch16_224 method=ssf layers=4`, `scaleshift bench --model M model_kwargs.img_size=32`.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,33 +13,25 @@ import sys
 import torch
 
 from .errors import ScaleshiftError
+from .options import assign_flags, is_assignment, parse_assignments
 
 MERGE_TOLERANCE = 1e-5
 
 
-def parse_opts(pairs: list[str] | None) -> dict[str, str]:
-    opts = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ScaleshiftError(f"--opt takes key=value, got {pair!r} (e.g. --opt layers=4)")
-        opts[key.strip()] = value.strip()
-    return opts
-
-
 def _params_row(model_name: str, method: str, num_classes: int, opts: dict) -> dict:
     from . import apply, create_model, total_parameters, trainable_parameters
+    from .methods import config_of
     with torch.device("meta"):   # shapes only: counting needs no weights
         model = create_model(model_name, num_classes=num_classes)
         apply(model, method, **opts)
     return dict(model=model_name, method=method, trainable=trainable_parameters(model),
-                total=total_parameters(model), options=model.scaleshift_config["options"])
+                total=total_parameters(model), options=config_of(model)["options"])
 
 
 def cmd_params(args) -> int:
     from . import methods
     from .methods import get_method
-    opts = parse_opts(args.opt)
+    opts = args.options
     chosen = args.method.split(",") if args.method else methods()
     rows = []
     for method in chosen:
@@ -63,7 +60,7 @@ def cmd_params(args) -> int:
 
 def cmd_merge_check(args) -> int:
     from .merge import merge_check
-    report = merge_check(args.model, args.method, args.num_classes, **parse_opts(args.opt))
+    report = merge_check(args.model, args.method, args.num_classes, **args.options)
     if args.json:
         print(json.dumps(report))
     else:
@@ -99,10 +96,7 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from .config import load_recipe
     from .engine import train
-    recipe, overrides = args.recipe, list(args.overrides)
-    if recipe and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
-        recipe, overrides = None, [recipe, *overrides]   # no recipe: defaults + overrides
-    cfg = load_recipe(recipe, overrides)   # every error surfaces before any work
+    cfg = load_recipe(args.recipe, args.overrides)   # every error surfaces before any work
     if args.validate_only:
         print(f"{args.recipe or 'defaults'}: valid")
         return 0
@@ -111,7 +105,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .engine import evaluate_run
+    from .runs import evaluate_run
     metrics = evaluate_run(args.run_dir, merged=args.merged, split=args.split)
     print(json.dumps(dict(run=args.run_dir, merged=args.merged, **metrics)))
     return 0
@@ -160,8 +154,8 @@ def cmd_list(args) -> int:
         print("datasets: " + ", ".join(list_datasets()))
     if args.what in ("models", "all"):
         import timm
-        from .models import _ensure_registered
-        _ensure_registered()
+        from .models import register_backbones
+        register_backbones()
         names = timm.list_models(args.filter or "*")
         print(f"models ({len(names)} timm architectures" + (f" matching {args.filter!r}" if args.filter else "")
               + "): " + ", ".join(names))
@@ -170,11 +164,7 @@ def cmd_list(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
-    try:
-        model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    except json.JSONDecodeError as exc:
-        raise ScaleshiftError(f"--model-kwargs must be JSON, e.g. '{{\"img_size\": 32}}' ({exc})") from None
-    result = run_bench(args.model, args.batch_size, args.device, args.rounds, model_kwargs,
+    result = run_bench(args.model, args.batch_size, args.device, args.rounds, args.model_kwargs,
                        args.size, args.out, with_memory=not args.no_memory,
                        profile=[x for x in (args.profile or "").split(",") if x])
     print(format_table(result))
@@ -198,6 +188,8 @@ def cmd_predict(args) -> int:
 
     from .data import build_transform
     from .multitask import MultiTaskModel
+    if args.top_k < 1:
+        raise ScaleshiftError(f"--top-k must be >= 1, got {args.top_k}")
     directories = [d for d in args.adapters.split(",") if d]
     model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or False)
     transform = build_transform("vtab", model.backbone, False, args.input_size)
@@ -229,13 +221,14 @@ def cmd_predict(args) -> int:
 def cmd_adapters(args) -> int:
     from pathlib import Path
 
-    from .adapter_files import WEIGHTS_NAME, plain_model_for, read_adapter_config
+    from .adapter_files import WEIGHTS_NAME, read_adapter_config
+    from .models import plain_model
     rows = []
     for directory in args.directories:
         meta = read_adapter_config(directory)
         size = sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file())
         with torch.device("meta"):
-            full = plain_model_for(meta)
+            full = plain_model(meta["base_model"], meta["num_classes"])
         full_bytes = sum(p.numel() * 4 for p in full.parameters())   # fp32 checkpoint
         rows.append(dict(adapter=str(directory), method=meta["method"], classes=meta["num_classes"],
                          bytes=size, weights_bytes=(Path(directory) / WEIGHTS_NAME).stat().st_size,
@@ -259,21 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scaleshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def model_args(p, method_required: bool):
+    def model_args(p):
         p.add_argument("--model", default="vit_base_patch16_224", help="timm model name")
-        p.add_argument("--method", required=method_required,
+        p.add_argument("--method",
                        help="method name (params: comma-separated, default all); see `scaleshift methods`")
         p.add_argument("--num-classes", type=int, default=100)
-        p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option")
+        p.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                       help="method option (or give KEY=VALUE bare)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("params", help="count trainable and total parameters "
                        "(all methods when --method is omitted)")
-    model_args(p, method_required=False)
-    p.set_defaults(func=cmd_params)
+    model_args(p)
+    p.set_defaults(func=cmd_params, rest="options")
     p = sub.add_parser("merge-check", help="prove merge exactness on random weights")
-    model_args(p, method_required=True)
-    p.set_defaults(func=cmd_merge_check)
+    model_args(p)
+    p.set_defaults(func=cmd_merge_check, rest="options", required=("method",))
     p = sub.add_parser("methods", help="list methods and their options")
     p.set_defaults(func=cmd_methods)
     p = sub.add_parser("demo", help="SSF vs linear vs full on scaleshift's pretrained ViT: "
@@ -285,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train from a recipe: scaleshift train RECIPE.yaml key=value ...")
-    p.add_argument("recipe", nargs="?", help="recipe YAML (omit to use the defaults)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (omit to use the defaults); then "
+                   "KEY=VALUE overrides, before or after the flags")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
     p.add_argument("--validate-only", action="store_true", help="check the config and stop")
     p.set_defaults(func=cmd_train)
@@ -309,30 +303,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default=None, help="model name pattern, e.g. 'vit_*'")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("bench", help="training / inference time and memory of every method")
-    p.add_argument("--model", required=True)
-    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--model", help="timm or embedded model name (required)")
+    p.add_argument("--batch-size", type=int, help="(required)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
     p.add_argument("--size", type=int, default=None, help="input resolution (default: the model's)")
-    p.add_argument("--model-kwargs", default=None, help="JSON of timm constructor kwargs")
     p.add_argument("--out", default=None, help="directory for bench.json, bench.csv, bench.png")
     p.add_argument("--profile", default=None,
                    help="comma-separated trained variants to profile with torch.profiler, e.g. "
                         "ssf,bias,full (writes profile_<variant>.txt under --out)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, model_kwargs={},   # timm kwargs: model_kwargs.img_size=32
+                   required=("model", "batch_size"))
     p = sub.add_parser("export", help="merged plain weights (safetensors) or an ONNX graph, checked")
     p.add_argument("run_dir")
     p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("predict", help="one batch, many SSF tasks on one backbone")
-    p.add_argument("--adapters", required=True, help="comma-separated SSF adapter directories")
+    p.add_argument("--adapters", help="comma-separated SSF adapter directories (required)")
     p.add_argument("--pretrained", default=None, help="backbone weights file the adapters were trained on")
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("images", nargs="+")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, required=("adapters",))
     p = sub.add_parser("adapters", help="size of each adapter against its full model")
     p.add_argument("directories", nargs="+")
     p.add_argument("--json", action="store_true")
@@ -343,12 +337,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_analyze_parser(sub)
     from .data.cli import add_datasets_parser
     add_datasets_parser(sub)
+    for name, command in sub.choices.items():
+        if command.get_default("command_parser") is None:
+            command.set_defaults(command_parser=command)
     return parser
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Flags through argparse; every bare KEY=VALUE (wherever it stands) through the one option
+    grammar: config overrides for `train`, the subcommand's own flags or mapping otherwise."""
+    args, extras = parser.parse_known_args(argv)
+    unknown = [e for e in extras if not is_assignment(e)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    tokens = list(extras)
+    for name in ("images", "run_dirs", "directories"):   # greedy positionals may hold some
+        if isinstance(getattr(args, name, None), list):
+            tokens += [t for t in getattr(args, name) if is_assignment(t)]
+            setattr(args, name, [t for t in getattr(args, name) if not is_assignment(t)])
+    if args.command == "train":
+        if args.recipe and is_assignment(args.recipe):   # no recipe: defaults + overrides
+            args.recipe, tokens = None, [args.recipe, *tokens]
+        args.overrides = tokens
+        return args
+    rest = getattr(args, "rest", None)
+    if rest:
+        setattr(args, rest, {})
+    tokens = list(getattr(args, "opt", None) or []) + tokens
+    assign_flags(args.command_parser, args, parse_assignments(tokens), rest=rest)
+    # required options are checked here, not by argparse, so that KEY=VALUE can give them too
+    missing = [k for k in getattr(args, "required", ()) if getattr(args, k) is None]
+    if missing:
+        args.command_parser.error("the following options are required: " + ", ".join(
+            f"--{k.replace('_', '-')} (or {k}=...)" for k in missing))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
     try:
+        args = parse_command_line(parser, argv)
         return args.func(args)
     except ScaleshiftError as exc:
         print(f"scaleshift: error: {exc}", file=sys.stderr)

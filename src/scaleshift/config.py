@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import ScaleshiftError
+from .options import parse_assignments, set_path
 
 
 @dataclass
@@ -125,26 +126,14 @@ def _coerce(key: str, value: Any) -> Any:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`key=value` (value parsed as YAML); `a.b=value` sets a key inside a dict field."""
+    """`key=value` (value parsed as YAML); `a.b=value` sets a key inside a mapping field."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ScaleshiftError(f"override {item!r} is not key=value (e.g. lr=1e-3)")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise ScaleshiftError(f"override {item!r}: value is not valid YAML ({exc})") from None
-        head, _, sub = key.partition(".")
-        if head not in FIELDS:
-            raise ScaleshiftError(f"unknown config key {head!r}; valid keys: {', '.join(sorted(FIELDS))}")
-        if sub:
-            if _HINTS[head] is not dict:
-                raise ScaleshiftError(f"{head} is not a mapping; use {head}=value")
-            data.setdefault(head, {})
-            data[head] = dict(data[head] or {}, **{sub: value})
-        else:
-            data[head] = value
+    for path, value in parse_assignments(list(overrides)):
+        if path[0] not in FIELDS:
+            raise ScaleshiftError(f"unknown config key {path[0]!r}; valid keys: {', '.join(sorted(FIELDS))}")
+        if len(path) > 1 and _HINTS[path[0]] is not dict:
+            raise ScaleshiftError(f"{path[0]} is not a mapping; use {path[0]}=value")
+        set_path(data, path, value)
     return data
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from .config import make_config
-from .engine import load_run, train
-from .io import atomic_path, figure, save_png, write_json
-from .methods.ssf import explicit_output_affine
-from .models import plain_timm_model
+from .engine import train
+from .io import figure, save_png, write_json, write_text
+from .methods import get_method
+from .models import identity_of, plain_model
+from .runs import load_run
 
 DEMO_TASK = "patch_textures"
 DEMO_BACKBONE = "scaleshift_vit32"
@@ -53,21 +54,21 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     # merge: the merged model is the plain timm architecture and predicts exactly the same
     _, unmerged = load_run(out / "ssf")
     _, merged = load_run(out / "ssf", merged=True)
-    plain = plain_timm_model(backbone, merged.num_classes)
+    plain = plain_model(identity_of(merged), merged.num_classes)
     plain.load_state_dict(merged.state_dict(), strict=True)
     from .data import build_dataset, build_transform
     test = build_dataset(task, split="test", transform=build_transform("vtab", plain, False, 32),
                          seed=seed)
     images = torch.stack([test[i][0] for i in range(min(len(test), 1000))])
     unmerged.eval(), plain.eval()
-    with torch.no_grad(), explicit_output_affine():   # layer(x) * scale + shift, unfolded
+    with torch.no_grad(), get_method("ssf").explicit_reference(unmerged):   # layer(x) * scale + shift
         reference = unmerged(images)
     with torch.no_grad():
         deployed = plain(images)
     check = dict(identical_predictions=bool(torch.equal(reference.argmax(1), deployed.argmax(1))),
                  max_abs_logit_diff=float((reference - deployed).abs().max()),
                  extra_params=sum(p.numel() for p in plain.parameters())
-                 - sum(p.numel() for p in plain_timm_model(backbone, merged.num_classes).parameters()),
+                 - sum(p.numel() for p in plain_model(identity_of(merged)).parameters()),
                  compared_images=len(images))
     summary = dict(task=task, backbone=backbone, protocol="clean (epoch selected on val200)",
                    methods={m: dict(top1=r["reported"]["top1"], epoch=r["reported"]["epoch"],
@@ -79,8 +80,7 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
                    seconds=round(time.time() - started, 1))
     write_json(out / "results.json", summary)
     table = render_table(summary)
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(table)
+    write_text(out / "results.md", table)
     plot_demo(results, out / "results.png", summary)
     print(table)
     print(f"[demo] results: {out / 'results.md'}, {out / 'results.json'}, plot: {out / 'results.png'}")

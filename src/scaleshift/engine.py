@@ -3,30 +3,34 @@
     scaleshift train recipes/builtin/digits_ssf.yaml epochs=5
     torchrun --nproc_per_node=2 -m scaleshift.cli train recipes/builtin/digits_ssf.yaml
 
-Phases, in order: distributed setup -> seeds -> model + method -> data -> optimizer, schedule,
-mixup, EMA -> (resume) -> epochs of train + evaluate + checkpoint -> results + adapter.
-Only rank 0 writes. Checkpoints hold the trainable parameters, norm statistics, optimizer,
-scheduler, EMA, RNG states and the history; they are written atomically after every epoch, so a
-killed run resumes from its last finished epoch and ends exactly as an uninterrupted one.
+`train(cfg)` reads top to bottom as its phases: set up the process (distributed, seeds) ->
+model + method -> data -> optimisation (optimizer, schedule, mixup, EMA) -> resume -> epochs of
+train + evaluate + checkpoint -> finish (test the selected weights, results.json, adapter).
+The state the phases share lives in one `Trainer` object. Only rank 0 writes. Checkpoints hold
+the trainable parameters, norm statistics, optimizer, scheduler, EMA, RNG states and the
+history; they are written atomically after every epoch, so a killed run resumes from its last
+finished epoch and ends exactly as an uninterrupted one. Reading a finished run back is
+runs.py's job, not this module's.
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import os
-import platform
 import random
 import resource
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import timm
 import timm.optim
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -34,56 +38,288 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from . import __version__
 from .adapter_files import adapter_state, save_adapter
 from .config import RunConfig
 from .errors import ScaleshiftError
-from .io import atomic_path, write_json
-from .methods import apply, total_parameters, trainable_parameters
-
-CHECKPOINT = "checkpoint.pt"
-SELECTED = "selected.pt"       # trainable state of the val-selected epoch (test_every_epoch=false)
+from .io import atomic_path, write_json, write_text
+from .methods import apply, config_of, total_parameters, trainable_parameters
+from .models import create_model, identity_of
+from .runs import (ADAPTER, CHECKPOINT, CONFIG, RESULTS, SELECTED, all_reduce_sum, autocast_for,
+                   dataset_classes, evaluate, machine_info)
 
 
 class TrainingDiverged(ScaleshiftError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite."""
 
 
-# ----------------------------------------------------------------------------- setup
-def setup_distributed(device_choice: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU."""
+@dataclass
+class Trainer:
+    """What the phases of one training run share."""
+    cfg: RunConfig
+    rank: int
+    world: int
+    device: torch.device
+    autocast: Any
+    out: Path
+    num_classes: int = 0
+    model: nn.Module | None = None      # the backbone with the method applied
+    trained: nn.Module | None = None    # what the optimizer sees: the model, or its head
+    ddp: nn.Module | None = None        # `trained`, wrapped for DDP under torchrun
+    sets: dict = field(default_factory=dict)      # split name -> Dataset
+    loaders: dict = field(default_factory=dict)   # "train" / "val" / "test" -> DataLoader
+    sampler: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    criterion: Any = None
+    mixup: Any = None
+    scaler: Any = None
+    ema: Any = None
+    history: list = field(default_factory=list)
+    start_epoch: int = 0
+
+    @property
+    def total_epochs(self) -> int:
+        return self.cfg.epochs + self.cfg.cooldown_epochs
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.trained
+
+
+def train(cfg: RunConfig, resume: bool = False) -> dict:
+    wall_start = time.time()
+    t = setup_process(cfg, resume)
+    build_model(t)
+    build_data(t)
+    build_optimisation(t)
+    if resume:
+        t.start_epoch, t.history = load_checkpoint(t)
+    announce(t)
+    for epoch in range(t.start_epoch, t.total_epochs):
+        run_epoch(t, epoch)
+    return finish(t, wall_start)
+
+
+# ----------------------------------------------------------------------------- phases
+def setup_process(cfg: RunConfig, resume: bool) -> Trainer:
+    """(rank, world size, device) from torchrun's WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
-    if device_choice == "cuda" and not torch.cuda.is_available():
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ScaleshiftError("device=cuda but no CUDA device is available; use device=cpu")
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return rank, world, device
+    seed_everything(cfg.seed)
+    out = Path(cfg.out_dir)
+    if not resume and (out / CHECKPOINT).exists():
+        raise ScaleshiftError(f"{out} already holds a run; pass --resume to continue it or "
+                              f"choose another out_dir")
+    return Trainer(cfg, rank, world, device, autocast_for(cfg.precision, device), out)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def build_model(t: Trainer) -> None:
+    """The backbone (seeded first, so a random-init backbone is the same one every time) with
+    the method applied."""
+    cfg = t.cfg
+    t.num_classes = dataset_classes(cfg)
+    seed_everything(cfg.seed)
+    kwargs = dict(cfg.model_kwargs, **({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}))
+    t.model = create_model(cfg.model, num_classes=t.num_classes, pretrained=cfg.pretrained,
+                           seed=cfg.seed, **kwargs)
+    apply(t.model, cfg.method, **cfg.method_options)
+    t.model.to(t.device)
+    t.trained = t.model
 
 
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
-                numpy_keys=torch.from_numpy(np_state[1].astype(np.int64)),
-                numpy_pos=int(np_state[2]), numpy_gauss=[int(np_state[3]), float(np_state[4])])
+def build_data(t: Trainer) -> None:
+    """Datasets and loaders; with cache_features the backbone's features replace the images
+    and only the head trains."""
+    cfg = t.cfg
+    train_set, val_set, test_set = load_splits(cfg, t.model)
+    per_rank = cfg.batch_size // t.world
+    if cfg.cache_features:
+        if cfg.method != "linear":
+            raise ScaleshiftError("cache_features works with method=linear only (the backbone "
+                                  "must stay frozen)")
+        if cfg.augment != "vtab":
+            raise ScaleshiftError("cache_features needs augment=vtab: cached features cannot "
+                                  "be augmented")
+        train_set, val_set, test_set = (cache_features(t.model, d, per_rank, t.device, t.autocast)
+                                        if d is not None else None
+                                        for d in (train_set, val_set, test_set))
+        t.trained = t.model.get_classifier()
+    t.sets = dict(train=train_set, val=val_set, test=test_set)
+    t.sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, t.rank, t.world, cfg.seed)
+    t.loaders = dict(train=DataLoader(train_set, batch_sampler=t.sampler, num_workers=cfg.workers),
+                     val=eval_loader(val_set, per_rank, t.rank, t.world, cfg.workers) if val_set else None,
+                     test=eval_loader(test_set, per_rank, t.rank, t.world, cfg.workers))
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
-                         state["numpy_pos"], state["numpy_gauss"][0], state["numpy_gauss"][1]))
+def build_optimisation(t: Trainer) -> None:
+    """timm's AdamW (no weight decay on 1-D parameters), cosine schedule per epoch with
+    warmup, Mixup/CutMix or label smoothing, AMP scaler, DDP and EMA."""
+    cfg = t.cfg
+    t.optimizer = timm.optim.create_optimizer_v2(t.trained, opt=cfg.opt, lr=cfg.lr,
+                                                 weight_decay=cfg.weight_decay)
+    t.scheduler = CosineLRScheduler(t.optimizer, t_initial=cfg.epochs, lr_min=cfg.min_lr,
+                                    warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr)
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        t.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                        label_smoothing=cfg.label_smoothing, num_classes=t.num_classes)
+        t.criterion = SoftTargetCrossEntropy()
+    else:
+        t.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    t.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    t.ddp = t.trained
+    if t.world > 1:
+        t.ddp = nn.parallel.DistributedDataParallel(
+            t.trained, device_ids=[t.device.index] if t.device.type == "cuda" else None)
+    t.ema = ModelEmaV3(t.trained, decay=cfg.ema_decay) if cfg.ema_decay else None
+
+
+def announce(t: Trainer) -> None:
+    if t.rank != 0:
+        return
+    t.out.mkdir(parents=True, exist_ok=True)
+    write_text(t.out / CONFIG, yaml.safe_dump(t.cfg.to_dict(), sort_keys=False))
+    print(f"[scaleshift] {t.cfg.model} + {t.cfg.method} on {t.cfg.dataset}: "
+          f"{trainable_parameters(t.model):,} trainable of {total_parameters(t.model):,}; "
+          f"{len(t.sets['train'])} train, {len(t.sets['test'])} test, {t.world} process(es), "
+          f"epochs {t.start_epoch + 1}..{t.total_epochs}", flush=True)
+
+
+def run_epoch(t: Trainer, epoch: int) -> None:
+    """Train one epoch, evaluate (val every epoch; test every epoch or only the last), keep the
+    val-selected weights when test runs once, checkpoint."""
+    cfg = t.cfg
+    t.scheduler.step(epoch)
+    t.sampler.set_epoch(epoch)
+    row = dict(epoch=epoch + 1, **train_one_epoch(t, epoch))
+    if t.loaders["val"] is not None:
+        row.update(prefixed("val", evaluate(t.eval_model, t.loaders["val"], t.device, t.autocast, t.world)))
+    if cfg.test_every_epoch or epoch + 1 == t.total_epochs:
+        row.update(prefixed("test", evaluate(t.eval_model, t.loaders["test"], t.device, t.autocast, t.world)))
+    best_val = max((r["val_top1"] for r in t.history), default=-1.0) if t.loaders["val"] else None
+    if not cfg.test_every_epoch and row["val_top1"] >= best_val:   # ties: the later epoch
+        if t.rank == 0:
+            with atomic_path(t.out / SELECTED) as tmp:
+                torch.save(detached(adapter_state(t.eval_model)), tmp)
+    t.history.append(row)
+    if t.rank == 0:
+        print(f"epoch {epoch + 1}/{t.total_epochs} train_loss {row['train_loss']:.4f} "
+              + (f"val_top1 {row['val_top1']:.2f} " if "val_top1" in row else "")
+              + (f"test_top1 {row['test_top1']:.2f}" if "test_top1" in row else ""), flush=True)
+        save_checkpoint(t, epoch + 1)
+        write_logs(t.out, t.history)
+
+
+def train_one_epoch(t: Trainer, epoch: int) -> dict:
+    cfg, model = t.cfg, t.ddp
+    model.train()
+    steps = len(t.loaders["train"]) if cfg.max_steps_per_epoch is None \
+        else min(len(t.loaders["train"]), cfg.max_steps_per_epoch)
+    loss_sum, seen, start = 0.0, 0, time.time()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step, (images, targets) in enumerate(t.loaders["train"]):
+        if step >= steps:
+            break
+        images, targets = images.to(t.device), torch.as_tensor(targets).to(t.device)
+        if t.mixup is not None:
+            images, targets = t.mixup(images, targets)
+        batch_loss = forward_backward(t, model, images, targets)
+        if not all_finite(batch_loss, t.world):   # every rank must agree before stepping
+            raise TrainingDiverged(divergence_message(t, batch_loss, epoch, step))
+        optimizer_step(t, params)
+        loss_sum += batch_loss * len(images)
+        seen += len(images)
+        if t.rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
+            elapsed = time.time() - start
+            print(f"epoch {epoch + 1}/{t.total_epochs} step {step + 1}/{steps} "
+                  f"loss {batch_loss:.4f} lr {t.optimizer.param_groups[0]['lr']:.2e} "
+                  f"{seen * t.world / max(elapsed, 1e-9):.1f} img/s "
+                  f"eta {elapsed / (step + 1) * (steps - step - 1):.0f}s", flush=True)
+    totals = all_reduce_sum(torch.tensor([loss_sum, seen], dtype=torch.float64), t.world)
+    return dict(train_loss=totals[0].item() / max(totals[1].item(), 1),
+                lr=t.optimizer.param_groups[0]["lr"], seconds=time.time() - start)
+
+
+def forward_backward(t: Trainer, model: nn.Module, images, targets) -> float:
+    """Forward + backward over `accum_steps` chunks of one global batch; the summed loss."""
+    cfg = t.cfg
+    t.optimizer.zero_grad(set_to_none=True)
+    batch_loss = 0.0
+    for chunk_images, chunk_targets in zip(images.chunk(cfg.accum_steps), targets.chunk(cfg.accum_steps)):
+        with t.autocast():
+            loss = t.criterion(model(chunk_images).float(), chunk_targets) / cfg.accum_steps
+        t.scaler.scale(loss).backward() if t.scaler else loss.backward()
+        batch_loss += loss.item()
+    return batch_loss
+
+
+def optimizer_step(t: Trainer, params: list) -> None:
+    """Unscale, clip, step, update the scaler and the EMA."""
+    cfg = t.cfg
+    if t.scaler:
+        t.scaler.unscale_(t.optimizer)
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    t.scaler.step(t.optimizer) if t.scaler else t.optimizer.step()
+    if t.scaler:
+        t.scaler.update()
+    if t.ema is not None:
+        t.ema.update(t.trained)
+
+
+def all_finite(loss: float, world: int) -> bool:
+    flag = all_reduce_sum(torch.tensor([0.0 if math.isfinite(loss) else 1.0]), world)
+    return flag.item() == 0
+
+
+def divergence_message(t: Trainer, loss: float, epoch: int, step: int) -> str:
+    kept = (f"the checkpoint of epoch {len(t.history)} in {t.out / CHECKPOINT} is kept"
+            if t.history else "no epoch finished, so there is no checkpoint to resume from")
+    return (f"the loss became {loss} at epoch {epoch + 1} step {step + 1}; {kept}. "
+            f"Lower lr or enable grad_clip")
+
+
+def finish(t: Trainer, wall_start: float) -> dict:
+    """Test the val-selected weights once (when test did not run every epoch), make the EMA
+    weights the model's, write results.json and the adapter."""
+    cfg, model = t.cfg, t.model
+    if not cfg.test_every_epoch:
+        selected = max(t.history, key=lambda r: (r["val_top1"], r["epoch"]))
+        if "test_top1" not in selected:
+            final_state = {k: v.clone() for k, v in detached(adapter_state(t.eval_model)).items()}
+            if t.world > 1:
+                dist.barrier()   # rank 0 has written the selected weights
+            load_state_into(t.eval_model, torch.load(t.out / SELECTED, weights_only=True))
+            selected.update(prefixed("test", evaluate(t.eval_model, t.loaders["test"], t.device,
+                                                      t.autocast, t.world)))
+            load_state_into(t.eval_model, final_state)
+    if t.ema is not None:   # the reported weights are the EMA ones
+        with torch.no_grad():
+            for target, source in zip(t.trained.parameters(), t.ema.module.parameters()):
+                target.copy_(source)
+    results = dict(summarize(t.history, cfg.protocol), model=cfg.model, method=cfg.method,
+                   dataset=cfg.dataset, method_options=config_of(model)["options"],
+                   model_identity=identity_of(model),
+                   trainable_params=trainable_parameters(model), total_params=total_parameters(model),
+                   epochs=t.total_epochs, wall_time_s=round(time.time() - wall_start, 2),
+                   peak_memory_mb=round(peak_memory_mb(t.device), 1), world_size=t.world,
+                   machine=machine_info(), config=cfg.to_dict())
+    if t.rank == 0:
+        save_adapter(model.cpu(), t.out / ADAPTER)
+        write_json(t.out / RESULTS, results)
+        print(f"[scaleshift] {cfg.protocol} top-1 {results['reported']['top1']:.2f} "
+              f"(epoch {results['reported']['epoch']}); results: {t.out / RESULTS}", flush=True)
+    if t.world > 1:
+        dist.barrier()
+    return results
 
 
 # ----------------------------------------------------------------------------- data
@@ -113,7 +349,7 @@ class GlobalBatchSampler(Sampler):
             yield order[i * self.batch:(i + 1) * self.batch][self.rank::self.world].tolist()
 
 
-def build_data(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | None, Dataset]:
+def load_splits(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | None, Dataset]:
     from .data import build_dataset, build_transform
     train_tf = build_transform(cfg.augment, model, is_training=True, input_size=cfg.input_size)
     eval_tf = build_transform(cfg.augment, model, is_training=False, input_size=cfg.input_size)
@@ -130,16 +366,6 @@ def build_data(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | Non
                                   f"{len(train_set)} items of split {cfg.train_split!r}")
         train_set = torch.utils.data.Subset(train_set, range(cfg.train_offset, stop))
     return train_set, val, load(cfg.test_split, eval_tf)
-
-
-def dataset_classes(cfg: RunConfig) -> int:
-    from .data import build_dataset, get_dataset_spec
-    spec = get_dataset_spec(cfg.dataset)
-    if spec.num_classes is not None:
-        return spec.num_classes
-    dataset = build_dataset(cfg.dataset, root=cfg.data_root, split=cfg.train_split,
-                            **cfg.dataset_options)
-    return len(dataset.classes)
 
 
 def eval_loader(dataset: Dataset, batch: int, rank: int, world: int, workers: int) -> DataLoader:
@@ -160,95 +386,33 @@ def cache_features(model: nn.Module, dataset: Dataset, batch: int, device, autoc
     return TensorDataset(torch.cat(feats), torch.cat(labels))
 
 
-# ----------------------------------------------------------------------------- steps
-def autocast_for(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext
-    if precision == "fp16" and device.type != "cuda":
-        raise ScaleshiftError("precision=fp16 needs CUDA; use precision=bf16 on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def all_reduce_sum(values: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(values)
-    return values
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device, autocast, world: int) -> dict:
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64)    # loss sum, top-1 hits, top-5 hits, count
-    for images, targets in loader:
-        images, targets = images.to(device), torch.as_tensor(targets).to(device)
-        with autocast():
-            logits = model(images).float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        totals += torch.tensor([F.cross_entropy(logits, targets, reduction="sum").item(),
-                                (top[:, 0] == targets).sum().item(),
-                                (top == targets[:, None]).any(1).sum().item(), len(targets)],
-                               dtype=torch.float64)
-    totals = all_reduce_sum(totals, world)
-    count = max(totals[3].item(), 1)
-    return dict(loss=totals[0].item() / count, top1=100 * totals[1].item() / count,
-                top5=100 * totals[2].item() / count, count=int(totals[3].item()))
-
-
-def train_one_epoch(model, loader, optimizer, criterion, mixup, ema, cfg, device, autocast,
-                    scaler, world, epoch, total_epochs, rank) -> dict:
-    model.train()
-    steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
-    loss_sum, seen, start = 0.0, 0, time.time()
-    params = [p for p in model.parameters() if p.requires_grad]
-    for step, (images, targets) in enumerate(loader):
-        if step >= steps:
-            break
-        images, targets = images.to(device), torch.as_tensor(targets).to(device)
-        if mixup is not None:
-            images, targets = mixup(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        batch_loss = 0.0
-        for chunk_images, chunk_targets in zip(images.chunk(cfg.accum_steps), targets.chunk(cfg.accum_steps)):
-            with autocast():
-                loss = criterion(model(chunk_images).float(), chunk_targets) / cfg.accum_steps
-            scaler.scale(loss).backward() if scaler else loss.backward()
-            batch_loss += loss.item()
-        # every rank must agree on divergence before stepping
-        flag = all_reduce_sum(torch.tensor([0.0 if math.isfinite(batch_loss) else 1.0]), world)
-        if flag.item() > 0:
-            raise TrainingDiverged(f"the loss became {batch_loss} at epoch {epoch} step {step}; "
-                                   f"the last good checkpoint is kept. Lower lr or enable grad_clip")
-        if scaler:
-            scaler.unscale_(optimizer)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        scaler.step(optimizer) if scaler else optimizer.step()
-        if scaler:
-            scaler.update()
-        if ema is not None:
-            ema.update(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model)
-        loss_sum += batch_loss * len(images)
-        seen += len(images)
-        if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
-            elapsed = time.time() - start
-            rate = seen * world / max(elapsed, 1e-9)
-            eta = elapsed / (step + 1) * (steps - step - 1)
-            print(f"epoch {epoch + 1}/{total_epochs} step {step + 1}/{steps} "
-                  f"loss {batch_loss:.4f} lr {optimizer.param_groups[0]['lr']:.2e} "
-                  f"{rate:.1f} img/s eta {eta:.0f}s", flush=True)
-    totals = all_reduce_sum(torch.tensor([loss_sum, seen], dtype=torch.float64), world)
-    return dict(train_loss=totals[0].item() / max(totals[1].item(), 1),
-                lr=optimizer.param_groups[0]["lr"], seconds=time.time() - start)
-
-
 # ----------------------------------------------------------------------------- bookkeeping
-def machine_info() -> dict:
-    return dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
-                scaleshift=__version__, platform=platform.platform(), processor=platform.machine(),
-                cpus=os.cpu_count(), threads=torch.get_num_threads(),
-                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
+                numpy_keys=torch.from_numpy(np_state[1].astype(np.int64)),
+                numpy_pos=int(np_state[2]), numpy_gauss=[int(np_state[3]), float(np_state[4])])
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
+                         state["numpy_pos"], state["numpy_gauss"][0], state["numpy_gauss"][1]))
+
+
+def prefixed(prefix: str, metrics: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+
+def detached(state: dict) -> dict:
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def peak_memory_mb(device) -> float:
@@ -258,18 +422,12 @@ def peak_memory_mb(device) -> float:
 
 
 def write_logs(out: Path, history: list[dict]) -> None:
-    import csv
-    import io
-    import json
-    with atomic_path(out / "log.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    keys = sorted({k for row in history for k in row})
+    write_text(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer = csv.DictWriter(buffer, fieldnames=sorted({k for row in history for k in row}))
     writer.writeheader()
     writer.writerows(history)
-    with atomic_path(out / "log.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_text(out / "log.csv", buffer.getvalue())
 
 
 def summarize(history: list[dict], protocol: str) -> dict:
@@ -298,151 +456,6 @@ def config_fingerprint(cfg: RunConfig) -> dict:
     return data
 
 
-# ----------------------------------------------------------------------------- train
-def build_backbone(cfg: RunConfig, num_classes: int, drop_path: float = 0.0) -> nn.Module:
-    """The run's backbone; seeded first, so a random-init backbone is the same one every time
-    (its adapter's fingerprint depends on it)."""
-    from .models import create_model
-    seed_everything(cfg.seed)
-    kwargs = dict(cfg.model_kwargs, **({"drop_path_rate": drop_path} if drop_path else {}))
-    return create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained, **kwargs)
-
-
-def load_run(run_dir: str | Path, merged: bool = False) -> tuple[RunConfig, nn.Module]:
-    """A finished run's config and model (its adapter loaded; merged on request)."""
-    from . import load_adapter, merge
-    from .config import make_config
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ScaleshiftError(f"{run_dir} is not a run directory (no config.yaml); "
-                              f"pass the out_dir of `scaleshift train`")
-    cfg = make_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    model = load_adapter(build_backbone(cfg, dataset_classes(cfg)), run_dir / "adapter")
-    return cfg, (merge(model) if merged else model)
-
-
-def train(cfg: RunConfig, resume: bool = False) -> dict:
-    wall_start = time.time()
-    rank, world, device = setup_distributed(cfg.device)
-    out = Path(cfg.out_dir)
-    seed_everything(cfg.seed)
-    autocast = autocast_for(cfg.precision, device)
-    checkpoint_path = out / CHECKPOINT
-    if not resume and checkpoint_path.exists():
-        raise ScaleshiftError(f"{out} already holds a run; pass --resume to continue it or "
-                              f"choose another out_dir")
-
-    num_classes = dataset_classes(cfg)
-    model = build_backbone(cfg, num_classes, drop_path=cfg.drop_path)
-    apply(model, cfg.method, **cfg.method_options)
-    model.to(device)
-    train_set, val_set, test_set = build_data(cfg, model)
-
-    per_rank = cfg.batch_size // world
-    trained = model                         # what the optimizer sees: the model, or its head
-    if cfg.cache_features:
-        if cfg.method != "linear":
-            raise ScaleshiftError("cache_features works with method=linear only (the backbone "
-                                  "must stay frozen)")
-        if cfg.augment != "vtab":
-            raise ScaleshiftError("cache_features needs augment=vtab: cached features cannot "
-                                  "be augmented")
-        train_set, test_set = (cache_features(model, d, per_rank, device, autocast) for d in (train_set, test_set))
-        val_set = cache_features(model, val_set, per_rank, device, autocast) if val_set else None
-        trained = model.get_classifier()
-
-    sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, rank, world, cfg.seed)
-    train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.workers)
-    val_loader = eval_loader(val_set, per_rank, rank, world, cfg.workers) if val_set else None
-    test_loader = eval_loader(test_set, per_rank, rank, world, cfg.workers)
-
-    optimizer = timm.optim.create_optimizer_v2(trained, opt=cfg.opt, lr=cfg.lr,
-                                               weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.epochs, lr_min=cfg.min_lr,
-                                  warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr)
-    total_epochs = cfg.epochs + cfg.cooldown_epochs
-    mixup = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
-                      label_smoothing=cfg.label_smoothing, num_classes=num_classes)
-        criterion = SoftTargetCrossEntropy()
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    ddp = trained
-    if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(
-            trained, device_ids=[device.index] if device.type == "cuda" else None)
-    ema = ModelEmaV3(trained, decay=cfg.ema_decay) if cfg.ema_decay else None
-
-    start_epoch, history = 0, []
-    if resume:
-        start_epoch, history = load_checkpoint(checkpoint_path, cfg, trained, optimizer,
-                                               scheduler, ema, scaler)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        print(f"[scaleshift] {cfg.model} + {cfg.method} on {cfg.dataset}: "
-              f"{trainable_parameters(model):,} trainable of {total_parameters(model):,}; "
-              f"{len(train_set)} train, {len(test_set)} test, {world} process(es), "
-              f"epochs {start_epoch + 1}..{total_epochs}", flush=True)
-
-    eval_model = ema.module if ema is not None else trained
-    best_val = max((r["val_top1"] for r in history), default=-1.0) if val_loader else None
-    for epoch in range(start_epoch, total_epochs):
-        scheduler.step(epoch)
-        sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp, train_loader, optimizer, criterion, mixup, ema, cfg, device,
-                                autocast, scaler, world, epoch, total_epochs, rank)
-        row = dict(epoch=epoch + 1, **stats)
-        if val_loader is not None:
-            row.update({f"val_{k}": v for k, v in evaluate(eval_model, val_loader, device, autocast, world).items()})
-        if cfg.test_every_epoch or epoch + 1 == total_epochs:
-            row.update({f"test_{k}": v for k, v in evaluate(eval_model, test_loader, device, autocast, world).items()})
-        if not cfg.test_every_epoch and row["val_top1"] >= best_val:   # ties: the later epoch, as summarize()
-            best_val = row["val_top1"]
-            if rank == 0:
-                with atomic_path(out / SELECTED) as tmp:
-                    torch.save({k: v.detach().cpu() for k, v in adapter_state(eval_model).items()}, tmp)
-        history.append(row)
-        if rank == 0:
-            print(f"epoch {epoch + 1}/{total_epochs} train_loss {row['train_loss']:.4f} "
-                  + (f"val_top1 {row['val_top1']:.2f} " if "val_top1" in row else "")
-                  + (f"test_top1 {row['test_top1']:.2f}" if "test_top1" in row else ""), flush=True)
-            save_checkpoint(checkpoint_path, cfg, trained, optimizer, scheduler, ema, scaler,
-                            epoch + 1, history)
-            write_logs(out, history)
-
-    if not cfg.test_every_epoch:   # test the val-selected weights once, at the end
-        selected = max(history, key=lambda r: (r["val_top1"], r["epoch"]))
-        if "test_top1" not in selected:
-            final_state = {k: v.detach().clone() for k, v in adapter_state(eval_model).items()}
-            if world > 1:
-                dist.barrier()   # rank 0 has written the selected weights
-            load_state_into(eval_model, torch.load(out / SELECTED, weights_only=True))
-            selected.update({f"test_{k}": v for k, v in evaluate(eval_model, test_loader, device, autocast, world).items()})
-            load_state_into(eval_model, final_state)
-    if ema is not None:   # the reported weights are the EMA ones
-        with torch.no_grad():
-            for target, source in zip(trained.parameters(), ema.module.parameters()):
-                target.copy_(source)
-    results = dict(summarize(history, cfg.protocol), model=cfg.model, method=cfg.method,
-                   dataset=cfg.dataset, method_options=model.scaleshift_config["options"],
-                   trainable_params=trainable_parameters(model), total_params=total_parameters(model),
-                   epochs=total_epochs, wall_time_s=round(time.time() - wall_start, 2),
-                   peak_memory_mb=round(peak_memory_mb(device), 1), world_size=world,
-                   machine=machine_info(), config=cfg.to_dict())
-    if rank == 0:
-        save_adapter(model.cpu(), out / "adapter")
-        write_json(out / "results.json", results)
-        print(f"[scaleshift] {cfg.protocol} top-1 {results['reported']['top1']:.2f} "
-              f"(epoch {results['reported']['epoch']}); results: {out / 'results.json'}", flush=True)
-    if world > 1:
-        dist.barrier()
-    return results
-
-
 def load_state_into(model: nn.Module, state: dict) -> None:
     current = adapter_state(model)
     with torch.no_grad():
@@ -450,43 +463,33 @@ def load_state_into(model: nn.Module, state: dict) -> None:
             current[key].copy_(value)
 
 
-def save_checkpoint(path: Path, cfg, trained, optimizer, scheduler, ema, scaler, epoch, history) -> None:
+def save_checkpoint(t: Trainer, epoch: int) -> None:
     state = dict(
-        epoch=epoch, history=history, config=config_fingerprint(cfg), rng=rng_state(),
-        trainable={k: v.detach().cpu() for k, v in adapter_state(trained).items()},
-        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-        ema=({k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
-             if ema is not None else None),
-        scaler=scaler.state_dict() if scaler else None)
-    with atomic_path(path) as tmp:
+        epoch=epoch, history=t.history, config=config_fingerprint(t.cfg), rng=rng_state(),
+        trainable=detached(adapter_state(t.trained)),
+        optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
+        ema=detached(t.ema.module.state_dict()) if t.ema is not None else None,
+        scaler=t.scaler.state_dict() if t.scaler else None)
+    with atomic_path(t.out / CHECKPOINT) as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, cfg, trained, optimizer, scheduler, ema, scaler) -> tuple[int, list]:
+def load_checkpoint(t: Trainer) -> tuple[int, list]:
+    path = t.out / CHECKPOINT
     if not path.exists():
         raise ScaleshiftError(f"--resume: no checkpoint at {path}; start without --resume")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["config"] != config_fingerprint(cfg):
-        changed = sorted(k for k in state["config"] if state["config"][k] != config_fingerprint(cfg).get(k))
+    expected = config_fingerprint(t.cfg)
+    if state["config"] != expected:
+        changed = sorted(k for k in state["config"] if state["config"][k] != expected.get(k))
         raise ScaleshiftError(f"--resume: the config differs from the checkpoint's in {changed}; "
                               f"resume with the same recipe and overrides")
-    load_state_into(trained, state["trainable"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if ema is not None and state["ema"] is not None:
-        ema.module.load_state_dict(state["ema"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
+    load_state_into(t.trained, state["trainable"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    if t.ema is not None and state["ema"] is not None:
+        t.ema.module.load_state_dict(state["ema"])
+    if t.scaler is not None and state["scaler"] is not None:
+        t.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return state["epoch"], state["history"]
-
-
-def evaluate_run(run_dir: str | Path, merged: bool = False, split: str | None = None) -> dict:
-    """Rebuild a finished run's model from its config and adapter (merged or not) and evaluate."""
-    cfg, model = load_run(run_dir, merged)
-    from .data import build_dataset, build_transform
-    dataset = build_dataset(cfg.dataset, root=cfg.data_root, split=split or cfg.test_split,
-                            transform=build_transform(cfg.augment, model, False, cfg.input_size),
-                            **cfg.dataset_options)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
-    return evaluate(model, loader, torch.device("cpu"), autocast_for(cfg.precision, torch.device("cpu")), 1)

@@ -15,29 +15,32 @@ from safetensors.torch import save_file
 
 from .errors import ScaleshiftError
 from .io import atomic_path, write_json
-from .models import architecture_of, plain_timm_model
+from .models import identity_of, plain_model
+from .profiles import input_size_of
+from .runs import load_run, merged_state
 
 
 def _input(model: nn.Module, cfg) -> torch.Tensor:
-    from .profiles import _input_size
-    channels, height, width = _input_size(model)
+    channels, height, width = input_size_of(model)
     size = cfg.input_size
     return torch.randn(1, channels, size or height, size or width,
                        generator=torch.Generator().manual_seed(0))
 
 
 def export_safetensors(run_dir: str | Path, out: str | Path | None = None) -> dict:
-    from .engine import load_run
-    cfg, merged = load_run(run_dir, merged=True)
+    """The run's adapter folded into its backbone's weights by the pure merge, saved as the
+    plain timm architecture's state dict (checked with a strict load)."""
+    _, meta, state = merged_state(run_dir)
     out = Path(out or Path(run_dir) / "merged.safetensors")
-    state = {k: v.contiguous() for k, v in merged.state_dict().items()}
-    timm_name, timm_kwargs = architecture_of(cfg.model, cfg.model_kwargs)
-    meta = dict(timm_model=timm_name, timm_kwargs=json.dumps(timm_kwargs, default=list),
-                num_classes=str(merged.num_classes), method=cfg.method)
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    plain = plain_timm_model(cfg.model, merged.num_classes, **cfg.model_kwargs)
+    state = {k: v.contiguous() for k, v in state.items()}
+    identity = meta["base_model"]
+    plain = plain_model(identity, meta["num_classes"])
     plain.load_state_dict(state, strict=True)        # the merged file is the plain architecture
+    header = dict(timm_model=identity["architecture"], timm_kwargs=json.dumps(identity["kwargs"]),
+                  num_classes=str(meta["num_classes"]), method=meta["method"],
+                  base_model=json.dumps(identity))
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=header)
     return dict(path=str(out), tensors=len(state), bytes=out.stat().st_size, strict_load=True)
 
 
@@ -59,14 +62,13 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: f
     and that onnxruntime reproduces PyTorch within `tolerance`."""
     import onnxruntime
 
-    from .engine import load_run
     cfg, merged = load_run(run_dir, merged=True)
     out = Path(out or Path(run_dir) / "merged.onnx")
     x = _input(merged, cfg)
     _to_onnx(merged, x, out)
     # the plain timm architecture with the same weights (the exporter folds identical
     # initializers into Identity nodes, so the reference must hold the same values)
-    plain = plain_timm_model(cfg.model, merged.num_classes, **cfg.model_kwargs)
+    plain = plain_model(identity_of(merged), merged.num_classes)
     plain.load_state_dict(merged.state_dict(), strict=True)
     plain_path = out.with_name(out.stem + ".plain_reference.onnx")
     _to_onnx(plain, x, plain_path)

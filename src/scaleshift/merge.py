@@ -1,16 +1,54 @@
-"""Re-parameterisation: fold a method back into the plain architecture, and prove it did."""
+"""Re-parameterisation: fold a method back into the plain architecture, and prove it did.
+
+The merge itself is a pure function of tensors (torchtune's shape):
+
+    merged_state, not_folded = merge_state("ssf", base_state, adapter_tensors, options)
+
+where `base_state` is the plain model's state dict and `adapter_tensors` what an adapter file
+holds. `merge(model)` (a new plain timm model; the input untouched), `merge_check`, the
+`merge` / `export` commands, multi-task serving and finished runs all go through it.
+"""
 from __future__ import annotations
 
-import copy
 import warnings
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .adapter_files import adapter_state
 from .errors import ScaleshiftError
-from .methods import CONFIG_ATTR, apply, config_of, get_method, total_parameters
-from .methods.ssf import explicit_output_affine
-from .models import create_model, plain_timm_model
+from .methods import apply, config_of, get_method, plain_key, replace_module, total_parameters
+from .models import attach_identity, create_model, identity_of, plain_model
+from .profiles import input_size_of
+
+
+def merge_state(method: str, base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
+                options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """(plain state dict with the method folded in, what could not fold). `base` and `trained`
+    are read, never written. A tensor a model shares between modules (CoaT's convolutional
+    position encodings) appears under several keys: a merge of one of them reaches them all."""
+    merged, non_mergeable = get_method(method).merge_state(base, trained, options)
+    shared: dict[tuple, list[str]] = {}
+    for key, value in base.items():
+        if value.numel():
+            shared.setdefault((value.data_ptr(), value.shape, value.stride()), []).append(key)
+    for keys in (k for k in shared.values() if len(k) > 1):
+        changed = [k for k in keys if merged[k] is not base[k]]
+        for key in keys:
+            if changed:
+                merged[key] = merged[changed[0]]
+    return merged, non_mergeable
+
+
+def split_state(model: nn.Module, plain_keys: set[str]) -> tuple[dict, dict]:
+    """A method-applied model's state as (the plain model's state dict under it, the method's
+    trained tensors), without copying a tensor."""
+    base = {}
+    for key, value in model.state_dict(keep_vars=False).items():
+        if plain_key(key) in plain_keys:
+            base[plain_key(key)] = value
+    return base, adapter_state(model)
 
 
 def merge_with_report(model: nn.Module) -> tuple[nn.Module, list[dict]]:
@@ -18,13 +56,39 @@ def merge_with_report(model: nn.Module) -> tuple[nn.Module, list[dict]]:
     config = config_of(model)
     if config is None:
         raise ScaleshiftError("this model has no scaleshift method applied; nothing to merge")
-    merged = copy.deepcopy(model)
-    non_mergeable = get_method(config["method"]).merge(merged)
-    if not non_mergeable:
-        delattr(merged, CONFIG_ATTR)
-    for param in merged.parameters():
+    identity = identity_of(model)
+    if identity is None:
+        raise ScaleshiftError(f"cannot merge a {type(model).__name__}: it was not built by timm, "
+                              f"so there is no plain architecture to merge into")
+    plain = plain_model(identity, model.num_classes)
+    reference = next(model.parameters())
+    plain.to(device=reference.device, dtype=reference.dtype)
+    plain.pretrained_cfg = getattr(model, "pretrained_cfg", plain.pretrained_cfg)
+    attach_identity(plain, identity)
+    base, trained = split_state(model, set(plain.state_dict()))
+    with torch.no_grad():
+        state, non_mergeable = merge_state(config["method"], base, trained, config["options"])
+        if non_mergeable:
+            plain = _keep_unfolded(plain, model, state, config, {d["module"] for d in non_mergeable})
+        else:
+            plain.load_state_dict(state, strict=True)
+    return plain.train(model.training), non_mergeable
+
+
+def _keep_unfolded(plain: nn.Module, model: nn.Module, state: dict, config: dict,
+                   keep: set[str]) -> nn.Module:
+    """The method applied to `plain` again, with the wrappers of every point that folded taken
+    out and the rest (adapters, prompts, SSF on the residual stream) kept with their tensors."""
+    apply(plain, config["method"], **config["options"])
+    for name, module in [(n, m) for n, m in plain.named_modules() if hasattr(m, "base_layer")]:
+        if name not in keep:
+            replace_module(plain, name, module.base_layer)
+    source = model.state_dict()
+    plain.load_state_dict({k: state[plain_key(k)] if plain_key(k) in state else source[k]
+                           for k in plain.state_dict()}, strict=True)
+    for param in plain.parameters():
         param.requires_grad_(True)
-    return merged, non_mergeable
+    return plain
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -53,19 +117,17 @@ def merge_check(model_name: str, method: str = "ssf", num_classes: int = 100, *,
                 batch_size: int = 2, seed: int = 0, **options) -> dict:
     """Random backbone, random non-identity method parameters: does the merged model equal the
     unmerged one, is it the plain timm architecture, and what could not be folded?"""
-    model_kwargs = model_kwargs or {}
-    torch.manual_seed(seed)
-    model = create_model(model_name, num_classes=num_classes, **model_kwargs)
+    model = create_model(model_name, num_classes=num_classes, seed=seed, **(model_kwargs or {}))
     apply(model, method, **options)
     perturb_trainable(model, seed=seed)
     model.eval()
-    size = input_size or model.pretrained_cfg.get("input_size", (3, 224, 224))
+    size = input_size or input_size_of(model)
     x = torch.randn(batch_size, *size, generator=torch.Generator().manual_seed(seed + 1))
-    with torch.no_grad(), explicit_output_affine():   # layer(x) * scale + shift, unfolded
+    with get_method(method).explicit_reference(model):   # e.g. layer(x) * scale + shift, unfolded
         reference = model(x).detach()
     merged, non_mergeable = merge_with_report(model)
     merged.eval()
-    plain = plain_timm_model(model_name, num_classes, **model_kwargs).eval()
+    plain = plain_model(identity_of(model), num_classes).eval()
     try:
         plain.load_state_dict(merged.state_dict(), strict=True)
         strict_load = True
@@ -80,4 +142,3 @@ def merge_check(model_name: str, method: str = "ssf", num_classes: int = 100, *,
         plain_strict_load=strict_load,
         extra_params=total_parameters(merged) - total_parameters(plain),
         non_mergeable=non_mergeable)
-

@@ -75,9 +75,9 @@ class MultiTaskModel(nn.Module):
                       backbone_factory=None) -> "MultiTaskModel":
         """One backbone, the SSF adapters of several tasks (same backbone, same SSF options).
         `backbone_factory(adapter_config) -> plain model` builds the frozen backbone; by default
-        create_model(model_name, num_classes, pretrained, **model_kwargs) from the adapter."""
+        the one the adapter's identity record names (`pretrained`: its weights file, if moved)."""
         from . import load_adapter
-        from .adapter_files import adapter_state, plain_model_for, read_adapter_config
+        from .adapter_files import adapter_state, backbone_for, read_adapter_config
         from .methods.ssf import ScaleShift
         from .models import classifier_parameter_names
         if not directories:
@@ -88,11 +88,11 @@ class MultiTaskModel(nn.Module):
             if meta["method"] != "ssf":
                 raise ScaleshiftError(f"{d} is a {meta['method']} adapter; multi-task serving "
                                       f"routes SSF adapters only")
-            for key in ("model_name", "backbone_fingerprint", "options"):
+            for key in ("backbone_fingerprint", "options"):
                 if meta[key] != first[key]:
                     raise ScaleshiftError(f"{d} differs from {directories[0]} in {key}: all tasks "
                                           f"must share one backbone and one SSF configuration")
-        factory = backbone_factory or (lambda meta: plain_model_for(meta, pretrained))
+        factory = backbone_factory or (lambda meta: backbone_for(meta, pretrained or None))
         # ONE backbone: each adapter in turn is loaded onto it (load_adapter verifies the file's
         # checksum and the backbone fingerprint) and its vectors and head are kept
         backbone = factory(first)

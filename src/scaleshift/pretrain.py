@@ -43,6 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ScaleshiftError
+from .io import atomic_path, file_sha256
+from .models import create_model
 
 SIZE = 32
 MEAN = STD = (0.5, 0.5, 0.5)     # inputs in [0, 1] are normalised to [-1, 1]
@@ -64,14 +66,6 @@ ARCHS = {
 }
 SOURCES = ("fashion", "fractal", "leaves")
 OBJECTIVES = ("simclr", "simclr_rot")
-
-
-def build_backbone(arch: str) -> nn.Module:
-    from .models import create_model
-    if arch not in ARCHS:
-        raise ScaleshiftError(f"unknown architecture {arch!r}; one of {', '.join(ARCHS)}")
-    spec = ARCHS[arch]
-    return create_model(spec["timm_name"], num_classes=0, **spec["kwargs"])
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -230,24 +224,15 @@ def _lr(step: int, args) -> float:
     return args.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def export_backbone(model: nn.Module, path: Path, metadata: dict | None = None) -> str:
     """Write the backbone weights (fp32, no classifier) to a .safetensors file atomically;
     returns the sha256 of the file."""
-    import hashlib
-
     from safetensors.torch import save_file
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
              if not k.startswith(("head.fc.", "head.weight", "head.bias"))}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    return file_sha256(path)
 
 
 CONFIG_KEYS = ("arch", "data", "objective", "steps", "batch_size", "lr", "weight_decay",
@@ -268,7 +253,9 @@ def run_pretrain(args) -> dict:
     sources = [s.strip() for s in args.data.split(",") if s.strip()]
 
     torch.manual_seed(args.seed)
-    model = build_backbone(args.arch)
+    if args.arch not in ARCHS:
+        raise ScaleshiftError(f"unknown architecture {args.arch!r}; one of {', '.join(ARCHS)}")
+    model = create_model(ARCHS[args.arch]["timm_name"], num_classes=0, **ARCHS[args.arch]["kwargs"])
     heads = Heads(feature_dim(model))
     params = list(model.named_parameters())
     params += [("heads." + n, p) for n, p in heads.named_parameters()]
@@ -301,8 +288,9 @@ def run_pretrain(args) -> dict:
     heads.train()
 
     def save():
-        _atomic_save(dict(config=config, step=step, history=history, model=model.state_dict(),
-                          heads=heads.state_dict(), opt=opt.state_dict()), ckpt_path)
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(dict(config=config, step=step, history=history, model=model.state_dict(),
+                            heads=heads.state_dict(), opt=opt.state_dict()), tmp)
 
     t0, done_at_start, window = time.time(), step, []
     stop = args.steps if args.stop_at is None else min(args.stop_at, args.steps)

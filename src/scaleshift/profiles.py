@@ -165,7 +165,7 @@ def is_affine_norm(module: nn.Module) -> bool:
     return is_norm and isinstance(weight, nn.Parameter) and weight.ndim == 1
 
 
-def _input_size(model: nn.Module) -> tuple[int, ...]:
+def input_size_of(model: nn.Module) -> tuple[int, ...]:
     cfg_size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None:   # models built with img_size=... keep a 224 pretrained_cfg
@@ -183,7 +183,7 @@ def called_modules(model: nn.Module, names: list[str]) -> set[str] | None:
     was_training = model.training
     try:
         param = next(model.parameters())
-        x = torch.zeros(1, *_input_size(model), device=param.device, dtype=param.dtype)
+        x = torch.zeros(1, *input_size_of(model), device=param.device, dtype=param.dtype)
         model.eval()
         with torch.no_grad():
             model(x)

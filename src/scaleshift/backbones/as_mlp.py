@@ -40,10 +40,8 @@ import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, register_notrace_function, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint
-from timm.models._registry import generate_default_cfgs
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices   # timm exports it nowhere public
 
 __all__ = ['AsMlp', 'axial_shift', 'checkpoint_filter_fn', 'convert_official_checkpoint']
 

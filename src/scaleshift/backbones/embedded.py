@@ -5,21 +5,18 @@ Each entry gives the timm architecture (name + kwargs) they are an instance of, 
 command, seed and upstream data. They load through the same local-weights path as any timm
 checkpoint:
 
-    from scaleshift.backbones.embedded import embedded_backbone, embedded_names
-    model = embedded_backbone("scaleshift_vit32", num_classes=10)   # plain timm model, new head
-    scaleshift.apply(model, "ssf")
+    model = scaleshift.create_model("scaleshift_vit32", num_classes=10, pretrained=True)
+    scaleshift.apply(model, "ssf")                     # a plain timm model with a new head
 
 Inputs: 32x32 RGB, scaled to [0, 1] then normalised with mean = std = 0.5 (the returned model's
 pretrained_cfg says so, so scaleshift.data.build_transform picks it up).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import torch.nn as nn
-
 from ..errors import ScaleshiftError
+from ..io import file_sha256
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DATA_CFG = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0,
@@ -66,10 +63,6 @@ def embedded_names() -> list[str]:
     return list(EMBEDDED)
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def embedded_path(name: str) -> Path:
     """The verified weights file of an embedded backbone."""
     if name not in EMBEDDED:
@@ -80,29 +73,9 @@ def embedded_path(name: str) -> Path:
     if not path.is_file():
         raise ScaleshiftError(f"weights of {name!r} missing: {path}. Reinstall scaleshift or "
                               f"regenerate them with: {spec['command']}")
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     if digest != spec["sha256"]:
         raise ScaleshiftError(f"weights of {name!r} at {path} have sha256 {digest}, expected "
                               f"{spec['sha256']}: the file is corrupt or was replaced. Restore "
                               f"it (git checkout) or regenerate it with: {spec['command']}")
     return path
-
-
-def embedded_backbone(name: str, num_classes: int, **kw) -> nn.Module:
-    """The embedded backbone `name` as a plain timm model with a new `num_classes` head
-    (`kw` are extra timm kwargs, e.g. drop_path_rate)."""
-    from ..models import create_model
-    path = embedded_path(name)
-    spec = EMBEDDED[name]
-    kwargs = {**spec["kwargs"], **kw}
-    from timm.models import get_pretrained_cfg
-    if num_classes == getattr(get_pretrained_cfg(spec["timm_name"]), "num_classes", None):
-        # timm loads strictly when the class count equals its default (1000), and the file
-        # has no head: load the backbone headless, then add the new head
-        model = create_model(spec["timm_name"], 0, pretrained=path, **kwargs)
-        model.reset_classifier(num_classes)
-    else:
-        model = create_model(spec["timm_name"], num_classes, pretrained=path, **kwargs)
-    model.pretrained_cfg = {**(model.pretrained_cfg or {}), **DATA_CFG}
-    model.scaleshift_embedded = name
-    return model

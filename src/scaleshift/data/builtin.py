@@ -55,7 +55,7 @@ no root: {DEBIAN_FASHION_MNIST}/ (apt-get install dataset-fashion-mnist)
 
 # fixed keys of the random streams, so no two built-ins share one
 _KEYS = dict(fashion=11, digits=12, fashion_c=13, fractal=14, fashion_rot=15)
-_TEST_SEED = 0   # the test stream of every task is drawn with this, whatever the seed
+TEST_SEED = 0   # the test stream of every task is drawn with this, whatever the seed
 
 
 def protocol_items(split: str, sizes: dict[str, int]) -> list[tuple[str, int]]:
@@ -186,7 +186,7 @@ def build_digits(root=None, split="train", *, seed=0, num_classes=None, strict=F
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)
     images = images.repeat(4, axis=1).repeat(4, axis=2)                 # 8x8 -> 32x32 blocks
     labels = digits.target.astype(np.int64)
-    fixed = np.random.default_rng([_TEST_SEED, _KEYS["digits"]]).permutation(len(labels))
+    fixed = np.random.default_rng([TEST_SEED, _KEYS["digits"]]).permutation(len(labels))
     test, pool = np.sort(fixed[:597]), fixed[597:]                       # 597 test, 1200 train
     train = pool[np.random.default_rng([seed, _KEYS["digits"]]).permutation(len(pool))]
     source = ArraySource({"train": (images, labels, train), "test": (images, labels, test)})
@@ -390,7 +390,7 @@ def fashion_pretrain_indices(root=None) -> dict[str, np.ndarray]:
     test_x, _ = load_fashion_mnist("test", root)
     test_bytes = {image.tobytes() for image in test_x}
     keep = np.array([i for i, image in enumerate(train_x) if image.tobytes() not in test_bytes])
-    order = keep[np.random.default_rng([_TEST_SEED, _KEYS["fashion_rot"]]).permutation(len(keep))]
+    order = keep[np.random.default_rng([TEST_SEED, _KEYS["fashion_rot"]]).permutation(len(keep))]
     return dict(train=order[5000:], val=order[:5000])
 
 

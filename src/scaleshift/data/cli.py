@@ -14,26 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import ScaleshiftError
-
-
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _options(pairs) -> dict:
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ScaleshiftError(f"--opt takes key=value, got {pair!r} (e.g. --opt seed=1)")
-        options[key.strip().replace("-", "_")] = _value(value.strip())
-    return options
 
 
 def _splits_text(splits) -> str:
@@ -62,7 +42,7 @@ def cmd_datasets(args) -> int:
 
 def cmd_datasets_check(args) -> int:
     from .check import check_dataset, format_report
-    options = _options(args.opt)
+    options = dict(args.options)
     if args.num_classes is not None:
         options["num_classes"] = args.num_classes
     report = check_dataset(args.name, args.root, strict=args.strict, splits=args.split,
@@ -95,8 +75,9 @@ def add_datasets_parser(subparsers) -> argparse.ArgumentParser:
                        help="expected number of classes (default: the dataset's; for partial "
                             "trees)")
     check.add_argument("--opt", action="append", metavar="KEY=VALUE",
-                       help="dataset option, e.g. protocol=official, seed=1, sprites=fashion")
+                       help="dataset option, e.g. protocol=official, seed=1, sprites=fashion "
+                            "(or give KEY=VALUE bare)")
     check.add_argument("--no-decode", action="store_true",
                        help="only check that the files exist (fast, misses corrupt files)")
-    check.set_defaults(func=cmd_datasets_check)
+    check.set_defaults(func=cmd_datasets_check, command_parser=check, rest="options")
     return parser

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .base import DatasetSpec, Generated
-from .builtin import (_TEST_SEED, PROTOCOL_ALIASES, PROTOCOL_SPLITS, PROTOCOL_TEXT,
+from .builtin import (TEST_SEED, PROTOCOL_ALIASES, PROTOCOL_SPLITS, PROTOCOL_TEXT,
                       check_num_classes, protocol_items)
 
 PATCH = 32
@@ -70,7 +70,7 @@ class PatchSource:
         boxes = [(rows[r], rows[r + 1], cols[c], cols[c + 1])
                  for r in range(GRID) for c in range(GRID)]
         assert min(min(b - a, d - c) for a, b, c, d in boxes) >= PATCH
-        order = np.random.default_rng([_TEST_SEED, self.code, k]).permutation(len(boxes))
+        order = np.random.default_rng([TEST_SEED, self.code, k]).permutation(len(boxes))
         test, val = BLOCKS["test"], BLOCKS["val"]
         return dict(test=[boxes[j] for j in order[:test]],
                     val=[boxes[j] for j in order[test:test + val]],
@@ -81,7 +81,7 @@ class PatchSource:
 
     def image(self, stream: str, i: int) -> Image.Image:
         k = i % len(self.images)
-        seed = _TEST_SEED if stream == "test" else self.seed
+        seed = TEST_SEED if stream == "test" else self.seed
         rng = np.random.default_rng([seed, self.code, STREAMS.index(stream), i])
         for _ in range(10):
             top, bottom, left, right = self.blocks[k][stream][rng.integers(len(
@@ -107,7 +107,7 @@ class FaceSource:
         self.code, self.seed = _TASK_CODES["faces"], seed
         self.pools = {}
         for label, first in ((1, 0), (0, 100)):      # label 1 = face
-            order = first + np.random.default_rng([_TEST_SEED, self.code, label]).permutation(100)
+            order = first + np.random.default_rng([TEST_SEED, self.code, label]).permutation(100)
             a, b = FACE_POOLS["train"], FACE_POOLS["train"] + FACE_POOLS["val"]
             self.pools[label] = dict(train=order[:a], val=order[a:b], test=order[b:])
 
@@ -115,7 +115,7 @@ class FaceSource:
         return np.arange(FACE_SIZES[stream]) % 2
 
     def image(self, stream: str, i: int) -> Image.Image:
-        seed = _TEST_SEED if stream == "test" else self.seed
+        seed = TEST_SEED if stream == "test" else self.seed
         rng = np.random.default_rng([seed, self.code, STREAMS.index(stream), i])
         pool = self.pools[i % 2][stream]
         source = self.images[pool[rng.integers(len(pool))]]

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import ScaleshiftError
 from .base import DatasetSpec, Generated
-from .builtin import (_TEST_SEED, PROTOCOL_ALIASES, PROTOCOL_SPLITS, PROTOCOL_TEXT,
+from .builtin import (TEST_SEED, PROTOCOL_ALIASES, PROTOCOL_SPLITS, PROTOCOL_TEXT,
                       check_num_classes, load_fashion_mnist, protocol_items)
 
 CANVAS = 64
@@ -87,7 +87,7 @@ class StructuredSource:
         self._labels: dict[str, np.ndarray] = {}
 
     def _rng(self, stream: str, i: int, part: int) -> np.random.Generator:
-        seed = _TEST_SEED if stream == "test" else self.seed
+        seed = TEST_SEED if stream == "test" else self.seed
         return np.random.default_rng([seed, self.code, ("train", "test").index(stream), part, i])
 
     def labels(self, stream: str) -> np.ndarray:

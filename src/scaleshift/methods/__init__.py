@@ -2,17 +2,21 @@
 
 A method is an instance of `Method` in its own file. It declares its options, injects its
 modules into a model in place (`inject`, returning the names of the parameters it trains
-besides the classifier head) and folds them back (`merge`, in place on a copy).
+besides the classifier head) and folds its trained tensors back into a plain state dict
+(`merge_state`, a pure function of tensors: no module is touched or copied).
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import torch
 import torch.nn as nn
 
 from ..errors import ScaleshiftError
-from ..models import classifier_parameter_names, model_name_of
+from ..models import IDENTITY_ATTR, classifier_parameter_names, identity_of
 
 CONFIG_ATTR = "scaleshift_config"
 
@@ -24,6 +28,7 @@ class Option:
     choices: tuple = ()      # allowed values (for a list option: allowed items)
     is_list: bool = False    # a list of choices, given as "a,b" on the command line
     minimum: float | None = None
+    maximum: float | None = None
 
     def parse(self, method: str, key: str, value: Any) -> Any:
         """Coerce `value` (native or a command-line string) to this option's type or fail."""
@@ -63,8 +68,12 @@ class Option:
             raise ScaleshiftError(f"{where} must be a {kind.__name__}, got {value!r}") from None
         if self.choices and value not in self.choices:
             raise ScaleshiftError(f"{where} must be one of {list(self.choices)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ScaleshiftError(f"{where} must be a finite number, got {value!r}")
         if self.minimum is not None and value < self.minimum:
             raise ScaleshiftError(f"{where} must be >= {self.minimum}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ScaleshiftError(f"{where} must be <= {self.maximum}, got {value!r}")
         return value
 
 
@@ -91,9 +100,24 @@ class Method:
         """Insert the method's modules in place; return the parameter names it trains."""
         return []
 
-    def merge(self, model: nn.Module) -> list[dict]:
-        """Fold the method into `model` in place; return what could not be folded."""
-        return []
+    def merge_state(self, base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
+                    options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        """Pure merge: the plain model's state dict `base` + this method's trained tensors (an
+        adapter's tensors, keys as saved) -> (the merged plain state dict, what could not fold).
+        Default: the trained tensors are plain tensors of the model and replace their base."""
+        merged = dict(base)
+        for key, value in trained.items():
+            plain = plain_key(key)
+            if plain not in base:
+                raise ScaleshiftError(f"{self.name}: trained tensor {key} is not a tensor of the "
+                                      f"plain model; the adapter does not fit this backbone")
+            merged[plain] = value
+        return merged, []
+
+    def explicit_reference(self, model: nn.Module):
+        """A context in which `model` computes the method's formula literally (no folded fast
+        path): what merge checks compare the merged model against."""
+        return contextlib.nullcontext()
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -133,13 +157,13 @@ def apply(model: nn.Module, method: str = "ssf", **options) -> nn.Module:
                               f"applied; create a fresh model to apply another one")
     impl = get_method(method)
     opts = impl.resolve_options(options)
+    identity = identity_of(model)   # recorded on the plain model, before any wrapper goes in
+    if identity is not None:
+        setattr(model, IDENTITY_ATTR, identity)
     trainable = set(impl.inject(model, opts)) | classifier_parameter_names(model)
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
-    setattr(model, CONFIG_ATTR, dict(
-        method=impl.name, options=opts, model_name=model_name_of(model),
-        model_kwargs=getattr(model, "scaleshift_model_kwargs", {}),
-        num_classes=getattr(model, "num_classes", None)))
+    setattr(model, CONFIG_ATTR, dict(method=impl.name, options=opts))
     return model
 
 
@@ -155,6 +179,11 @@ def print_trainable_parameters(model: nn.Module) -> None:
     trainable, total = trainable_parameters(model), total_parameters(model)
     print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
           f"trainable%: {100 * trainable / max(total, 1):.4f}")
+
+
+def plain_key(key: str) -> str:
+    """A state-dict key without the wrapper segments methods insert (`.base_layer`)."""
+    return key.replace(".base_layer.", ".")
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -2,6 +2,8 @@
 y = mlp(x) + up(GELU(down(mlp(x)))). Not mergeable: it adds layers at inference."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -10,6 +12,7 @@ from ..profiles import family_of
 from . import Method, Option, register, replace_module
 
 # Path of the block MLP, relative to the block, per family.
+ADAPTER_TENSORS = ("down.weight", "down.bias", "up.weight", "up.bias")
 MLP_PATHS = {"vit": "mlp", "swin": "mlp", "convnext": "mlp", "as_mlp": "mlp", "mixer": "mlp_channels"}
 
 
@@ -66,13 +69,16 @@ class Adapter(Method):
             channels, dim = _mlp_out_channels(mlp)
             width = opts["bottleneck"] or max(1, channels // opts["reduction"])
             replace_module(model, name, AdapterAfter(mlp, channels, width, dim))
-            trainable += [f"{name}.{p}" for p in ("down.weight", "down.bias", "up.weight", "up.bias")]
+            trainable += [f"{name}.{p}" for p in ADAPTER_TENSORS]
         return trainable
 
-    def merge(self, model: nn.Module) -> list[dict]:
-        return [dict(module=n, reason="a bottleneck adapter adds non-linear layers; it cannot "
-                     "fold into the plain architecture")
-                for n, m in model.named_modules() if isinstance(m, AdapterAfter)]
+    def merge_state(self, base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
+                    options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        adapters = sorted({k.rsplit(".", 2)[0] for k in trained if k.endswith(ADAPTER_TENSORS)})
+        kept = {k: v for k, v in trained.items() if not k.endswith(ADAPTER_TENSORS)}
+        merged, _ = super().merge_state(base, kept, options)
+        return merged, [dict(module=name, reason="a bottleneck adapter adds non-linear layers; "
+                             "it cannot fold into the plain architecture") for name in adapters]
 
 
 def _matches(name: str, pattern: str) -> bool:

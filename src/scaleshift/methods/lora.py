@@ -2,11 +2,15 @@
 on timm models as they are and merge by adding B @ A * alpha / rank to the base weight."""
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import ScaleshiftError
 from ..models import classifier_parameter_names
-from . import Method, Option, register, replace_module
+from . import Method, Option, plain_key, register
 
 
 class LoRA(Method):
@@ -34,14 +38,30 @@ class LoRA(Method):
         inject_adapter_in_model(config, model)
         return [n for n, _ in model.named_parameters() if ".lora_" in n]
 
-    def merge(self, model: nn.Module) -> list[dict]:
-        from peft.tuners.lora import LoraLayer
-
-        for name, module in list(model.named_modules()):
-            if isinstance(module, LoraLayer):
-                module.merge(safe_merge=True)
-                replace_module(model, name, module.get_base_layer())
-        return []
+    def merge_state(self, base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
+                    options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        """W' = W + (B @ A) * alpha / rank, for Linear and Conv2d (the update of a k x k conv is
+        A's kernel followed by B's 1 x 1 mixing, composed into one kernel), as PEFT merges."""
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        plain_trained = {}
+        for key, value in trained.items():
+            module, sep, rest = key.partition(".lora_")
+            if sep:   # <module>.lora_A.<adapter name>.weight
+                pairs.setdefault(plain_key(module + "."), {})[rest.split(".")[0]] = value
+            else:
+                plain_trained[key] = value
+        merged, _ = super().merge_state(base, plain_trained, options)
+        scaling = options["alpha"] / options["rank"]
+        for prefix, pair in pairs.items():
+            weight, a, b = merged[prefix + "weight"], pair["A"], pair["B"]
+            if weight.ndim == 2:
+                delta = b @ a
+            elif weight.shape[2:] == (1, 1):
+                delta = (b.flatten(1) @ a.flatten(1))[:, :, None, None]
+            else:
+                delta = F.conv2d(a.transpose(0, 1), b).transpose(0, 1)
+            merged[prefix + "weight"] = weight + (delta * scaling).to(weight.dtype)
+        return merged, []
 
 
 register(LoRA())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,10 +20,10 @@ from torch.func import functional_call
 from ..errors import ScaleshiftError
 from ..models import classifier_parameter_names
 from ..profiles import GROUPS, Point, family_of, generic_points, is_affine_norm, is_foldable_layer, paper_points
-from . import Method, Option, register, replace_module
+from . import Method, Option, plain_key, register, replace_module
 
 
-class _ScaleShiftOutput(torch.autograd.Function):
+class ScaleShiftOutputFn(torch.autograd.Function):
     """z = y * scale + shift that saves its OUTPUT z for backward (and recomputes
     y = (z - shift) / scale there) instead of its input y. The op after SSF usually saves z too
     (GELU, LayerNorm, attention's q/k/v), so SSF adds no activation memory of its own; saving y
@@ -76,7 +77,7 @@ def _scaled_weight_and_bias(layer: nn.Module, scale, shift, rows: bool = True):
     return weight, bias
 
 
-class _ScaleShiftFrozenLayer(torch.autograd.Function):
+class FrozenLayerScaleShiftFn(torch.autograd.Function):
     """Training path of SSF after a frozen Linear / Conv: z = layer(x) * scale + shift computed
     as ONE op with the folded weight (scale * W, scale * b + shift), so the forward makes no
     extra pass over the output and the backward's input gradient is a single matmul / conv with
@@ -125,21 +126,6 @@ class _ScaleShiftFrozenLayer(torch.autograd.Function):
         return grad_x, grad_scale, grad_shift, None
 
 
-_EXPLICIT = [False]
-
-
-@contextlib.contextmanager
-def explicit_output_affine():
-    """Inside this block every SSF Linear/Conv computes the paper's formula literally, the
-    layer's own output followed by y * scale + shift, instead of folding scale and shift into
-    its weight. The reference that merge checks compare folded models against."""
-    previous, _EXPLICIT[0] = _EXPLICIT[0], True
-    try:
-        yield
-    finally:
-        _EXPLICIT[0] = previous
-
-
 class ScaleShift(nn.Module):
     """Wraps `base_layer` and scales/shifts its output channels.
 
@@ -155,6 +141,7 @@ class ScaleShift(nn.Module):
         self.channel_dim = channel_dim
         self.ssf_scale = nn.Parameter(torch.ones(1 if scalar_scale else channels)) if scale else None
         self.ssf_shift = nn.Parameter(torch.zeros(channels)) if shift else None
+        self.explicit = False   # True: layer(x) * scale + shift literally (SSF.explicit_reference)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, channel_dim={self.channel_dim}"
@@ -187,16 +174,16 @@ class ScaleShift(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Norms always run through their own affine. A foldable Linear/Conv runs with folded
         # weights at inference (weight-sized work instead of a pass over the output) and, while
-        # its own weights are frozen, in training too (_ScaleShiftFrozenLayer).
+        # its own weights are frozen, in training too (FrozenLayerScaleShiftFn).
         if self.mode == "affine":
             return self._forward_folded(x)
-        if self._foldable() and not self._base_trainable() and not _EXPLICIT[0]:
+        if self._foldable() and not self._base_trainable() and not self.explicit:
             if not torch.is_grad_enabled():
                 return self._forward_folded(x)
             if self._fused_backward_ok():
-                return _ScaleShiftFrozenLayer.apply(x, self.ssf_scale, self.ssf_shift, self.base_layer)
+                return FrozenLayerScaleShiftFn.apply(x, self.ssf_scale, self.ssf_shift, self.base_layer)
         y = self.base_layer(x)
-        return _ScaleShiftOutput.apply(y, self.ssf_scale, self.ssf_shift, self.channel_dim)
+        return ScaleShiftOutputFn.apply(y, self.ssf_scale, self.ssf_shift, self.channel_dim)
 
     def _foldable(self) -> bool:
         if not hasattr(self, "_is_foldable"):
@@ -223,16 +210,6 @@ class ScaleShift(nn.Module):
             return (f"a shift after the bias-free {type(base).__name__} would need a bias the "
                     f"plain architecture does not have")
         return None
-
-    @torch.no_grad()
-    def fold(self) -> nn.Module:
-        """Return base_layer with scale/shift folded into its parameters (call only when
-        unfoldable_reason() is None)."""
-        params = self.folded_params()
-        self.base_layer.weight.copy_(params["weight"])
-        if params["bias"] is not None:
-            self.base_layer.bias.copy_(params["bias"])
-        return self.base_layer
 
 
 def init_scale_shift(module: ScaleShift, init: str, std: float) -> None:
@@ -360,17 +337,59 @@ class SSF(Method):
             trainable += [n for n, _ in model.named_parameters() if n.startswith(prefix + ".")]
         return trainable
 
-    def merge(self, model: nn.Module) -> list[dict]:
-        non_mergeable = []
-        for name, module in list(model.named_modules()):
-            if not isinstance(module, ScaleShift):
-                continue
-            reason = module.unfoldable_reason()
-            if reason:
-                non_mergeable.append(dict(module=name, reason=reason))
+    def merge_state(self, base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
+                    options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        """Fold every scale/shift pair into the weight and bias of the layer it follows (paper
+        Eq. 5): W' = scale * W (per output row, or per channel of a norm's affine) and
+        b' = scale * b + shift. Points whose layer has no weight in the plain state dict (the
+        residual stream) or a shift after a bias-free layer cannot fold and are reported."""
+        vectors: dict[str, dict[str, torch.Tensor]] = {}
+        plain_trained = {}
+        for key, value in trained.items():
+            prefix, _, leaf = key.rpartition(".")
+            if leaf in ("ssf_scale", "ssf_shift"):
+                vectors.setdefault(plain_key(prefix + "."), {})[leaf] = value
             else:
-                replace_module(model, name, module.fold())
-        return non_mergeable
+                plain_trained[key] = value
+        merged, _ = super().merge_state(base, plain_trained, options)
+        non_mergeable = []
+        for prefix, pair in vectors.items():
+            point = prefix.rstrip(".")
+            weight, bias = merged.get(prefix + "weight"), merged.get(prefix + "bias")
+            scale, shift = pair.get("ssf_scale"), pair.get("ssf_shift")
+            if weight is None:
+                non_mergeable.append(dict(module=point, reason="SSF on the output of a layer with "
+                                          "no weight (e.g. the residual stream) does not fold "
+                                          "into any layer's weights"))
+                continue
+            if shift is not None and bias is None:
+                non_mergeable.append(dict(module=point, reason="a shift after a bias-free layer "
+                                          "would need a bias the plain architecture does not have"))
+                continue
+            if scale is not None:
+                weight = weight * scale.view(-1, *([1] * (weight.ndim - 1))).to(weight.dtype)
+                bias = bias * scale.to(bias.dtype) if bias is not None else None
+            if shift is not None:
+                bias = bias + shift.to(bias.dtype)
+            merged[prefix + "weight"] = weight
+            if bias is not None:
+                merged[prefix + "bias"] = bias
+        return merged, non_mergeable
+
+    @contextlib.contextmanager
+    def explicit_reference(self, model: nn.Module):
+        """Every SSF Linear/Conv of `model` computes the paper's formula literally, the layer's
+        own output followed by y * scale + shift, instead of folding scale and shift into its
+        weight: the reference that merge checks compare folded and merged models against."""
+        wrappers = [m for m in model.modules() if isinstance(m, ScaleShift)]
+        previous = [m.explicit for m in wrappers]
+        for m in wrappers:
+            m.explicit = True
+        try:
+            yield model
+        finally:
+            for m, was in zip(wrappers, previous):
+                m.explicit = was
 
 
 register(SSF())

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -122,11 +124,14 @@ class VPT(Method):
         raise ScaleshiftError(f"{self.name} works on ViT and Swin (token models); "
                               f"{type(model).__name__} has no tokens to prompt")
 
-    def merge(self, model: nn.Module) -> list[dict]:
-        return [dict(module=n, reason="prompt tokens are extra inputs at inference; they cannot "
-                     "fold into the plain architecture")
-                for n, m in model.named_modules()
-                if isinstance(m, (PromptedBlocks, PromptedWindowAttention))]
+    def merge_state(self, base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
+                    options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        prompts = sorted(k for k in trained if k.endswith(".prompts"))
+        kept = {k: v for k, v in trained.items() if not k.endswith(".prompts")}
+        merged, _ = super().merge_state(base, kept, options)
+        return merged, [dict(module=k.rpartition(".")[0], reason="prompt tokens are extra inputs "
+                             "at inference; they cannot fold into the plain architecture")
+                        for k in prompts]
 
 
 register(VPT(deep=False))

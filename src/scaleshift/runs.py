@@ -1,0 +1,142 @@
+"""Finished runs: read a run directory, rebuild its model, evaluate it, merge it.
+
+A run directory (written by `scaleshift train`, see engine.py) holds:
+
+    config.yaml      the resolved RunConfig
+    results.json     top-1 / top-5 per protocol, params, time, memory, versions, model identity
+    log.jsonl/.csv   one row per epoch
+    checkpoint.pt    everything needed to resume
+    adapter/         adapter_config.json (with the backbone's identity) + adapter_model.safetensors
+
+Nothing here imports the training loop: merging, exporting or evaluating a run needs only its
+files, the data and the backbone its adapter names.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from contextlib import nullcontext
+from pathlib import Path
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, Dataset
+
+from . import __version__
+from .adapter_files import adapter_tensors, backbone_for, load_adapter
+from .config import RunConfig, make_config
+from .errors import ScaleshiftError
+from .merge import merge, merge_state
+
+CONFIG = "config.yaml"
+RESULTS = "results.json"
+ADAPTER = "adapter"
+CHECKPOINT = "checkpoint.pt"
+SELECTED = "selected.pt"       # trainable state of the val-selected epoch (test_every_epoch=false)
+
+
+def read_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise ScaleshiftError(f"{run_dir} is not a run directory (no {CONFIG}); "
+                              f"pass the out_dir of `scaleshift train`")
+    return make_config(yaml.safe_load((run_dir / CONFIG).read_text()))
+
+
+def dataset_classes(cfg: RunConfig) -> int:
+    from .data import build_dataset, get_dataset_spec
+    spec = get_dataset_spec(cfg.dataset)
+    if spec.num_classes is not None:
+        return spec.num_classes
+    dataset = build_dataset(cfg.dataset, root=cfg.data_root, split=cfg.train_split,
+                            **cfg.dataset_options)
+    return len(dataset.classes)
+
+
+def load_run(run_dir: str | Path, merged: bool = False) -> tuple[RunConfig, nn.Module]:
+    """A finished run's config and model: the backbone its adapter names, rebuilt from the
+    adapter's identity record, with the adapter loaded (merged on request)."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    meta, _ = adapter_tensors(run_dir / ADAPTER)
+    model = load_adapter(backbone_for(meta), run_dir / ADAPTER)
+    return cfg, (merge(model) if merged else model)
+
+
+def merged_state(run_dir: str | Path) -> tuple[RunConfig, dict, dict[str, torch.Tensor]]:
+    """(config, adapter meta, the plain merged state dict) of a run, by the pure merge: the
+    backbone's state dict + the adapter's tensors; no method is applied to any model."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    meta, trained = adapter_tensors(run_dir / ADAPTER)
+    backbone = backbone_for(meta)
+    state, non_mergeable = merge_state(meta["method"], backbone.state_dict(), trained, meta["options"])
+    if non_mergeable:
+        raise ScaleshiftError(f"{run_dir}: a {meta['method']} adapter does not fold into the plain "
+                              f"architecture ({non_mergeable[0]['module']}: "
+                              f"{non_mergeable[0]['reason']}); evaluate or serve it unmerged")
+    return cfg, meta, state
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext
+    if precision == "fp16" and device.type != "cuda":
+        raise ScaleshiftError("precision=fp16 needs CUDA; use precision=bf16 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def all_reduce_sum(values: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(values)
+    return values
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device, autocast, world: int = 1) -> dict:
+    """Loss, top-1 and top-5 over a loader (summed across processes under torchrun)."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64)    # loss sum, top-1 hits, top-5 hits, count
+    for images, targets in loader:
+        images, targets = images.to(device), torch.as_tensor(targets).to(device)
+        with autocast():
+            logits = model(images).float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        totals += torch.tensor([F.cross_entropy(logits, targets, reduction="sum").item(),
+                                (top[:, 0] == targets).sum().item(),
+                                (top == targets[:, None]).any(1).sum().item(), len(targets)],
+                               dtype=torch.float64)
+    totals = all_reduce_sum(totals, world)
+    count = max(totals[3].item(), 1)
+    return dict(loss=totals[0].item() / count, top1=100 * totals[1].item() / count,
+                top5=100 * totals[2].item() / count, count=int(totals[3].item()))
+
+
+def eval_dataset(cfg: RunConfig, model: nn.Module, split: str) -> Dataset:
+    from .data import build_dataset, build_transform
+    return build_dataset(cfg.dataset, root=cfg.data_root, split=split,
+                         transform=build_transform(cfg.augment, model, False, cfg.input_size),
+                         **cfg.dataset_options)
+
+
+def evaluate_run(run_dir: str | Path, merged: bool = False, split: str | None = None) -> dict:
+    """Rebuild a finished run's model from its adapter (merged or not) and evaluate it."""
+    cfg, model = load_run(run_dir, merged)
+    loader = DataLoader(eval_dataset(cfg, model, split or cfg.test_split),
+                        batch_size=cfg.batch_size, shuffle=False)
+    cpu = torch.device("cpu")
+    return evaluate(model, loader, cpu, autocast_for(cfg.precision, cpu))
+
+
+def machine_info() -> dict:
+    """What a result records about where it was measured."""
+    return dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
+                scaleshift=__version__, platform=platform.platform(), processor=platform.machine(),
+                cpus=os.cpu_count(), threads=torch.get_num_threads(),
+                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
