@@ -49,7 +49,8 @@ LR = {"full": 5e-4, "linear": 1e-2, "bias": 1e-2, "adapter": 5e-3, "vpt_shallow"
       "vpt_deep": 1e-2, "lora": 5e-3, "ssf": 1e-2}
 # Options scaled to the small backbones (a 128-d ViT with 64 tokens): reduction 64 would leave
 # an adapter bottleneck of 2, and 50 prompts would almost double the sequence.
-OPTIONS = {"adapter": {"reduction": 8}, "vpt_shallow": {"prompts": 10}, "vpt_deep": {"prompts": 10}}
+OPTIONS = {"adapter": {"reduction": 8}, "vpt_shallow": {"prompts": 10}, "vpt_deep": {"prompts": 10},
+           "linear": {"whole_head": False}}   # features are cached: the classifier alone trains
 VIT_METHODS = ["full", "linear", "bias", "adapter", "vpt_shallow", "vpt_deep", "lora", "ssf"]
 CONVNEXT_METHODS = ["full", "linear", "bias", "adapter", "lora", "ssf"]
 ABLATIONS = [  # paper Table 6 rows: (table, label, SSF options)

@@ -106,14 +106,16 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .runs import evaluate_run
-    metrics = evaluate_run(args.run_dir, merged=args.merged, split=args.split)
-    print(json.dumps(dict(run=args.run_dir, merged=args.merged, **metrics)))
+    metrics = evaluate_run(args.run_dir, merged=args.merged, split=args.split,
+                           weights=args.weights, device=args.device)
+    print(json.dumps(dict(run=args.run_dir, merged=args.merged, weights=args.weights or "reported",
+                          **metrics)))
     return 0
 
 
 def cmd_merge(args) -> int:
     from .export import export_safetensors
-    report = export_safetensors(args.run_dir, args.out)   # also checks a strict load into timm
+    report = export_safetensors(args.run_dir, args.out, args.weights)   # checks a strict load
     print(f"merged into plain timm weights ({report['tensors']} tensors): {report['path']}")
     return 0
 
@@ -176,9 +178,9 @@ def cmd_bench(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_onnx, export_safetensors
     if args.format == "safetensors":
-        report = export_safetensors(args.run_dir, args.out)
+        report = export_safetensors(args.run_dir, args.out, args.weights)
     else:
-        report = export_onnx(args.run_dir, args.out)
+        report = export_onnx(args.run_dir, args.out, weights=args.weights)
     print(json.dumps(report, indent=1))
     return 0
 
@@ -246,6 +248,12 @@ def cmd_adapters(args) -> int:
     return 0
 
 
+def weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=None,
+                   help="which of the run's weights: the reported ones (default), or final, "
+                        "selected, best, final_without_ema as results.json lists them")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(prog="scaleshift", description=__doc__)
@@ -288,10 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--merged", action="store_true", help="evaluate the merged plain model")
     p.add_argument("--split", default=None, help="default: the run's test split")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    weights_arg(p)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("merge", help="fold a run's adapter into plain weights (merged.safetensors)")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None)
+    weights_arg(p)
     p.set_defaults(func=cmd_merge)
     p = sub.add_parser("report", help="tables in the paper's shape from run directories")
     p.add_argument("run_dirs", nargs="+")
@@ -319,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
     p.add_argument("--out", default=None)
+    weights_arg(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("predict", help="one batch, many SSF tasks on one backbone")
     p.add_argument("--adapters", help="comma-separated SSF adapter directories (required)")

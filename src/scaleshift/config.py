@@ -6,6 +6,7 @@ config is saved next to the run (config.yaml) and inside every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ class RunConfig:
     train_offset: int = 0                                 # use items [offset, offset + limit)
     train_limit: int | None = None                        # of the train split (None: all)
     val_split: str | None = None                          # selection split ("clean" protocol)
-    test_split: str = "test"
+    retrain_split: str | None = None   # clean protocol stage 2: retrain on it for the selected epochs
+    test_split: str | None = "test"                       # None: no test (selection only)
     augment: str = "vtab"                                 # vtab | fgvc | cifar | imagenet
     input_size: int | None = None                         # override the backbone's input size
     # optimisation (SPEC section 4)
@@ -51,13 +53,15 @@ class RunConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
-    drop_path: float = 0.0
+    drop_path: float | None = None                        # None: the architecture's own default
     ema_decay: float | None = None
+    random_erasing: float = 0.0                           # per image, on the batch after mixup
     precision: str = "fp32"                               # fp32 | bf16 (CPU or CUDA) | fp16 (CUDA)
     cache_features: bool = False                          # linear probing on cached features
     # protocol and bookkeeping
     protocol: str = "clean"                               # clean | official
     test_every_epoch: bool = True   # False: test only the final and the val-selected weights
+    stop_epoch: int | None = None   # stop after this epoch of the schedule (clean stage 2)
     seed: int = 42
     workers: int = 0
     device: str = "auto"                                  # auto | cpu | cuda
@@ -69,26 +73,63 @@ class RunConfig:
                "protocol": ("clean", "official"), "device": ("auto", "cpu", "cuda")}
 
     def validate(self) -> "RunConfig":
+        """Everything `train` would later find out, checked before any file is written or any
+        model is built: values and their ranges, the combinations, then the model name, the
+        dataset and its splits, and the method with every option."""
+        self._check_values()
+        self._check_combinations()
+        self._check_names()
+        return self
+
+    def _check_values(self) -> None:
         for key, allowed in self.CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ScaleshiftError(f"{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
-        positive = ("epochs", "batch_size", "accum_steps", "log_every")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ScaleshiftError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_epochs", "cooldown_epochs", "workers", "weight_decay", "train_offset",
-                    "label_smoothing", "mixup", "cutmix", "drop_path", "lr"):
-            if getattr(self, key) < 0:
-                raise ScaleshiftError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in FLOAT_FIELDS:
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise ScaleshiftError(f"{key} must be a finite number, got {value}")
+        for key, (low, high, hint) in RANGES.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if (low is not None and value < low) or (high is not None and value > high) \
+                    or (key in OPEN_BELOW and value <= low) or (key in OPEN_ABOVE and value >= high):
+                raise ScaleshiftError(f"{key} must be {hint}, got {value}")
+
+    def _check_combinations(self) -> None:
         if self.protocol == "clean" and not self.val_split:
             raise ScaleshiftError("protocol=clean selects on a validation split: set val_split "
                                   "(e.g. val200 for VTAB-1k, val for FGVC) or use protocol=official")
-        if not self.test_every_epoch and not self.val_split:
-            raise ScaleshiftError("test_every_epoch=false needs a val_split to select the epoch")
+        if self.retrain_split and (self.protocol != "clean" or not self.val_split):
+            raise ScaleshiftError("retrain_split is the second stage of the clean protocol: it "
+                                  "needs protocol=clean and a val_split to select the epoch count")
         if self.batch_size % self.accum_steps:
             raise ScaleshiftError(f"batch_size {self.batch_size} must be divisible by "
                                   f"accum_steps {self.accum_steps}")
-        return self
+        if self.cache_features and self.method != "linear":
+            raise ScaleshiftError("cache_features works with method=linear only (the backbone must "
+                                  "stay frozen); drop cache_features or use method=linear")
+        if self.cache_features and self.augment != "vtab":
+            raise ScaleshiftError("cache_features needs augment=vtab: cached features cannot be "
+                                  "augmented")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ScaleshiftError("precision=fp16 needs CUDA; use precision=bf16 on CPU")
+
+    def _check_names(self) -> None:
+        from .data import get_dataset_spec
+        from .methods import get_method
+        from .models import check_model_name
+        check_model_name(self.model)
+        spec = get_dataset_spec(self.dataset)
+        for key in ("train_split", "val_split", "test_split", "retrain_split"):
+            split = getattr(self, key)
+            if split is not None:
+                try:
+                    spec.resolve_split(split)
+                except ScaleshiftError as exc:
+                    raise ScaleshiftError(f"{key}: {exc}") from None
+        get_method(self.method).resolve_options(self.method_options)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +137,23 @@ class RunConfig:
 
 _HINTS = typing.get_type_hints(RunConfig)
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+FLOAT_FIELDS = [k for k, hint in _HINTS.items() if float in (typing.get_args(hint) or (hint,))]
+# key -> (lowest, highest, what the message asks for); OPEN_*: the bound itself is excluded
+RANGES = {
+    "epochs": (1, None, ">= 1"), "batch_size": (1, None, ">= 1"), "accum_steps": (1, None, ">= 1"),
+    "log_every": (1, None, ">= 1"), "warmup_epochs": (0, None, ">= 0"),
+    "cooldown_epochs": (0, None, ">= 0"), "workers": (0, None, ">= 0"),
+    "train_offset": (0, None, ">= 0"), "train_limit": (1, None, ">= 1"),
+    "max_steps_per_epoch": (1, None, ">= 1"), "stop_epoch": (1, None, ">= 1"), "input_size": (1, None, ">= 1 (pixels)"),
+    "lr": (0.0, None, "> 0"), "warmup_lr": (0.0, None, ">= 0"), "min_lr": (0.0, None, ">= 0"),
+    "weight_decay": (0.0, None, ">= 0"), "grad_clip": (0.0, None, "> 0 (or null for none)"),
+    "label_smoothing": (0.0, 1.0, "in [0, 1)"), "mixup": (0.0, None, ">= 0"),
+    "cutmix": (0.0, None, ">= 0"), "drop_path": (0.0, 1.0, "in [0, 1)"),
+    "random_erasing": (0.0, 1.0, "in [0, 1]"),
+    "ema_decay": (0.0, 1.0, "in (0, 1), e.g. 0.9998 (or null for no EMA)"),
+}
+OPEN_BELOW = {"lr", "grad_clip", "ema_decay"}
+OPEN_ABOVE = {"label_smoothing", "drop_path", "ema_decay"}
 
 
 def _coerce(key: str, value: Any) -> Any:

@@ -14,13 +14,17 @@ runs.py's job, not this module's.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import fcntl
 import io
 import json
 import math
 import os
 import random
 import resource
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +37,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import yaml
 from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
 from timm.loss import SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
@@ -41,11 +46,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from .adapter_files import adapter_state, save_adapter
 from .config import RunConfig
 from .errors import ScaleshiftError
-from .io import atomic_path, write_json, write_text
+from .io import atomic_dir, atomic_path, write_json, write_text
 from .methods import apply, config_of, total_parameters, trainable_parameters
 from .models import create_model, identity_of
-from .runs import (ADAPTER, CHECKPOINT, CONFIG, RESULTS, SELECTED, all_reduce_sum, autocast_for,
-                   dataset_classes, evaluate, machine_info)
+from .runs import (ADAPTER, CHECKPOINT, CONFIG, LOCK, MARKER, NAMED, RESULTS, SNAPSHOTS,
+                   all_reduce_sum, autocast_for, dataset_classes, evaluate, is_run_dir, machine_info)
 
 
 class TrainingDiverged(ScaleshiftError):
@@ -72,14 +77,18 @@ class Trainer:
     scheduler: Any = None
     criterion: Any = None
     mixup: Any = None
+    erasing: Any = None
     scaler: Any = None
     ema: Any = None
     history: list = field(default_factory=list)
     start_epoch: int = 0
+    lock: Any = None                    # the open, locked out_dir/.lock (rank 0)
 
     @property
     def total_epochs(self) -> int:
-        return self.cfg.epochs + self.cfg.cooldown_epochs
+        """Epochs of the schedule (cosine + cooldown), or where stop_epoch cuts it short."""
+        total = self.cfg.epochs + self.cfg.cooldown_epochs
+        return total if self.cfg.stop_epoch is None else min(total, self.cfg.stop_epoch)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -87,17 +96,75 @@ class Trainer:
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict:
+    if cfg.retrain_split:
+        return train_two_stages(cfg, resume)
     wall_start = time.time()
     t = setup_process(cfg, resume)
-    build_model(t)
-    build_data(t)
-    build_optimisation(t)
-    if resume:
-        t.start_epoch, t.history = load_checkpoint(t)
-    announce(t)
-    for epoch in range(t.start_epoch, t.total_epochs):
-        run_epoch(t, epoch)
-    return finish(t, wall_start)
+    try:
+        build_model(t)
+        build_data(t)
+        build_optimisation(t)
+        if resume:
+            t.start_epoch, t.history = load_checkpoint(t)
+        announce(t)
+        for epoch in range(t.start_epoch, t.total_epochs):
+            run_epoch(t, epoch)
+        return finish(t, wall_start)
+    finally:
+        if t.lock is not None:
+            t.lock.close()   # closing the file releases the lock
+
+
+def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
+    """The clean protocol in full (VTAB-1k): stage 1 trains on train_split and selects the
+    epoch on val_split, without testing; stage 2 retrains from scratch on retrain_split with
+    the same schedule up to the selected epoch and tests once. out_dir holds both stages
+    (select/, retrain/), the reported adapter and one results.json."""
+    out = Path(cfg.out_dir)
+    if not resume and (out / RESULTS).exists():
+        raise ScaleshiftError(f"{out} already holds a run; choose another out_dir")
+    claim = claim_out_dir(out, resume=True, rank=int(os.environ.get("RANK", "0")))
+    try:
+        stages = {}
+        select = dataclasses.replace(cfg, retrain_split=None, test_split=None,
+                                     out_dir=str(out / "select"))
+        stages["select"] = run_stage(select, resume)
+        epochs = stages["select"]["selected"]["epoch"]
+        retrain = dataclasses.replace(cfg, train_split=cfg.retrain_split, val_split=None,
+                                      retrain_split=None, protocol="official", stop_epoch=epochs,
+                                      test_every_epoch=False, out_dir=str(out / "retrain"))
+        stages["retrain"] = run_stage(retrain, resume)
+    finally:
+        if claim is not None:
+            claim.close()
+    final = stages["retrain"]["final"]
+    results = dict(stages["retrain"], protocol="clean", stages={
+        "select": dict(train_split=cfg.train_split, val_split=cfg.val_split,
+                       selected=stages["select"]["selected"], run="select"),
+        "retrain": dict(train_split=cfg.retrain_split, epochs=epochs, run="retrain")},
+        selected=dict(final, val_top1=stages["select"]["selected"]["val_top1"]),
+        reported=dict(final, weights=ADAPTER), weights={"reported": ADAPTER},
+        config=cfg.to_dict())
+    if int(os.environ.get("RANK", "0")) == 0:
+        copy_dir(out / "retrain" / ADAPTER, out / ADAPTER)
+        write_text(out / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_json(out / RESULTS, results)
+        print(f"[scaleshift] clean top-1 {final['top1']:.2f} (retrained on {cfg.retrain_split} for "
+              f"the {epochs} epochs selected on {cfg.val_split}); results: {out / RESULTS}", flush=True)
+    return results
+
+
+def run_stage(cfg: RunConfig, resume: bool) -> dict:
+    out = Path(cfg.out_dir)
+    if (out / RESULTS).is_file():
+        return json.loads((out / RESULTS).read_text())
+    return train(cfg, resume=resume and (out / CHECKPOINT).is_file())
+
+
+def copy_dir(source: Path, target: Path) -> None:
+    with atomic_dir(target) as tmp:
+        for item in source.iterdir():
+            shutil.copy2(item, tmp / item.name)
 
 
 # ----------------------------------------------------------------------------- phases
@@ -116,10 +183,42 @@ def setup_process(cfg: RunConfig, resume: bool) -> Trainer:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
-    if not resume and (out / CHECKPOINT).exists():
+    if not resume and ((out / CHECKPOINT).exists() or (out / RESULTS).exists()):
         raise ScaleshiftError(f"{out} already holds a run; pass --resume to continue it or "
                               f"choose another out_dir")
-    return Trainer(cfg, rank, world, device, autocast_for(cfg.precision, device), out)
+    t = Trainer(cfg, rank, world, device, autocast_for(cfg.precision, device), out)
+    t.lock = claim_out_dir(out, resume, rank)
+    return t
+
+
+def claim_out_dir(out: Path, resume: bool, rank: int):
+    """Refuse a non-empty folder that is not a scaleshift run (nothing in it is touched), then
+    (rank 0) create the run directory and lock it for this process: a second training into
+    it is refused at once with the PID that holds it; a killed process's lock is released by
+    the kernel, so the next run takes it over. Returns the open lock file."""
+    if out.exists() and not out.is_dir():
+        raise ScaleshiftError(f"out_dir {out} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()) and not is_run_dir(out):
+        raise ScaleshiftError(f"out_dir {out} is a non-empty folder that is not a scaleshift run; "
+                              f"nothing in it was touched. Choose a new or empty out_dir")
+    if rank != 0:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / LOCK, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ScaleshiftError(f"{out} is locked by PID {holder}, which is training into it; wait "
+                              f"for it to finish or choose another out_dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    (out / MARKER).touch()
+    return lock
 
 
 def build_model(t: Trainer) -> None:
@@ -128,7 +227,8 @@ def build_model(t: Trainer) -> None:
     cfg = t.cfg
     t.num_classes = dataset_classes(cfg)
     seed_everything(cfg.seed)
-    kwargs = dict(cfg.model_kwargs, **({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}))
+    # a drop_path the config sets reaches the model as written, 0 included (Swin's own default is 0.1)
+    kwargs = dict(cfg.model_kwargs, **({} if cfg.drop_path is None else {"drop_path_rate": cfg.drop_path}))
     t.model = create_model(cfg.model, num_classes=t.num_classes, pretrained=cfg.pretrained,
                            seed=cfg.seed, **kwargs)
     apply(t.model, cfg.method, **cfg.method_options)
@@ -152,12 +252,19 @@ def build_data(t: Trainer) -> None:
         train_set, val_set, test_set = (cache_features(t.model, d, per_rank, t.device, t.autocast)
                                         if d is not None else None
                                         for d in (train_set, val_set, test_set))
-        t.trained = t.model.get_classifier()
+        classifier = t.model.get_classifier()
+        outside = {n for n, p in t.model.named_parameters() if p.requires_grad} - \
+            {n for n, p in t.model.named_parameters() if any(p is q for q in classifier.parameters())}
+        if outside:
+            raise ScaleshiftError(f"cache_features trains the classifier on fixed features, but this "
+                                  f"linear probe also trains {sorted(outside)[0]} (the official probe "
+                                  f"trains the whole head); set method_options.whole_head=false")
+        t.trained = classifier
     t.sets = dict(train=train_set, val=val_set, test=test_set)
     t.sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, t.rank, t.world, cfg.seed)
     t.loaders = dict(train=DataLoader(train_set, batch_sampler=t.sampler, num_workers=cfg.workers),
                      val=eval_loader(val_set, per_rank, t.rank, t.world, cfg.workers) if val_set else None,
-                     test=eval_loader(test_set, per_rank, t.rank, t.world, cfg.workers))
+                     test=eval_loader(test_set, per_rank, t.rank, t.world, cfg.workers) if test_set is not None else None)
 
 
 def build_optimisation(t: Trainer) -> None:
@@ -174,6 +281,8 @@ def build_optimisation(t: Trainer) -> None:
         t.criterion = SoftTargetCrossEntropy()
     else:
         t.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if cfg.random_erasing > 0:   # on the normalised batch after mixup, per image (official)
+        t.erasing = RandomErasing(cfg.random_erasing, mode="pixel", max_count=1, device=t.device.type)
     t.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     t.ddp = t.trained
     if t.world > 1:
@@ -187,9 +296,10 @@ def announce(t: Trainer) -> None:
         return
     t.out.mkdir(parents=True, exist_ok=True)
     write_text(t.out / CONFIG, yaml.safe_dump(t.cfg.to_dict(), sort_keys=False))
+    tested = f"{len(t.sets['test'])} test" if t.sets["test"] is not None else "no test"
     print(f"[scaleshift] {t.cfg.model} + {t.cfg.method} on {t.cfg.dataset}: "
           f"{trainable_parameters(t.model):,} trainable of {total_parameters(t.model):,}; "
-          f"{len(t.sets['train'])} train, {len(t.sets['test'])} test, {t.world} process(es), "
+          f"{len(t.sets['train'])} train, {tested}, {t.world} process(es), "
           f"epochs {t.start_epoch + 1}..{t.total_epochs}", flush=True)
 
 
@@ -202,13 +312,15 @@ def run_epoch(t: Trainer, epoch: int) -> None:
     row = dict(epoch=epoch + 1, **train_one_epoch(t, epoch))
     if t.loaders["val"] is not None:
         row.update(prefixed("val", evaluate(t.eval_model, t.loaders["val"], t.device, t.autocast, t.world)))
-    if cfg.test_every_epoch or epoch + 1 == t.total_epochs:
+    if t.loaders["test"] is not None and (cfg.test_every_epoch or epoch + 1 == t.total_epochs):
         row.update(prefixed("test", evaluate(t.eval_model, t.loaders["test"], t.device, t.autocast, t.world)))
-    best_val = max((r["val_top1"] for r in t.history), default=-1.0) if t.loaders["val"] else None
-    if not cfg.test_every_epoch and row["val_top1"] >= best_val:   # ties: the later epoch
-        if t.rank == 0:
-            with atomic_path(t.out / SELECTED) as tmp:
-                torch.save(detached(adapter_state(t.eval_model)), tmp)
+    # keep the weights of the epochs summarize() will pick: selected (best val, ties -> the
+    # later epoch) and best (best test when tested every epoch, ties -> the earlier epoch)
+    if "val_top1" in row and row["val_top1"] >= max((r["val_top1"] for r in t.history), default=-1.0):
+        save_snapshot(t, "selected")
+    if cfg.test_every_epoch and "test_top1" in row \
+            and row["test_top1"] > max((r["test_top1"] for r in t.history), default=-1.0):
+        save_snapshot(t, "best")
     t.history.append(row)
     if t.rank == 0:
         print(f"epoch {epoch + 1}/{t.total_epochs} train_loss {row['train_loss']:.4f} "
@@ -231,6 +343,8 @@ def train_one_epoch(t: Trainer, epoch: int) -> dict:
         images, targets = images.to(t.device), torch.as_tensor(targets).to(t.device)
         if t.mixup is not None:
             images, targets = t.mixup(images, targets)
+        if t.erasing is not None:
+            images = t.erasing(images)
         batch_loss = forward_backward(t, model, images, targets)
         if not all_finite(batch_loss, t.world):   # every rank must agree before stepping
             raise TrainingDiverged(divergence_message(t, batch_loss, epoch, step))
@@ -253,10 +367,14 @@ def forward_backward(t: Trainer, model: nn.Module, images, targets) -> float:
     cfg = t.cfg
     t.optimizer.zero_grad(set_to_none=True)
     batch_loss = 0.0
-    for chunk_images, chunk_targets in zip(images.chunk(cfg.accum_steps), targets.chunk(cfg.accum_steps)):
-        with t.autocast():
-            loss = t.criterion(model(chunk_images).float(), chunk_targets) / cfg.accum_steps
-        t.scaler.scale(loss).backward() if t.scaler else loss.backward()
+    chunks = list(zip(images.chunk(cfg.accum_steps), targets.chunk(cfg.accum_steps)))
+    for index, (chunk_images, chunk_targets) in enumerate(chunks):
+        # under DDP gradients are all-reduced once, on the last micro-step
+        sync = index == len(chunks) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with t.autocast():
+                loss = t.criterion(model(chunk_images).float(), chunk_targets) / cfg.accum_steps
+            t.scaler.scale(loss).backward() if t.scaler else loss.backward()
         batch_loss += loss.item()
     return batch_loss
 
@@ -288,24 +406,32 @@ def divergence_message(t: Trainer, loss: float, epoch: int, step: int) -> str:
 
 
 def finish(t: Trainer, wall_start: float) -> dict:
-    """Test the val-selected weights once (when test did not run every epoch), make the EMA
-    weights the model's, write results.json and the adapter."""
+    """Test the val-selected weights once (when test did not run every epoch), then save the
+    weights behind every number: adapter/ holds the reported ones, adapters/<name> the others
+    (final, selected, best, and final_without_ema under EMA); results.json says which is which."""
     cfg, model = t.cfg, t.model
-    if not cfg.test_every_epoch:
-        selected = max(t.history, key=lambda r: (r["val_top1"], r["epoch"]))
-        if "test_top1" not in selected:
-            final_state = {k: v.clone() for k, v in detached(adapter_state(t.eval_model)).items()}
-            if t.world > 1:
-                dist.barrier()   # rank 0 has written the selected weights
-            load_state_into(t.eval_model, torch.load(t.out / SELECTED, weights_only=True))
-            selected.update(prefixed("test", evaluate(t.eval_model, t.loaders["test"], t.device,
-                                                      t.autocast, t.world)))
-            load_state_into(t.eval_model, final_state)
-    if t.ema is not None:   # the reported weights are the EMA ones
-        with torch.no_grad():
-            for target, source in zip(t.trained.parameters(), t.ema.module.parameters()):
-                target.copy_(source)
-    results = dict(summarize(t.history, cfg.protocol), model=cfg.model, method=cfg.method,
+    final = detached(adapter_state(t.eval_model))           # what the final numbers came from
+    online = detached(adapter_state(t.trained)) if t.ema is not None else None
+    if t.world > 1:
+        dist.barrier()   # rank 0 has written the snapshots
+    selected = max(t.history, key=lambda r: (r["val_top1"], r["epoch"])) if t.loaders["val"] else None
+    if selected is not None and t.loaders["test"] is not None and "test_top1" not in selected:
+        load_state_into(t.eval_model, load_snapshot(t, "selected"))
+        selected.update(prefixed("test", evaluate(t.eval_model, t.loaders["test"], t.device,
+                                                  t.autocast, t.world)))
+    summary = summarize(t.history, cfg.protocol, cfg.test_every_epoch)
+    states = {"final": final, "final_without_ema": online}
+    for name in ("selected", "best"):
+        if summary.get(name) is not None:
+            states[name] = load_snapshot(t, name)
+    reported = summary["reported_weights"]
+    weights = {name: ADAPTER if name == reported else f"{NAMED}/{name}"
+               for name, state in states.items() if state is not None}
+    weights["reported"] = ADAPTER
+    for name in ("final", "best", "selected"):
+        if summary.get(name) is not None:
+            summary[name]["weights"] = weights[name]
+    results = dict(summary, weights=weights, model=cfg.model, method=cfg.method,
                    dataset=cfg.dataset, method_options=config_of(model)["options"],
                    model_identity=identity_of(model),
                    trainable_params=trainable_parameters(model), total_params=total_parameters(model),
@@ -313,13 +439,29 @@ def finish(t: Trainer, wall_start: float) -> dict:
                    peak_memory_mb=round(peak_memory_mb(t.device), 1), world_size=t.world,
                    machine=machine_info(), config=cfg.to_dict())
     if t.rank == 0:
-        save_adapter(model.cpu(), t.out / ADAPTER)
+        model.cpu()
+        for name, state in states.items():
+            if state is not None:
+                load_state_into(t.trained, state)
+                save_adapter(model, t.out / weights[name])
         write_json(t.out / RESULTS, results)
-        print(f"[scaleshift] {cfg.protocol} top-1 {results['reported']['top1']:.2f} "
-              f"(epoch {results['reported']['epoch']}); results: {t.out / RESULTS}", flush=True)
+        shown = f"top-1 {results['reported']['top1']:.2f}" if "top1" in results["reported"] \
+            else f"val top-1 {results['reported']['val_top1']:.2f}"
+        print(f"[scaleshift] {cfg.protocol} {shown} (epoch {results['reported']['epoch']}); "
+              f"results: {t.out / RESULTS}", flush=True)
     if t.world > 1:
         dist.barrier()
     return results
+
+
+def save_snapshot(t: Trainer, name: str) -> None:
+    if t.rank == 0:
+        with atomic_path(t.out / SNAPSHOTS / f"{name}.pt") as tmp:
+            torch.save(detached(adapter_state(t.eval_model)), tmp)
+
+
+def load_snapshot(t: Trainer, name: str) -> dict:
+    return torch.load(t.out / SNAPSHOTS / f"{name}.pt", map_location="cpu", weights_only=True)
 
 
 # ----------------------------------------------------------------------------- data
@@ -365,7 +507,7 @@ def load_splits(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | No
             raise ScaleshiftError(f"train_offset + train_limit = {stop} exceeds the "
                                   f"{len(train_set)} items of split {cfg.train_split!r}")
         train_set = torch.utils.data.Subset(train_set, range(cfg.train_offset, stop))
-    return train_set, val, load(cfg.test_split, eval_tf)
+    return train_set, val, load(cfg.test_split, eval_tf) if cfg.test_split else None
 
 
 def eval_loader(dataset: Dataset, batch: int, rank: int, world: int, workers: int) -> DataLoader:
@@ -396,12 +538,15 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
                 numpy_keys=torch.from_numpy(np_state[1].astype(np.int64)),
                 numpy_pos=int(np_state[2]), numpy_gauss=[int(np_state[3]), float(np_state[4])])
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
                          state["numpy_pos"], state["numpy_gauss"][0], state["numpy_gauss"][1]))
@@ -430,21 +575,27 @@ def write_logs(out: Path, history: list[dict]) -> None:
     write_text(out / "log.csv", buffer.getvalue())
 
 
-def summarize(history: list[dict], protocol: str) -> dict:
-    """final: last epoch; best: best test epoch (what the official code reports);
-    selected: the epoch with the best validation top-1 (the clean protocol)."""
+def summarize(history: list[dict], protocol: str, tested_every_epoch: bool = True) -> dict:
+    """final: last epoch; best: best test epoch (what the official code reports; only when
+    test ran every epoch); selected: the epoch with the best validation top-1 (the clean
+    protocol). `reported_weights` names the one the protocol reports (a single test at the
+    end: the final one)."""
+    def entry(row):
+        return {"epoch": row["epoch"], **({"top1": row["test_top1"], "top5": row["test_top5"]}
+                                          if "test_top1" in row else {})}
     final = history[-1]
     tested = [r for r in history if "test_top1" in r]
-    best = max(tested, key=lambda r: r["test_top1"])
-    out = dict(protocol=protocol,
-               final=dict(epoch=final["epoch"], top1=final["test_top1"], top5=final["test_top5"]),
-               best=dict(epoch=best["epoch"], top1=best["test_top1"], top5=best["test_top5"])
-               if len(tested) == len(history) else None)   # None: test was not run every epoch
+    out = dict(protocol=protocol, final=entry(final),
+               best=entry(max(tested, key=lambda r: r["test_top1"]))
+               if tested_every_epoch and tested and len(tested) == len(history) else None)
     if "val_top1" in final:
         selected = max(history, key=lambda r: (r["val_top1"], r["epoch"]))
-        out["selected"] = dict(epoch=selected["epoch"], top1=selected["test_top1"],
-                               top5=selected["test_top5"], val_top1=selected["val_top1"])
-    out["reported"] = out["selected"] if protocol == "clean" else out["best"]
+        out["selected"] = dict(entry(selected), val_top1=selected["val_top1"])
+    if protocol == "clean":
+        out["reported_weights"] = "selected"
+    else:
+        out["reported_weights"] = "best" if out["best"] is not None else "final"
+    out["reported"] = out[out["reported_weights"]]
     return out
 
 

@@ -27,10 +27,11 @@ def _input(model: nn.Module, cfg) -> torch.Tensor:
                        generator=torch.Generator().manual_seed(0))
 
 
-def export_safetensors(run_dir: str | Path, out: str | Path | None = None) -> dict:
+def export_safetensors(run_dir: str | Path, out: str | Path | None = None,
+                       weights: str | None = None) -> dict:
     """The run's adapter folded into its backbone's weights by the pure merge, saved as the
     plain timm architecture's state dict (checked with a strict load)."""
-    _, meta, state = merged_state(run_dir)
+    _, meta, state = merged_state(run_dir, weights)
     out = Path(out or Path(run_dir) / "merged.safetensors")
     state = {k: v.contiguous() for k, v in state.items()}
     identity = meta["base_model"]
@@ -57,12 +58,13 @@ def _to_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
                           opset_version=17, dynamo=False)
 
 
-def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: float = 1e-4) -> dict:
+def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: float = 1e-4,
+                weights: str | None = None) -> dict:
     """Merged model -> ONNX; checks that its operator counts equal the plain backbone's export
     and that onnxruntime reproduces PyTorch within `tolerance`."""
     import onnxruntime
 
-    cfg, merged = load_run(run_dir, merged=True)
+    cfg, merged = load_run(run_dir, merged=True, weights=weights)
     out = Path(out or Path(run_dir) / "merged.onnx")
     x = _input(merged, cfg)
     _to_onnx(merged, x, out)

@@ -47,10 +47,7 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
         raise ScaleshiftError(f"num_classes must be a non-negative integer, got {num_classes!r}")
     if name in EMBEDDED:
         return _create_embedded(name, num_classes, pretrained, seed, timm_kwargs)
-    if not timm.is_model(name.split(".")[0]):
-        raise ScaleshiftError(
-            f"unknown model {name!r}: not a timm model name. List them with "
-            f"`scaleshift list models PATTERN`.")
+    check_model_name(name)
     identity = dict(name=name, architecture=name.split(".")[0], kwargs=_jsonable(timm_kwargs),
                     num_classes=num_classes, source="random", tag=None, weights_file=None,
                     weights_sha256=None, seed=seed)
@@ -67,6 +64,17 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
         identity.update(source="file", weights_file=str(path), weights_sha256=file_sha256(path))
     setattr(model, IDENTITY_ATTR, identity)
     return model
+
+
+def check_model_name(name: str) -> None:
+    """A name create_model can build: a timm architecture (with an optional .tag) or one of
+    scaleshift's embedded backbones."""
+    register_backbones()
+    from .backbones.embedded import EMBEDDED
+    if not isinstance(name, str) or not (name in EMBEDDED or timm.is_model(name.split(".")[0])):
+        raise ScaleshiftError(
+            f"unknown model {name!r}: not a timm model name nor one of scaleshift's embedded "
+            f"backbones ({', '.join(EMBEDDED)}). List them with `scaleshift list models PATTERN`.")
 
 
 def _create_from_hub(name: str, num_classes: int, timm_kwargs: dict) -> nn.Module:

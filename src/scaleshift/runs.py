@@ -13,6 +13,7 @@ files, the data and the backbone its adapter names.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 from contextlib import nullcontext
@@ -34,9 +35,33 @@ from .merge import merge, merge_state
 
 CONFIG = "config.yaml"
 RESULTS = "results.json"
-ADAPTER = "adapter"
+ADAPTER = "adapter"            # the weights behind the reported number
+NAMED = "adapters"             # adapters/<name>: the other weights (final, best, selected, ...)
 CHECKPOINT = "checkpoint.pt"
-SELECTED = "selected.pt"       # trainable state of the val-selected epoch (test_every_epoch=false)
+SNAPSHOTS = "snapshots"        # snapshots/<name>.pt: trainable state of the selected / best epoch
+MARKER = ".scaleshift-run"     # written first into every run directory scaleshift creates
+LOCK = ".lock"
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A directory scaleshift created for a run (its marker, or the files of an older run)."""
+    path = Path(path)
+    return (path / MARKER).is_file() or ((path / CONFIG).is_file()
+                                         and ((path / CHECKPOINT).is_file() or (path / RESULTS).is_file()))
+
+
+def weights_dir(run_dir: str | Path, weights: str | None = None) -> Path:
+    """The adapter directory of a run's weights: the reported ones by default, or by name
+    (final, selected, best, final_without_ema), as results.json lists them."""
+    run_dir = Path(run_dir)
+    if weights in (None, "reported"):
+        return run_dir / ADAPTER
+    results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).is_file() else {}
+    named = results.get("weights", {})
+    if weights not in named:
+        raise ScaleshiftError(f"{run_dir} has no weights named {weights!r}; it has "
+                              f"{', '.join(sorted(named)) or 'only the reported ones'}")
+    return run_dir / named[weights]
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
@@ -57,22 +82,25 @@ def dataset_classes(cfg: RunConfig) -> int:
     return len(dataset.classes)
 
 
-def load_run(run_dir: str | Path, merged: bool = False) -> tuple[RunConfig, nn.Module]:
+def load_run(run_dir: str | Path, merged: bool = False,
+             weights: str | None = None) -> tuple[RunConfig, nn.Module]:
     """A finished run's config and model: the backbone its adapter names, rebuilt from the
-    adapter's identity record, with the adapter loaded (merged on request)."""
-    run_dir = Path(run_dir)
+    adapter's identity record, with the adapter loaded (merged on request). `weights`: the
+    reported ones by default, or another set by name."""
     cfg = read_config(run_dir)
-    meta, _ = adapter_tensors(run_dir / ADAPTER)
-    model = load_adapter(backbone_for(meta), run_dir / ADAPTER)
+    directory = weights_dir(run_dir, weights)
+    meta, _ = adapter_tensors(directory)
+    model = load_adapter(backbone_for(meta), directory)
     return cfg, (merge(model) if merged else model)
 
 
-def merged_state(run_dir: str | Path) -> tuple[RunConfig, dict, dict[str, torch.Tensor]]:
+def merged_state(run_dir: str | Path, weights: str | None = None
+                 ) -> tuple[RunConfig, dict, dict[str, torch.Tensor]]:
     """(config, adapter meta, the plain merged state dict) of a run, by the pure merge: the
     backbone's state dict + the adapter's tensors; no method is applied to any model."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    meta, trained = adapter_tensors(run_dir / ADAPTER)
+    meta, trained = adapter_tensors(weights_dir(run_dir, weights))
     backbone = backbone_for(meta)
     state, non_mergeable = merge_state(meta["method"], backbone.state_dict(), trained, meta["options"])
     if non_mergeable:
@@ -125,13 +153,28 @@ def eval_dataset(cfg: RunConfig, model: nn.Module, split: str) -> Dataset:
                          **cfg.dataset_options)
 
 
-def evaluate_run(run_dir: str | Path, merged: bool = False, split: str | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, merged: bool = False, split: str | None = None,
+                 weights: str | None = None, device: str = "cpu") -> dict:
     """Rebuild a finished run's model from its adapter (merged or not) and evaluate it."""
-    cfg, model = load_run(run_dir, merged)
-    loader = DataLoader(eval_dataset(cfg, model, split or cfg.test_split),
-                        batch_size=cfg.batch_size, shuffle=False)
-    cpu = torch.device("cpu")
-    return evaluate(model, loader, cpu, autocast_for(cfg.precision, cpu))
+    cfg, model = load_run(run_dir, merged, weights)
+    split = split or cfg.test_split
+    if split is None:
+        raise ScaleshiftError(f"{run_dir} has no test split; pass --split NAME")
+    loader = DataLoader(eval_dataset(cfg, model, split), batch_size=cfg.batch_size, shuffle=False)
+    target = parse_device(device)
+    return evaluate(model.to(target), loader, target, autocast_for(cfg.precision, target))
+
+
+def parse_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ScaleshiftError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ScaleshiftError(f"device {name} asked for, but no CUDA device is available; use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ScaleshiftError(f"device {name!r} is not supported; use cpu or cuda")
+    return device
 
 
 def machine_info() -> dict:

@@ -7,15 +7,15 @@ create_transform (so input size, mean/std, interpolation and crop_pct follow the
 
 setting    training                                             evaluation
 vtab       direct resize to the input size, no augmentation     the same
-fgvc       RandomResizedCrop + horizontal flip (+ random        resize floor(size / crop_pct),
-           erasing 0.25: SPEC 4 keeps erasing on for FGVC)      centre crop
-cifar      RandAugment rand-m9-mstd0.5-inc1, random erasing     resize floor(size / crop_pct),
-imagenet   0.25 (pixel mode), RandomResizedCrop scale           centre crop
-           (0.08, 1), hflip 0.5, random interpolation
+fgvc       RandomResizedCrop + horizontal flip                  resize floor(size / crop_pct),
+                                                                centre crop
+cifar      RandAugment rand-m9-mstd0.5-inc1, RandomResizedCrop  resize floor(size / crop_pct),
+imagenet   scale (0.08, 1), hflip 0.5, random interpolation     centre crop
            (the official train.py defaults)
 Eval interpolation, crop_pct, mean and std come from the backbone (ViT: bicubic, 0.9,
 mean = std = 0.5; ConvNeXt: crop_pct 0.875, ImageNet mean/std). Mixup / CutMix / label
-smoothing act on batches and belong to the training engine, not here.
+smoothing act on batches and belong to the training engine, not here, and so does random
+erasing (`random_erasing`): the official code erases each image of the batch AFTER mixup.
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ from timm.data import create_transform, resolve_data_config
 
 from ..errors import ScaleshiftError
 
-STRONG_AUG = dict(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, re_mode="pixel",
-                  re_count=1, scale=(0.08, 1.0), hflip=0.5, interpolation="random")
-SIMPLE_AUG = dict(auto_augment=None, color_jitter=None, re_prob=0.25, re_mode="pixel",
-                  scale=(0.08, 1.0), hflip=0.5)
+STRONG_AUG = dict(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.0, scale=(0.08, 1.0),
+                  hflip=0.5, interpolation="random")
+SIMPLE_AUG = dict(auto_augment=None, color_jitter=None, re_prob=0.0, scale=(0.08, 1.0), hflip=0.5)
 SETTINGS = ("vtab", "fgvc", "cifar", "imagenet")
 
 

@@ -1,10 +1,25 @@
-"""Linear probing: train the classifier head only."""
-from . import Method, register
+"""Linear probing: train the classifier head only. As in the official code, every parameter of
+the model's `head` module trains (the official linear probe trains each parameter whose name
+holds 'head.'), which for ConvNeXt includes head.norm; whole_head=false keeps the classifier
+alone."""
+import torch.nn as nn
+
+from . import Method, Option, register
 
 
 class Linear(Method):
     name = "linear"
     description = "Train the classifier head only (linear probing)"
+    options = {
+        "whole_head": Option(True, "train every parameter of the model's `head` module (ConvNeXt: "
+                             "head.norm too, as the official linear probe); false: the classifier only"),
+    }
+
+    def inject(self, model: nn.Module, opts: dict) -> list[str]:
+        head = getattr(model, "head", None)
+        if opts["whole_head"] and isinstance(head, nn.Module):
+            return [f"head.{n}" for n, _ in head.named_parameters()]
+        return []
 
 
 register(Linear())

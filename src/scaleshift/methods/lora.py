@@ -19,7 +19,7 @@ class LoRA(Method):
     options = {
         "rank": Option(8, "rank r of the update", minimum=1),
         "alpha": Option(8.0, "the update is scaled by alpha / rank", minimum=0.0),
-        "dropout": Option(0.0, "dropout on the LoRA branch input", minimum=0.0),
+        "dropout": Option(0.0, "dropout on the LoRA branch input", minimum=0.0, maximum=1.0),
         "targets": Option(["fc1", "fc2", "qkv"], "module-name suffixes that get LoRA", is_list=True),
     }
 

@@ -97,7 +97,7 @@ class VPT(Method):
         self.description = self.description_deep[deep]
         self.options = {
             "prompts": Option(50, "number of prompt tokens (per layer for deep)", minimum=1),
-            "dropout": Option(0.1, "dropout on the prompt tokens", minimum=0.0),
+            "dropout": Option(0.1, "dropout on the prompt tokens", minimum=0.0, maximum=1.0),
         }
 
     def inject(self, model: nn.Module, opts: dict) -> list[str]:
