@@ -5,6 +5,7 @@ data. One file per family; `scaleshift datasets` prints each name, classes, spli
     ds = build_dataset("vtab_dtd", root="data/vtab-1k", split="train800val200",
                        transform=build_transform("vtab", model, is_training=True))
     image, label = ds[0]                                   # tensor (or PIL), int
+    ds.skipped                                             # [(path, reason)] of skipped images
     report = check_dataset("cub2011", "data/CUB_200_2011")  # counts, classes, unreadable files
 
 Families: fgvc.py (CUB, NABirds, Flowers, Dogs, Cars; VPT json + official SSF protocols),
@@ -20,9 +21,10 @@ from __future__ import annotations
 import inspect
 
 from ..errors import ScaleshiftError
-from .base import DatasetSpec, Generated, ImageFiles, load_rgb
+from .base import DatasetSpec, Generated, ImageFiles, skipped_counts
 from .check import check_dataset
 from .imagenet import imagenet_a_mask, imagenet_r_mask, imagenet_wnids, subset_predictions
+from .images import UnreadableImage, load_rgb
 from .imagenet_c import ALEXNET_ERRORS, corruption_errors, mce
 from .transforms import build_transform, resolve_config
 from .vtab import vtab_means
@@ -106,7 +108,8 @@ def _register_families() -> None:
 _register_families()
 
 __all__ = [
-    "DatasetSpec", "ImageFiles", "Generated", "load_rgb", "register_dataset",
+    "DatasetSpec", "ImageFiles", "Generated", "load_rgb", "UnreadableImage", "skipped_counts",
+    "register_dataset",
     "get_dataset_spec", "list_datasets", "build_dataset", "check_dataset", "build_transform",
     "resolve_config", "imagenet_a_mask", "imagenet_r_mask", "imagenet_wnids",
     "subset_predictions", "ALEXNET_ERRORS", "corruption_errors", "mce", "vtab_means",

@@ -1,8 +1,11 @@
 """Pieces every dataset family shares: the spec record, the two Dataset classes, small helpers.
 
-* `ImageFiles`  - a list of (image path, label); images are decoded on access. A file that cannot
-  be decoded is skipped (the next readable sample is returned), remembered in `.skipped` and
-  logged, or raises `ScaleshiftError` when the dataset was built with `strict=True`.
+* `ImageFiles`  - a list of (image path, label); images are decoded on access by
+  `images.load_rgb` (high bit depths scaled, transparency composited, bombs refused). A file
+  that cannot be decoded is skipped (the next readable sample is returned), logged and listed
+  in `.skipped` as (path, reason), or raises `ScaleshiftError` when the dataset was built with
+  `strict=True`. Skips made in DataLoader worker processes are seen by the parent too (one
+  shared byte per sample); `skipped_counts` gives {split: count} for results.json.
 * `Generated`   - items made on demand by a *source* object (`source.image(stream, i)`,
   `source.labels(stream)`): the built-in offline tasks. Labels are known up front (`.targets`).
 
@@ -18,17 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from PIL import Image
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, Subset
 
 from ..errors import ScaleshiftError
+from .images import KINDS, UnreadableImage, load_rgb
 
 log = logging.getLogger("scaleshift.data")
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm",
                               ".tif", ".tiff", ".gif"})
-# What PIL raises for a file that is not a decodable image (truncated, corrupt, wrong type).
-UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,6 @@ class DatasetSpec:
 
     def check_splits(self, root: Path | None) -> tuple[str, ...]:
         return self.splits_for(root) if self.splits_for else self.splits
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode the whole file (so truncated files fail here, not mid-epoch) and return RGB."""
-    with Image.open(path) as img:
-        img.load()
-        return img.convert("RGB")
 
 
 def layout_error(what: str, path: Path, layout: str) -> ScaleshiftError:
@@ -133,7 +128,19 @@ class ImageFiles(Dataset):
         self.transform = transform
         self.strict = strict
         self.meta = dict(meta or {})
-        self.skipped: dict[str, str] = {}           # path -> reason, filled while reading
+        # per sample: 0 = not known bad, else 1 + index of the reason in images.KINDS. In shared
+        # memory, so DataLoader workers (forked or spawned) record skips the parent can read.
+        self.skip_codes = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
+        self._reasons: dict[int, str] = {}           # full reasons, this process only
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of every sample skipped so far, in sample order. The reason is
+        "kind: detail; fix" when this process read the file, just the kind when a DataLoader
+        worker did."""
+        return [(str(self.samples[i][0]),
+                 self._reasons.get(i) or KINDS[int(self.skip_codes[i]) - 1])
+                for i in self.skip_codes.nonzero().flatten().tolist()]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -141,18 +148,24 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int):
         count = len(self.samples)
         for step in range(count):
-            path, label = self.samples[(index + step) % count]
+            i = (index + step) % count
+            if self.skip_codes[i]:                   # known bad: not decoded again
+                continue
+            path, label = self.samples[i]
             try:
                 image = load_rgb(path)
-            except UNREADABLE as exc:
+            except UnreadableImage as exc:
                 if self.strict:
-                    raise ScaleshiftError(f"unreadable image {path}: {exc}") from exc
-                if str(path) not in self.skipped:
-                    self.skipped[str(path)] = str(exc)
-                    log.warning("skipping unreadable image %s: %s", path, exc)
+                    raise ScaleshiftError(f"unreadable image {exc} (strict=True; without it "
+                                          f"the image is skipped and counted)") from None
+                self.skip_codes[i] = exc.code
+                self._reasons[i] = exc.reason
+                log.warning("skipping unreadable image %s", exc)
                 continue
             return (self.transform(image) if self.transform else image), label
-        raise ScaleshiftError(f"none of the {count} images of this split could be read")
+        first = self.skipped[0] if self.skipped else ("", "")
+        raise ScaleshiftError(f"none of the {count} images of this split could be read (e.g. "
+                              f"{first[0]}: {first[1]}); run `scaleshift datasets check` on it")
 
 
 class Generated(Dataset):
@@ -168,7 +181,7 @@ class Generated(Dataset):
         self.classes = list(classes) if classes is not None else None
         self.transform = transform
         self.meta = dict(meta or {})
-        self.skipped: dict[str, str] = {}
+        self.skipped: list[tuple[str, str]] = []     # generated items are never skipped
 
     def __len__(self) -> int:
         return len(self.items)
@@ -181,3 +194,32 @@ class Generated(Dataset):
         stream, i = self.items[index]
         image = self.source.image(stream, i)
         return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+def _skip_codes(dataset) -> torch.Tensor | None:
+    """Per-sample skip codes of `dataset` (Subsets unwrapped), None if it reads no files."""
+    if isinstance(dataset, Subset):
+        inner = _skip_codes(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(dataset.indices),
+                                                                dtype=torch.long)]
+    return getattr(dataset, "skip_codes", None)
+
+
+def skipped_counts(splits: dict, world: int = 1, device=None) -> dict[str, int]:
+    """{split: number of distinct images skipped so far} for the datasets in `splits` (None
+    values left out; a Subset counts its own indices). With world > 1 the codes are merged
+    over the processes (all_reduce MAX, on `device`): call it on every rank."""
+    counts = {}
+    for name, dataset in splits.items():
+        if dataset is None:
+            continue
+        codes = _skip_codes(dataset)
+        if codes is None:
+            counts[name] = 0
+            continue
+        if world > 1:
+            import torch.distributed as dist
+            codes = codes.to(device=device, dtype=torch.int32)
+            dist.all_reduce(codes, op=dist.ReduceOp.MAX)
+        counts[name] = int((codes > 0).sum())
+    return counts

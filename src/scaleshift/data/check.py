@@ -5,9 +5,13 @@ Builds every split the tree should provide, decodes every image file and returns
     {"dataset", "root", "options", "meta", "classes", "expected_classes",
      "splits": {split: {"images": readable, "files": listed, "classes": distinct labels,
                         "skipped": unreadable}},
-     "skipped": [{"split", "path", "reason"}, ...], "ok": true}
+     "skipped": [{"split", "path", "kind", "reason"}, ...],
+     "skipped_by_reason": {split: {kind: count}}, "ok": true}
 
-Unreadable or corrupt images are skipped, counted and listed (strict=True raises instead).
+Every image is decoded by `images.load_rgb`, the decoder the datasets use, so what is reported
+readable is what training reads. Unreadable images are skipped, counted by kind ("not found",
+"decompression bomb", "corrupt or truncated", "unsupported pixel format", ...) and listed with
+the reason and fix (strict=True raises instead).
 Errors (ScaleshiftError): a missing root or split file (the message names the path and the
 expected layout), a label out of range, a class count other than expected, a class with no
 readable image in any split (not checked when `splits` picks a subset, as VTAB's train800
@@ -18,7 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ScaleshiftError
-from .base import UNREADABLE, ImageFiles, load_rgb
+from .base import ImageFiles
+from .images import KINDS, UnreadableImage, load_rgb
 
 
 def _held_out(splits) -> str | None:
@@ -41,7 +46,8 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
     restricted = bool(splits)
     splits = [spec.resolve_split(s) for s in (splits or spec.check_splits(root_path))]
     report = dict(dataset=spec.name, root=str(root_path) if root_path else None,
-                  options={k: v for k, v in options.items()}, meta={}, splits={}, skipped=[])
+                  options={k: v for k, v in options.items()}, meta={}, splits={}, skipped=[],
+                  skipped_by_reason={})
     seen: set[int] = set()
     files: dict[str, set[str]] = {}
     num_classes = None
@@ -50,20 +56,24 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
         num_classes = dataset.num_classes
         report["meta"].update(getattr(dataset, "meta", {}) or {})
         if isinstance(dataset, ImageFiles):                   # image files on disk
-            labels, skipped = [], 0
+            labels, skipped, kinds = [], 0, {}
             for path, label in dataset.samples:
-                reason = _unreadable(path, decode)
-                if reason is None:
+                problem = _unreadable(path, decode)
+                if problem is None:
                     labels.append(label)
                     continue
                 if strict:
-                    raise ScaleshiftError(f"unreadable image {path}: {reason}")
+                    raise ScaleshiftError(f"unreadable image {problem}")
                 skipped += 1
-                report["skipped"].append(dict(split=split, path=str(path), reason=reason))
+                kinds[problem.kind] = kinds.get(problem.kind, 0) + 1
+                report["skipped"].append(dict(split=split, path=str(path), kind=problem.kind,
+                                              reason=problem.reason))
+            report["skipped_by_reason"][split] = _by_count(kinds)
             files[split] = {str(Path(path).resolve()) for path, _ in dataset.samples}
             listed = len(dataset.samples)
         else:                                                 # in memory or generated
             labels, skipped, listed = [int(t) for t in dataset.targets], 0, len(dataset)
+            report["skipped_by_reason"][split] = {}
             if listed:
                 dataset[0]                                    # renders / decodes one item
         bad = [label for label in labels if not 0 <= label < num_classes]
@@ -89,17 +99,23 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
     return report
 
 
-def _unreadable(path: Path, decode: bool) -> str | None:
-    """None when the image is fine, else the reason."""
+def _unreadable(path: Path, decode: bool) -> UnreadableImage | None:
+    """None when the image is fine, else what is wrong with it."""
     if not decode:
-        return None if Path(path).is_file() else "file not found"
+        if Path(path).is_file():
+            return None
+        return UnreadableImage(f"{path}: not found", "not found", "no such file",
+                               "restore the file, or remove it from the split")
     try:
         load_rgb(path)
-    except FileNotFoundError:
-        return "file not found"
-    except UNREADABLE as exc:
-        return f"{type(exc).__name__}: {exc}"
+    except UnreadableImage as exc:
+        return exc
     return None
+
+
+def _by_count(kinds: dict[str, int]) -> dict[str, int]:
+    """Most frequent first, ties in the order of images.KINDS."""
+    return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], KINDS.index(kv[0]))))
 
 
 def format_report(report: dict) -> str:
@@ -112,7 +128,14 @@ def format_report(report: dict) -> str:
     for split, row in report["splits"].items():
         lines.append(f"{split:24} {row['images']:>8} {row['classes']:>8} {row['skipped']:>8}")
     skipped = report["skipped"]
-    lines.append(f"skipped   {len(skipped)} unreadable file{'s' if len(skipped) != 1 else ''}")
+    totals: dict[str, int] = {}
+    for kinds in report.get("skipped_by_reason", {}).values():
+        for kind, count in kinds.items():
+            totals[kind] = totals.get(kind, 0) + count
+    by_reason = (" (" + ", ".join(f"{n} {kind}" for kind, n in _by_count(totals).items()) + ")"
+                 if totals else "")
+    lines.append(f"skipped   {len(skipped)} unreadable file{'s' if len(skipped) != 1 else ''}"
+                 + by_reason)
     for item in skipped:
         lines.append(f"  [{item['split']}] {item['path']}: {item['reason']}")
     lines.append("OK" if report["ok"] else "FAILED")
