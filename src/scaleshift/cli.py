@@ -186,21 +186,16 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from PIL import Image
-
     from .data import build_transform
+    from .data.images import check_top_k, read_image_for_predict
     from .multitask import MultiTaskModel
-    if args.top_k < 1:
-        raise ScaleshiftError(f"--top-k must be >= 1, got {args.top_k}")
+    args.top_k = check_top_k(args.top_k)
     directories = [d for d in args.adapters.split(",") if d]
     model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or False)
     transform = build_transform("vtab", model.backbone, False, args.input_size)
     images, names = [], []
     for path in args.images:
-        try:
-            images.append(transform(Image.open(path).convert("RGB")))
-        except OSError as exc:
-            raise ScaleshiftError(f"cannot read image {path}: {exc}") from None
+        images.append(transform(read_image_for_predict(path)))
         names.append(path)
     # every image under every task, all in one batch: sample i*T + t goes to task t
     tasks = len(directories)

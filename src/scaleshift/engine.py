@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from .adapter_files import adapter_state, save_adapter
 from .config import RunConfig
+from .data import skipped_counts
 from .errors import ScaleshiftError
 from .io import atomic_dir, atomic_path, write_json, write_text
 from .methods import apply, config_of, total_parameters, trainable_parameters
@@ -121,9 +122,11 @@ def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
     the same schedule up to the selected epoch and tests once. out_dir holds both stages
     (select/, retrain/), the reported adapter and one results.json."""
     out = Path(cfg.out_dir)
+    claim = claim_out_dir(out, rank=int(os.environ.get("RANK", "0")))
     if not resume and (out / RESULTS).exists():
+        if claim is not None:
+            claim.close()
         raise ScaleshiftError(f"{out} already holds a run; choose another out_dir")
-    claim = claim_out_dir(out, resume=True, rank=int(os.environ.get("RANK", "0")))
     try:
         stages = {}
         select = dataclasses.replace(cfg, retrain_split=None, test_split=None,
@@ -183,15 +186,17 @@ def setup_process(cfg: RunConfig, resume: bool) -> Trainer:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
+    t = Trainer(cfg, rank, world, device, autocast_for(cfg.precision, device), out)
+    t.lock = claim_out_dir(out, rank)
     if not resume and ((out / CHECKPOINT).exists() or (out / RESULTS).exists()):
+        if t.lock is not None:
+            t.lock.close()
         raise ScaleshiftError(f"{out} already holds a run; pass --resume to continue it or "
                               f"choose another out_dir")
-    t = Trainer(cfg, rank, world, device, autocast_for(cfg.precision, device), out)
-    t.lock = claim_out_dir(out, resume, rank)
     return t
 
 
-def claim_out_dir(out: Path, resume: bool, rank: int):
+def claim_out_dir(out: Path, rank: int):
     """Refuse a non-empty folder that is not a scaleshift run (nothing in it is touched), then
     (rank 0) create the run directory and lock it for this process: a second training into
     it is refused at once with the PID that holds it; a killed process's lock is released by
@@ -241,6 +246,7 @@ def build_data(t: Trainer) -> None:
     and only the head trains."""
     cfg = t.cfg
     train_set, val_set, test_set = load_splits(cfg, t.model)
+    t.sets = dict(train=train_set, val=val_set, test=test_set)   # the image datasets
     per_rank = cfg.batch_size // t.world
     if cfg.cache_features:
         if cfg.method != "linear":
@@ -260,7 +266,6 @@ def build_data(t: Trainer) -> None:
                                   f"linear probe also trains {sorted(outside)[0]} (the official probe "
                                   f"trains the whole head); set method_options.whole_head=false")
         t.trained = classifier
-    t.sets = dict(train=train_set, val=val_set, test=test_set)
     t.sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, t.rank, t.world, cfg.seed)
     t.loaders = dict(train=DataLoader(train_set, batch_sampler=t.sampler, num_workers=cfg.workers),
                      val=eval_loader(val_set, per_rank, t.rank, t.world, cfg.workers) if val_set else None,
@@ -431,7 +436,8 @@ def finish(t: Trainer, wall_start: float) -> dict:
     for name in ("final", "best", "selected"):
         if summary.get(name) is not None:
             summary[name]["weights"] = weights[name]
-    results = dict(summary, weights=weights, model=cfg.model, method=cfg.method,
+    skipped = skipped_counts(t.sets, t.world, t.device)   # every rank: merged across them
+    results = dict(summary, weights=weights, skipped_images=skipped, model=cfg.model, method=cfg.method,
                    dataset=cfg.dataset, method_options=config_of(model)["options"],
                    model_identity=identity_of(model),
                    trainable_params=trainable_parameters(model), total_params=total_parameters(model),

@@ -46,8 +46,7 @@ LOCK = ".lock"
 def is_run_dir(path: str | Path) -> bool:
     """A directory scaleshift created for a run (its marker, or the files of an older run)."""
     path = Path(path)
-    return (path / MARKER).is_file() or ((path / CONFIG).is_file()
-                                         and ((path / CHECKPOINT).is_file() or (path / RESULTS).is_file()))
+    return (path / MARKER).is_file() or ((path / CONFIG).is_file() and (path / CHECKPOINT).is_file())
 
 
 def weights_dir(run_dir: str | Path, weights: str | None = None) -> Path:
