@@ -46,7 +46,10 @@ def test_train_eval_merge_eval_gives_the_same_accuracy(tmp_path, capsys):
     unmerged = json.loads(capsys.readouterr().out)
     assert main(["eval", str(tmp_path / "run"), "--merged"]) == 0
     merged = json.loads(capsys.readouterr().out)
-    assert unmerged["top1"] == merged["top1"] == pytest.approx(results["final"]["top1"])
+    # the reported weights by default (issue 13: what is reported is what is saved)
+    assert unmerged["top1"] == merged["top1"] == pytest.approx(results["reported"]["top1"])
+    assert main(["eval", str(tmp_path / "run"), "--weights", "final"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(results["final"]["top1"])
     assert main(["merge", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "merged.safetensors").is_file()
     assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]) == 0

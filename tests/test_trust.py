@@ -275,3 +275,14 @@ def test_the_checkpoint_keeps_the_cuda_rng_state_when_cuda_is_used(monkeypatch):
     assert saved["cuda"] == [state]
     engine.set_rng_state(saved)
     assert restored == [[state]]
+
+
+def test_predict_refuses_a_bad_top_k_and_a_decompression_bomb_before_any_model(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    assert main(["predict", "--adapters", str(tmp_path / "none"), "--top-k", "-1", str(tmp_path / "big.png")]) == 2
+    assert "--top-k must be" in capsys.readouterr().err
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert main(["predict", "--adapters", str(tmp_path / "none"), str(tmp_path / "big.png")]) == 2
+    err = capsys.readouterr().err
+    assert "big.png" in err and "decompression bomb" in err.lower() and "Traceback" not in err

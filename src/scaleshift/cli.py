@@ -191,12 +191,10 @@ def cmd_predict(args) -> int:
     from .multitask import MultiTaskModel
     args.top_k = check_top_k(args.top_k)
     directories = [d for d in args.adapters.split(",") if d]
-    model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or False)
+    pictures = [read_image_for_predict(path) for path in args.images]   # fail before any model
+    model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or None)
     transform = build_transform("vtab", model.backbone, False, args.input_size)
-    images, names = [], []
-    for path in args.images:
-        images.append(transform(read_image_for_predict(path)))
-        names.append(path)
+    images, names = [transform(p) for p in pictures], list(args.images)
     # every image under every task, all in one batch: sample i*T + t goes to task t
     tasks = len(directories)
     batch = torch.stack([im for im in images for _ in range(tasks)])

@@ -7,7 +7,7 @@ create_transform (so input size, mean/std, interpolation and crop_pct follow the
 
 setting    training                                             evaluation
 vtab       direct resize to the input size, no augmentation     the same
-fgvc       RandomResizedCrop + horizontal flip                  resize floor(size / crop_pct),
+fgvc       RandomResizedCrop (random interpolation) + hflip     resize floor(size / crop_pct),
                                                                 centre crop
 cifar      RandAugment rand-m9-mstd0.5-inc1, RandomResizedCrop  resize floor(size / crop_pct),
 imagenet   scale (0.08, 1), hflip 0.5, random interpolation     centre crop
@@ -25,7 +25,8 @@ from ..errors import ScaleshiftError
 
 STRONG_AUG = dict(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.0, scale=(0.08, 1.0),
                   hflip=0.5, interpolation="random")
-SIMPLE_AUG = dict(auto_augment=None, color_jitter=None, re_prob=0.0, scale=(0.08, 1.0), hflip=0.5)
+SIMPLE_AUG = dict(auto_augment=None, color_jitter=None, re_prob=0.0, scale=(0.08, 1.0), hflip=0.5,
+                  interpolation="random")
 SETTINGS = ("vtab", "fgvc", "cifar", "imagenet")
 
 
