@@ -19,7 +19,7 @@ black border of the retina photo) are redrawn. Splits follow builtin.protocol_it
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 from PIL import Image
@@ -90,6 +90,7 @@ def patch_config(task: str) -> dict:
 SKLEARN_PHOTOS = ("china", "flower")     # scikit-learn's two bundled sample photographs
 
 
+@lru_cache(maxsize=32)
 def load_skimage(name: str, long_side: int | None) -> np.ndarray:
     """A scikit-image sample image (or scikit-learn's china / flower photo) as uint8 RGB,
     optionally resized to `long_side`."""
@@ -106,7 +107,9 @@ def load_skimage(name: str, long_side: int | None) -> np.ndarray:
         scale = long_side / max(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)),
                              Image.BICUBIC)
-    return np.asarray(image)
+    array = np.asarray(image)
+    array.flags.writeable = False          # cached: shared by every source of the process
+    return array
 
 
 class PatchSource:
