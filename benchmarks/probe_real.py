@@ -82,11 +82,16 @@ def extract(task: str, split: str, size: int, seed: int, transform, models: dict
             np.asarray(ds.targets[:n]), ds.num_classes)
 
 
-def step_time(model, size: int, batch: int = 32, steps: int = 6) -> dict:
-    """Median seconds of a full training step and of an eval forward, batch `batch`."""
+def step_time(model, size: int, batch: int = 32, steps: int = 6, trainable: str = "all") -> dict:
+    """Median seconds of a training step (trainable "all": every parameter; "bias": only biases
+    and the head, a stand-in for the cost of bias / SSF-style tuning, which still backpropagates
+    through every layer) and of an eval forward, batch `batch`."""
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 10, (batch,))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable == "all" or name.endswith(".bias")
+                         or name.startswith("classifier."))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     train = []
     for _ in range(steps + 1):
@@ -104,7 +109,7 @@ def step_time(model, size: int, batch: int = 32, steps: int = 6) -> dict:
             model(x)
             evals.append(time.perf_counter() - t)
     s_train, s_eval = statistics.median(train[1:]), statistics.median(evals[1:])
-    return dict(size=size, batch=batch, train_step_s=round(s_train, 4),
+    return dict(size=size, batch=batch, trainable=trainable, train_step_s=round(s_train, 4),
                 train_ms_per_image=round(1000 * s_train / batch, 2),
                 eval_batch_s=round(s_eval, 4), eval_ms_per_image=round(1000 * s_eval / batch, 2))
 
@@ -172,11 +177,13 @@ def main(argv=None) -> int:
                        f"{k} {v['test']:5.1f} (C={v['C']})" for k, v in res.items()))
 
     timing = []
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.time_sizes:
         for size in tqdm([int(s) for s in args.time_sizes.split(",")], desc="step cost"):
-            model = scaleshift.create_model(args.model, 10, pretrained=True)
-            timing.append(step_time(model, size))
-            tqdm.write(f"step cost at {size} px: {timing[-1]}")
+            for trainable in ("all", "bias"):
+                model = scaleshift.create_model(args.model, 10, pretrained=True)
+                timing.append(step_time(model, size, trainable=trainable))
+                tqdm.write(f"step cost at {size} px: {timing[-1]}")
 
     try:
         load = os.getloadavg()
@@ -197,6 +204,7 @@ def main(argv=None) -> int:
         seed=args.seed, sizes=sizes, tasks=tasks, results=rows, step_cost=timing,
         saturated_above=SATURATED, suite=SUITE,
         machine=dict(cpu_count=os.cpu_count(), torch_threads=args.threads,
+                     load_average_before_step_cost=load_before,
                      load_average_at_end=load, torch=torch.__version__, timm=timm.__version__,
                      python=platform.python_version(), platform=platform.platform()),
         seconds=round(time.time() - t0, 1))
@@ -232,13 +240,18 @@ def write_md(path: Path, report: dict, models) -> None:
                      + f" | {'**yes**' if row['task'] in in_suite and row['size'] == 96 else ''} |")
     if report["step_cost"]:
         lines += ["", f"Training-step cost of {report['model']} (forward + backward + AdamW step, "
-                  "all parameters trainable, train mode, batch 32, fp32, median of 6 steps after "
+                  "train mode, batch 32, fp32, median of 6 steps after "
                   "one warm-up; eval: no_grad forward of the same batch):", "",
-                  "| px | train step (s) | train ms / image | eval ms / image |",
-                  "|---:|---:|---:|---:|"]
+                  "| px | trainable | train step (s) | train ms / image | eval ms / image |",
+                  "|---:|---|---:|---:|---:|"]
         for t in report["step_cost"]:
-            lines.append(f"| {t['size']} | {t['train_step_s']:.3f} | {t['train_ms_per_image']:.1f}"
-                         f" | {t['eval_ms_per_image']:.1f} |")
+            lines.append(f"| {t['size']} | {t['trainable']} | {t['train_step_s']:.3f} | "
+                         f"{t['train_ms_per_image']:.1f} | {t['eval_ms_per_image']:.1f} |")
+        loads = [m.get("load_average_before_step_cost"), m.get("load_average_at_end")]
+        if all(loads):
+            text = [", ".join(f"{v:.2f}" for v in load) for load in loads]
+            lines.append(f"\nLoad average (1/5/15 min) before the cost measurement {text[0]}, "
+                         f"after it {text[1]}, on {m['cpu_count']} CPUs shared with other jobs.")
     lines += ["", "Chosen suite: " + "; ".join(f"{g}: {', '.join(ts)}"
                                               for g, ts in report["suite"].items()) + "."]
     if RATIONALE:

@@ -439,16 +439,6 @@ SPECS = [
                 + PROTOCOL_TEXT, "builtin", build_digits, needs_root=False,
                 description="scikit-learn handwritten digits, 8x8 shown as 32x32",
                 split_aliases=PROTOCOL_ALIASES),
-    DatasetSpec(f"fashion_mnist_{HIRES}", 10, PROTOCOL_SPLITS,
-                FASHION_LAYOUT + f"\nshown at {HIRES}x{HIRES} (bicubic)\n" + PROTOCOL_TEXT,
-                "builtin", partial(build_fashion_mnist, size=HIRES), needs_root=False,
-                description=f"Fashion-MNIST at {HIRES} px (same items and splits)",
-                split_aliases=PROTOCOL_ALIASES),
-    DatasetSpec(f"digits_{HIRES}", 10, PROTOCOL_SPLITS,
-                f"as digits, the 8x8 images resized to {HIRES}x{HIRES} (bicubic)\n"
-                + PROTOCOL_TEXT, "builtin", partial(build_digits, size=HIRES), needs_root=False,
-                description=f"scikit-learn handwritten digits at {HIRES} px (same splits)",
-                split_aliases=PROTOCOL_ALIASES),
     DatasetSpec("fashion_mnist_c", 10, FASHION_C_SPLITS,
                 "the fashion-mnist test set (files as for fashion_mnist) under corruptions:\n  "
                 + ", ".join(FASHION_CORRUPTIONS) + "\nsplits: clean, <corruption>/<severity 1..5>",
@@ -465,4 +455,14 @@ SPECS = [
                 "builtin", build_pretrain_fashion_rot, needs_root=False,
                 description="upstream pretraining: unlabeled fashion-mnist train, rotation "
                             "pretext"),
+    DatasetSpec(f"fashion_mnist_{HIRES}", 10, PROTOCOL_SPLITS,
+                FASHION_LAYOUT + f"\nshown at {HIRES}x{HIRES} (bicubic)\n" + PROTOCOL_TEXT,
+                "builtin", partial(build_fashion_mnist, size=HIRES), needs_root=False,
+                description=f"Fashion-MNIST at {HIRES} px (same items and splits)",
+                split_aliases=PROTOCOL_ALIASES),
+    DatasetSpec(f"digits_{HIRES}", 10, PROTOCOL_SPLITS,
+                f"as digits, the 8x8 images resized to {HIRES}x{HIRES} (bicubic)\n"
+                + PROTOCOL_TEXT, "builtin", partial(build_digits, size=HIRES), needs_root=False,
+                description=f"scikit-learn handwritten digits at {HIRES} px (same splits)",
+                split_aliases=PROTOCOL_ALIASES),
 ]
