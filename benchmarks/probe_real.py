@@ -38,7 +38,8 @@ from scaleshift.io import atomic_path, write_json  # noqa: E402
 GROUPS = {
     "natural": ["patch_textures_96", "patch_textures_zoom_96", "patch_photos_96",
                 "patch_photos_fine_96", "faces_96", "fashion_mnist_96", "digits_96"],
-    "specialised": ["patch_medical_96", "elpv_defect_96", "elpv_type_96"],
+    "specialised": ["patch_medical_96", "patch_medical_zoom_96", "elpv_defect_96",
+                    "elpv_type_96"],
     "structured": ["struct_location_96", "struct_orientation_96", "struct_count_96",
                    "struct_distance_96"],
 }

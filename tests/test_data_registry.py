@@ -25,7 +25,8 @@ BUILTINS = ["fashion_mnist", "digits", "fashion_mnist_c", "pretrain_fractal",
             "pretrain_fashion_rot", "patch_textures", "patch_photos", "patch_medical", "faces",
             "struct_location", "struct_orientation", "struct_count", "struct_distance"]
 HIRES = ["fashion_mnist_96", "digits_96", "patch_textures_96", "patch_textures_zoom_96",
-         "patch_photos_96", "patch_photos_fine_96", "patch_medical_96", "faces_96",
+         "patch_photos_96", "patch_photos_fine_96", "patch_medical_96", "patch_medical_zoom_96",
+         "faces_96",
          "struct_location_96", "struct_orientation_96", "struct_count_96", "struct_distance_96",
          "elpv_defect_96", "elpv_type_96"]
 

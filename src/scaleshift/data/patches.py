@@ -46,7 +46,7 @@ TEXTURES = ("brick", "grass", "gravel", "moon")
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "clock",
           "hubble_deep_field", "china", "flower")
 MEDICAL = ("immunohistochemistry", "retina", "cell")
-ZOOMS = (0.625, 0.875, 1.25)          # patch_textures_zoom: native crop = size * zoom
+ZOOMS = (0.625, 0.875, 1.25)          # the _zoom tasks: native crop = size * zoom
 
 
 def hires_patch_tasks(size: int = HIRES) -> dict[str, dict]:
@@ -71,6 +71,11 @@ def hires_patch_tasks(size: int = HIRES) -> dict[str, dict]:
                                            crops=(size // 2,), size=size, code=43),
         f"patch_medical_{HIRES}": dict(images=MEDICAL, long_side=8 * size, grid=GRID,
                                        crops=(size,), size=size, code=44),
+        # finer-grained: medical image x magnification (like classifying the magnification of a
+        # histology slide): 9 classes
+        f"patch_medical_zoom_{HIRES}": dict(images=MEDICAL, long_side=8 * size, grid=GRID,
+                                            crops=tuple(round(size * z) for z in ZOOMS),
+                                            size=size, code=45),
     }
 
 
@@ -260,6 +265,8 @@ _HIRES_WHAT = {
     f"patch_photos_{HIRES}": f"which of 10 photos a patch is from, at {HIRES} px",
     f"patch_photos_fine_{HIRES}": f"which of 10 photos a small patch is from, at {HIRES} px",
     f"patch_medical_{HIRES}": f"which medical image a patch is from, at {HIRES} px",
+    f"patch_medical_zoom_{HIRES}": f"medical image x magnification (fine-grained, 9 classes) at "
+                                   f"{HIRES} px",
 }
 SPECS += [
     DatasetSpec(task, len(class_names(cfg)), PROTOCOL_SPLITS, _hires_layout(cfg), "builtin",
