@@ -23,6 +23,11 @@ OTHERS = ["cifar100", "imagenet", "imagenet_a", "imagenet_r", "imagenet_c", "ima
 BUILTINS = ["fashion_mnist", "digits", "fashion_mnist_c", "pretrain_fractal",
             "pretrain_fashion_rot", "patch_textures", "patch_photos", "patch_medical", "faces",
             "struct_location", "struct_orientation", "struct_count", "struct_distance"]
+HIRES = ["fashion_mnist_96", "digits_96", "patch_textures_96", "patch_textures_zoom_96",
+         "patch_photos_96", "patch_photos_fine_96", "patch_medical_96", "patch_medical_zoom_96",
+         "faces_96",
+         "struct_location_96", "struct_orientation_96", "struct_count_96", "struct_distance_96",
+         "elpv_defect_96", "elpv_type_96"]
 
 
 def run(argv):
@@ -32,7 +37,9 @@ def run(argv):
 
 def test_registry_lists_every_benchmark():
     names = list_datasets()
-    assert names == FGVC + [f"vtab_{t}" for t in VTAB] + OTHERS + BUILTINS
+    assert [n for n in names if n not in HIRES] == (FGVC + [f"vtab_{t}" for t in VTAB] + OTHERS
+                                                    + BUILTINS)
+    assert sorted(n for n in names if n in HIRES) == sorted(HIRES)
     for task, (group, classes) in VTAB.items():
         spec = get_dataset_spec(f"vtab_{task}")
         assert (spec.group, spec.num_classes) == (group, classes)
@@ -47,7 +54,7 @@ def test_registry_lists_every_benchmark():
 def test_cli_lists_names_classes_splits_layouts(capsys):
     assert run(["datasets"]) == 0
     out = capsys.readouterr().out
-    for name in FGVC + OTHERS + BUILTINS:
+    for name in FGVC + OTHERS + BUILTINS + HIRES:
         assert f"\n{name} " in out
     assert "vtab_sun397" in out and "397" in out
     assert "images/<split>/000123.jpg <label 0..396>" in out        # the exact NOAH layout

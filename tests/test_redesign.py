@@ -197,7 +197,7 @@ def test_one_grammar_everywhere():
     (["params", "--method", "ssf", "layers=many"], "layers"),
     (["bench", "--model", "m", "batch_size=eight"], "batch_size must be int"),
     (["pretrain", "arch=nosuch"], "arch must be one of"),
-    (["predict", "--adapters", "a", "x.png", "top_k=0"], "top-k must be >= 1"),
+    (["predict", "--adapters", "a", "x.png", "top_k=0"], "top-k must be a whole number >= 1"),
     (["eval", "somewhere", "nosuch=1"], "unknown option 'nosuch'"),
 ])
 def test_bad_options_exit_2_with_a_message(argv, message, capsys):

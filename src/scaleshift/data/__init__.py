@@ -12,7 +12,9 @@ Families: fgvc.py (CUB, NABirds, Flowers, Dogs, Cars; VPT json + official SSF pr
 vtab.py (19 VTAB-1k tasks, NOAH export), cifar.py, imagenet.py (ImageNet-1K, -A, -R with the
 200-class masks), imagenet_c.py (ImageNet-C, CE / mCE), folder.py (your own class folders),
 builtin.py (fashion-mnist, digits, fashion-mnist-C, upstream pretraining data), patches.py
-(scikit-image photo patch tasks, faces), structured.py (procedural structured tasks).
+(scikit-image photo patch tasks, faces), structured.py (procedural structured tasks),
+elpv.py (solar-cell EL images from the elpv-dataset wheel, installed on demand). Tasks whose
+names end in _96 are drawn at 96 px for real ImageNet backbones (EfficientNet-Lite).
 Registration is explicit: each family lists its specs in SPECS and `_register_families` adds
 them below.
 """
@@ -98,9 +100,10 @@ def build_dataset(name: str, root=None, split: str | None = None, transform=None
 
 
 def _register_families() -> None:
-    from . import builtin, cifar, fgvc, folder, imagenet, imagenet_c, patches, structured, vtab
+    from . import (builtin, cifar, elpv, fgvc, folder, imagenet, imagenet_c, patches, structured,
+                   vtab)
     for family in (fgvc, vtab, cifar, imagenet, imagenet_c, folder, builtin, patches,
-                   structured):
+                   structured, elpv):
         for spec in family.SPECS:
             register_dataset(spec)
 

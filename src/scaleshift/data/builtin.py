@@ -27,7 +27,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from PIL import Image
 from ..errors import ScaleshiftError
 from .base import DatasetSpec, Generated
 
+HIRES = 96   # the size of the tasks for real ImageNet backbones (names end in _96)
 PROTOCOL_SPLITS = ("train", "test", "train800", "val200", "train800val200")
 PROTOCOL_ALIASES = {"val": "val200"}
 PROTOCOL_TEXT = ("splits: train, test (full size); train800, val200, train800val200 "
@@ -151,10 +152,12 @@ def load_fashion_mnist(split: str, root=None) -> tuple[np.ndarray, np.ndarray]:
 # --- sources: finite pools of real images -------------------------------------------------
 
 class ArraySource:
-    """Streams over in-memory images: stream -> (images, labels, order of the items)."""
+    """Streams over in-memory images: stream -> (images, labels, order of the items);
+    `size`: shown at size x size (bicubic) instead of their own size."""
 
-    def __init__(self, pools: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
-        self.pools = pools
+    def __init__(self, pools: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 size: int | None = None):
+        self.pools, self.size = pools, size
 
     def labels(self, stream: str) -> np.ndarray:
         _, labels, order = self.pools[stream]
@@ -162,10 +165,14 @@ class ArraySource:
 
     def image(self, stream: str, i: int) -> Image.Image:
         images, _, order = self.pools[stream]
-        return gray_to_rgb(images[order[i]])
+        image = gray_to_rgb(images[order[i]])
+        if self.size is not None:
+            image = image.resize((self.size, self.size), Image.BICUBIC)
+        return image
 
 
-def build_fashion_mnist(root=None, split="train", *, seed=0, num_classes=None, strict=False):
+def build_fashion_mnist(root=None, split="train", *, seed=0, num_classes=None, strict=False,
+                        size=None):
     check_num_classes("fashion_mnist", num_classes, 10)
     train_x, train_y = load_fashion_mnist("train", root)
     test_x, test_y = load_fashion_mnist("test", root)
@@ -173,23 +180,27 @@ def build_fashion_mnist(root=None, split="train", *, seed=0, num_classes=None, s
         "train": (train_x, train_y, np.random.default_rng([seed, _KEYS["fashion"]]).permutation(
             len(train_y))),
         "test": (test_x, test_y, np.arange(len(test_y))),
-    })
+    }, size)
     items = protocol_items(split, dict(train=len(train_y), test=len(test_y)))
     return Generated(source, items, 10, FASHION_CLASSES,
                      meta=dict(files=str(fashion_mnist_dir(root))))
 
 
-def build_digits(root=None, split="train", *, seed=0, num_classes=None, strict=False):
+def build_digits(root=None, split="train", *, seed=0, num_classes=None, strict=False,
+                 size=None):
+    """size None: 8x8 shown as 32x32 blocks; else the 8x8 images resized to size (bicubic)."""
     from sklearn.datasets import load_digits
     check_num_classes("digits", num_classes, 10)
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    images = images.repeat(4, axis=1).repeat(4, axis=2)                 # 8x8 -> 32x32 blocks
+    if size is None:
+        images = images.repeat(4, axis=1).repeat(4, axis=2)             # 8x8 -> 32x32 blocks
     labels = digits.target.astype(np.int64)
     fixed = np.random.default_rng([TEST_SEED, _KEYS["digits"]]).permutation(len(labels))
     test, pool = np.sort(fixed[:597]), fixed[597:]                       # 597 test, 1200 train
     train = pool[np.random.default_rng([seed, _KEYS["digits"]]).permutation(len(pool))]
-    source = ArraySource({"train": (images, labels, train), "test": (images, labels, test)})
+    source = ArraySource({"train": (images, labels, train), "test": (images, labels, test)},
+                         size)
     items = protocol_items(split, dict(train=len(train), test=len(test)))
     return Generated(source, items, 10, [str(d) for d in range(10)])
 
@@ -444,4 +455,14 @@ SPECS = [
                 "builtin", build_pretrain_fashion_rot, needs_root=False,
                 description="upstream pretraining: unlabeled fashion-mnist train, rotation "
                             "pretext"),
+    DatasetSpec(f"fashion_mnist_{HIRES}", 10, PROTOCOL_SPLITS,
+                FASHION_LAYOUT + f"\nshown at {HIRES}x{HIRES} (bicubic)\n" + PROTOCOL_TEXT,
+                "builtin", partial(build_fashion_mnist, size=HIRES), needs_root=False,
+                description=f"Fashion-MNIST at {HIRES} px (same items and splits)",
+                split_aliases=PROTOCOL_ALIASES),
+    DatasetSpec(f"digits_{HIRES}", 10, PROTOCOL_SPLITS,
+                f"as digits, the 8x8 images resized to {HIRES}x{HIRES} (bicubic)\n"
+                + PROTOCOL_TEXT, "builtin", partial(build_digits, size=HIRES), needs_root=False,
+                description=f"scikit-learn handwritten digits at {HIRES} px (same splits)",
+                split_aliases=PROTOCOL_ALIASES),
 ]

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import ScaleshiftError
 from .base import DatasetSpec, Generated
-from .builtin import (TEST_SEED, PROTOCOL_ALIASES, PROTOCOL_SPLITS, PROTOCOL_TEXT,
+from .builtin import (TEST_SEED, HIRES, PROTOCOL_ALIASES, PROTOCOL_SPLITS, PROTOCOL_TEXT,
                       check_num_classes, load_fashion_mnist, protocol_items)
 
 CANVAS = 64
@@ -78,10 +78,16 @@ def _colour(rng) -> tuple[int, int, int]:
 
 
 class StructuredSource:
-    def __init__(self, task: str, seed: int, sprites: str = "shapes", root=None):
+    def __init__(self, task: str, seed: int, sprites: str = "shapes", root=None,
+                 canvas: int = CANVAS):
         if sprites not in ("shapes", "fashion"):
             raise ScaleshiftError(f"sprites must be 'shapes' or 'fashion', got {sprites!r}")
-        self.task, self.code, self.seed, self.sprites = task, _TASK_CODES[task], seed, sprites
+        self.task, self.seed, self.sprites = task, seed, sprites
+        # other canvas sizes draw from their own random streams
+        self.code = _TASK_CODES[task] + (0 if canvas == CANVAS else 10 * int(canvas))
+        # geometry is written for a 64 px canvas and scaled by k (k = 1: the original tasks)
+        self.canvas, self.k = int(canvas), canvas / CANVAS
+        self.cell, self.horizon = self.canvas / 4, HORIZON * self.k
         self.num_classes = STRUCT_TASKS[task]
         self.fashion = load_fashion_mnist("test", root)[0] if sprites == "fashion" else None
         self._labels: dict[str, np.ndarray] = {}
@@ -114,12 +120,12 @@ class StructuredSource:
         x, y = int(round(cx - mask.width / 2)), int(round(cy - mask.height / 2))
         canvas.paste(Image.new("RGB", mask.size, colour), (x, y), mask)
 
-    @staticmethod
-    def _background(rng, ground: bool = False) -> Image.Image:
+    def _background(self, rng, ground: bool = False) -> Image.Image:
         base = rng.integers(0, 70, 3)
-        pixels = np.broadcast_to(base, (CANVAS, CANVAS, 3)).astype(np.float64)
+        side = self.canvas
+        pixels = np.broadcast_to(base, (side, side, 3)).astype(np.float64)
         if ground:          # lighter ground below the horizon, darkening towards it
-            ramp = np.clip((np.arange(CANVAS) - HORIZON) / (CANVAS - HORIZON), 0, 1)
+            ramp = np.clip((np.arange(side) - self.horizon) / (side - self.horizon), 0, 1)
             pixels = pixels + (ramp[:, None, None] * rng.uniform(40, 90, 3))
         pixels = pixels + rng.normal(0, 6, pixels.shape)
         return Image.fromarray(np.uint8(np.clip(pixels, 0, 255)), "RGB")
@@ -133,27 +139,29 @@ class StructuredSource:
     def _location(self, rng, stream, label):
         canvas = self._background(rng)
         row, col = divmod(label, 4)
-        cx, cy = (col + rng.uniform(0.15, 0.85)) * CELL, (row + rng.uniform(0.15, 0.85)) * CELL
+        cell = self.cell
+        cx, cy = (col + rng.uniform(0.15, 0.85)) * cell, (row + rng.uniform(0.15, 0.85)) * cell
         self._paste(canvas, self._sprite(rng, stream), _colour(rng), cx, cy,
-                    rng.uniform(9, 15), rng.uniform(0, 360))
+                    rng.uniform(9, 15) * self.k, rng.uniform(0, 360))
         return canvas
 
     def _orientation(self, rng, stream, label):
         canvas = self._background(rng)
         angle = (label + rng.uniform(0.05, 0.95)) * 360 / self.num_classes
-        centre = CANVAS / 2 + rng.uniform(-6, 6, 2)
+        centre = self.canvas / 2 + rng.uniform(-6, 6, 2) * self.k
         self._paste(canvas, self._sprite(rng, stream, "arrow"), _colour(rng), *centre,
-                    rng.uniform(30, 42), angle)
+                    rng.uniform(30, 42) * self.k, angle)
         return canvas
 
     def _count(self, rng, stream, label):
         canvas = self._background(rng)
         for cell in rng.choice(16, size=label + 1, replace=False):
             row, col = divmod(int(cell), 4)
-            size = rng.uniform(8, 13)
-            slack = (CELL - size) / 2
-            cx = col * CELL + CELL / 2 + rng.uniform(-slack, slack)
-            cy = row * CELL + CELL / 2 + rng.uniform(-slack, slack)
+            size = rng.uniform(8, 13) * self.k
+            cell = self.cell
+            slack = (cell - size) / 2
+            cx = col * cell + cell / 2 + rng.uniform(-slack, slack)
+            cy = row * cell + cell / 2 + rng.uniform(-slack, slack)
             self._paste(canvas, self._sprite(rng, stream), _colour(rng), cx, cy, size,
                         rng.uniform(0, 360))
         return canvas
@@ -164,20 +172,21 @@ class StructuredSource:
         depths = [nearest] + list(np.exp(rng.uniform(np.log(nearest), np.log(DEPTH_EDGES[-1]),
                                                      int(rng.integers(0, 3)))))
         for z in sorted(depths, reverse=True):                   # far to near
-            size = 24.0 / z
-            bottom = HORIZON + (CANVAS - HORIZON) / z            # where it touches the ground
-            cx = rng.uniform(size / 2, CANVAS - size / 2)
+            size = 24.0 * self.k / z
+            bottom = self.horizon + (self.canvas - self.horizon) / z   # where it meets the ground
+            cx = rng.uniform(size / 2, self.canvas - size / 2)
             self._paste(canvas, self._sprite(rng, stream), _colour(rng), cx, bottom - size / 2,
                         size)
         return canvas
 
 
 def build_structured(task, root=None, split="train", *, seed=0, sprites="shapes",
-                     num_classes=None, strict=False):
+                     num_classes=None, strict=False, canvas=CANVAS):
     check_num_classes(task, num_classes, STRUCT_TASKS[task])
-    source = StructuredSource(task, seed, sprites, root)
+    source = StructuredSource(task, seed, sprites, root, canvas=canvas)
     return Generated(source, protocol_items(split, SIZES), STRUCT_TASKS[task],
-                     meta=dict(sprites=sprites))
+                     meta=dict(sprites=sprites, **({} if canvas == CANVAS else
+                                                   dict(canvas=int(canvas)))))
 
 
 _WHAT = {"struct_location": "grid cell (4x4) of one object's centre",
@@ -192,5 +201,14 @@ SPECS = [
                 f"root as for fashion_mnist)\n" + PROTOCOL_TEXT,
                 "builtin", partial(build_structured, task), needs_root=False,
                 description=f"structured: {_WHAT[task]}", split_aliases=PROTOCOL_ALIASES)
+    for task, classes in STRUCT_TASKS.items()
+] + [
+    DatasetSpec(f"{task}_{HIRES}", classes, PROTOCOL_SPLITS,
+                f"built in: procedural scenes drawn at {HIRES}x{HIRES} (the {CANVAS} px scene "
+                f"geometry scaled; its own random streams); label = {_WHAT[task]};\n"
+                f"option sprites=shapes (default) or sprites=fashion\n" + PROTOCOL_TEXT,
+                "builtin", partial(build_structured, task, canvas=HIRES), needs_root=False,
+                description=f"structured at {HIRES} px: {_WHAT[task]}",
+                split_aliases=PROTOCOL_ALIASES)
     for task, classes in STRUCT_TASKS.items()
 ]

