@@ -131,7 +131,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, mon
 @pytest.mark.parametrize("override, message", [
     ("epochz=3", "unknown config key 'epochz'"),
     ("epochs=three", "epochs must be int"),
-    ("lr=-1", "lr must be >= 0"),
+    ("lr=-1", "lr must be > 0"),
     ("augment=heavy", "augment must be one of"),
     ("protocol=clean", None),
 ])
