@@ -192,7 +192,8 @@ def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
     result = run_bench(args.model, args.batch_size, args.device, args.rounds, args.model_kwargs,
                        args.size, args.out, with_memory=not args.no_memory,
-                       profile=[x for x in (args.profile or "").split(",") if x])
+                       profile=[x for x in (args.profile or "").split(",") if x],
+                       precision=args.precision)
     print(format_table(result))
     if args.out:
         print(f"written: {args.out}/bench.json, bench.csv, bench.png")
@@ -366,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated trained variants to profile with torch.profiler, e.g. "
                         "ssf,bias,full (writes profile_<variant>.txt under --out)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: every measured forward under torch.autocast(device, bfloat16)")
     p.set_defaults(func=cmd_bench, model_kwargs={},   # timm kwargs: model_kwargs.img_size=32
                    required=("model", "batch_size"))
     p = sub.add_parser("export", help="merged plain weights (safetensors) or an ONNX graph, checked")
