@@ -10,7 +10,6 @@ import contextlib
 import copy
 import os
 
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -327,8 +327,9 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
                              time_ratio=times[key] / times[ref],
                              memory_mb=memory.get(key),
                              memory_ratio=memory[key] / memory[ref] if key in memory else None))
+    shape = input_shape(build(model_name, model_kwargs, VARIANTS[0], 10, "cpu"), batch, size)
     result = dict(model=model_name, model_kwargs=model_kwargs, batch=batch, device=device_name,
-                  precision=precision, rounds=rounds, input=list(input_shape(build(model_name, model_kwargs, VARIANTS[0], 10, "cpu"), batch, size)),
+                  precision=precision, rounds=rounds, input=list(shape),
                   memory_measure="cuda max_memory_allocated" if device.type == "cuda"
                   else "model bytes + peak RSS growth over two steps (fresh process per variant)",
                   rows=rows, profile=profiled, seconds_total=round(time.time() - started, 1), machine=machine_info())
@@ -388,7 +389,8 @@ def plot_bench(result: dict, path: Path) -> None:
                color=["tab:red" if r["variant"].startswith("ssf") else "tab:gray" for r in rows])
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=60)
-    fig.suptitle(f"{result['model']} batch {result['batch']} {result.get('precision', 'fp32')} on {result['device']} "
+    fig.suptitle(f"{result['model']} batch {result['batch']} {result.get('precision', 'fp32')} "
+                 f"on {result['device']} "
                  f"({result['machine']['cpus']} CPUs, torch {result['machine']['torch']})")
     fig.tight_layout()
     save_png(fig, path)

@@ -26,7 +26,7 @@ from .options import parse_assignments, set_path
 @dataclass
 class RunConfig:
     # what to train
-    model: str = "vit_tiny_patch16_224"                 # timm or embedded name: scaleshift list models PATTERN
+    model: str = "vit_tiny_patch16_224"                 # timm or embedded: scaleshift list models PATTERN
     model_kwargs: dict = field(default_factory=dict)    # timm constructor kwargs (img_size, ...)
     pretrained: Any = False                               # False | True (hub) | "path/to/weights"
     method: str = "ssf"
@@ -224,7 +224,8 @@ def describe_keys() -> str:
         if row[0] != section:
             section = row[0]
             lines.append(f"  {section}:" if section else "  other:")
-        lines.append(("    " + "  ".join(c.ljust(w) for c, w in zip(row[1:4], widths)) + "  " + row[4]).rstrip())
+        cells = "  ".join(c.ljust(w) for c, w in zip(row[1:4], widths))
+        lines.append(f"    {cells}  {row[4]}".rstrip())
     return "\n".join(lines)
 
 

@@ -102,7 +102,8 @@ FACE_SIZES = dict(train=2000, val=400, test=1000)
 
 class FaceSource:
     def __init__(self, seed: int):
-        images = require("skimage.data", "the faces task").lfw_subset()          # (200, 25, 25) floats: 100 faces, 100 not
+        # (200, 25, 25) floats: 100 faces, 100 not
+        images = require("skimage.data", "the faces task").lfw_subset()
         self.images = np.uint8(np.round(255 * np.clip(images, 0, 1)))
         self.code, self.seed = _TASK_CODES["faces"], seed
         self.pools = {}
