@@ -1,20 +1,16 @@
-# Set-up is implicit: every target creates .venv from requirements-lock.txt when it is missing
-# or older than the lock file / pyproject.toml.
+# Set-up is implicit: every target creates .venv from requirements-lock.txt (every dependency,
+# the optional extras included) when it is missing or older than the lock file / pyproject.toml.
+# Nothing here calls apt-get unless asked: `make system-data` (as root) installs the one system
+# package scaleshift can use, Debian's dataset-fashion-mnist (the real images of the
+# fashion_mnist tasks; their tests skip without it). CI (.ci/run) calls it before `make test`.
 VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
+FASHION_PACKAGE := dataset-fashion-mnist
 
-.PHONY: demo test clean-venv
+.PHONY: demo test system-data clean-venv
 
 $(STAMP): requirements-lock.txt pyproject.toml
-	@# Real offline data: Fashion-MNIST from Debian (skipped with a warning where apt is absent)
-	@if command -v dpkg >/dev/null && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
-	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    apt-get install -y -q dataset-fashion-mnist >/dev/null || \
-	    (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
-	    echo "warning: could not install dataset-fashion-mnist; fashion_mnist needs a root"; \
-	  else echo "warning: run 'sudo apt-get install dataset-fashion-mnist' for the fashion_mnist dataset"; fi; \
-	fi
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-lock.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
@@ -24,7 +20,24 @@ demo: $(STAMP)
 	$(VENV)/bin/scaleshift demo
 
 test: $(STAMP)
+	@if command -v dpkg >/dev/null && ! dpkg -s $(FASHION_PACKAGE) >/dev/null 2>&1; then \
+	  echo "note: $(FASHION_PACKAGE) is not installed, its tests skip (sudo make system-data)"; fi
 	$(VENV)/bin/python -m pytest
+
+system-data:
+	@if command -v dpkg >/dev/null && dpkg -s $(FASHION_PACKAGE) >/dev/null 2>&1; then \
+	  echo "$(FASHION_PACKAGE): installed"; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "system-data needs apt-get (Debian/Ubuntu). Elsewhere put the four fashion-mnist idx" \
+	       "files in a folder and pass data_root=FOLDER (scaleshift datasets shows the layout)" >&2; \
+	  exit 1; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "system-data installs a Debian package: run it as root (sudo make system-data)" >&2; \
+	  exit 1; \
+	else \
+	  apt-get install -y -q $(FASHION_PACKAGE) || \
+	    (apt-get update -q && apt-get install -y -q $(FASHION_PACKAGE)); \
+	fi
 
 clean-venv:
 	rm -rf $(VENV)

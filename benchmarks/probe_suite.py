@@ -56,8 +56,9 @@ def features(model, x: torch.Tensor, batch: int = 500) -> np.ndarray:
 
 
 def probe(f: dict, y: dict) -> dict:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    from scaleshift.extras import require
+    LogisticRegression = require("sklearn.linear_model", "the probe suite").LogisticRegression
+    StandardScaler = require("sklearn.preprocessing", "the probe suite").StandardScaler
 
     def fit(x, labels, c):
         scaler = StandardScaler().fit(x)

@@ -45,7 +45,7 @@ def recipe_of(script: str) -> Path:
         name = f"{FGVC_RECIPE[rest[0]]}_{MODE[rest[1]]}"
     else:
         name = f"{VTAB_RECIPE.get(rest[0], rest[0])}_{MODE[rest[1]]}"
-    return ROOT / "recipes" / group / f"{name}.yaml"
+    return ROOT / "src" / "scaleshift" / "recipes" / group / f"{name}.yaml"
 
 
 # --- official value -> the RunConfig value that would run the same thing ---------------------
@@ -221,7 +221,7 @@ def test_every_official_script_maps_to_its_own_existing_recipe():
     assert not missing, "no recipe for:\n" + "\n".join(missing)
     assert len(set(recipes.values())) == 45
     paper = {p for group in ("cifar100", "imagenet", "fgvc", "vtab")
-             for p in (ROOT / "recipes" / group).glob("*.yaml")}
+             for p in (ROOT / "src" / "scaleshift" / "recipes" / group).glob("*.yaml")}
     assert paper == set(recipes.values()), sorted(str(p) for p in paper ^ set(recipes.values()))
 
 

@@ -98,7 +98,7 @@ HOSTILE = ["method=nosuch", "model=nosuch", "dataset=nosuch", "train_split=nosuc
 @pytest.mark.parametrize("validate_only", [True, False])
 def test_hostile_train_input_exits_2_before_any_file(bad, validate_only, tmp_path, capsys):
     out = tmp_path / "never"
-    argv = ["train", str(ROOT / "recipes/builtin/digits_ssf.yaml"), *bad.split(), f"out_dir={out}"]
+    argv = ["train", "builtin/digits_ssf", *bad.split(), f"out_dir={out}"]
     assert main(argv + (["--validate-only"] if validate_only else [])) == 2
     err = capsys.readouterr().err
     assert err.startswith("scaleshift: error:") and "Traceback" not in err
@@ -149,7 +149,7 @@ def test_an_existing_user_folder_is_refused_and_left_byte_identical(tmp_path, ca
     (user / "results.json").write_text("{}\n")
     (user / "adapter" / "weights.bin").write_bytes(b"precious")
     before = snapshot(user)
-    assert main(["train", str(ROOT / "recipes/builtin/digits_ssf.yaml"), f"out_dir={user}"]) == 2
+    assert main(["train", "builtin/digits_ssf", f"out_dir={user}"]) == 2
     assert "not a scaleshift run" in capsys.readouterr().err
     assert snapshot(user) == before
 

@@ -14,9 +14,13 @@ so RSS follows live tensors rather than the allocator's cache.
 The whole-process RSS of this torch build is dominated by ~2.7 GB of libraries, which would
 hide every difference between methods.
 Ratios: training against full fine-tuning, inference against the plain backbone.
+Precision: fp32, or bf16 (`--precision bf16`): every timed, memory-probed and profiled forward
+(and the loss) runs under torch.autocast(device, bfloat16); backward and the optimizer step
+follow autocast's usual rules (weights and their gradients stay fp32).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -91,15 +95,33 @@ def applicable(model_name: str, model_kwargs: dict) -> list[Variant]:
     return keep
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device, precision: str):
+    """The context every measured forward runs in: nothing for fp32, bf16 autocast otherwise."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def check_precision(precision: str, device) -> None:
+    if precision not in PRECISIONS:
+        raise ScaleshiftError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ScaleshiftError("--precision bf16: this CUDA device has no bfloat16 support")
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def train_step(model, optimizer, images, labels, device) -> float:
+def train_step(model, optimizer, images, labels, device, precision: str = "fp32") -> float:
     _sync(device)
     start = time.perf_counter()
-    loss = nn.functional.cross_entropy(model(images), labels)
+    with autocast(device, precision):
+        loss = nn.functional.cross_entropy(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -108,10 +130,11 @@ def train_step(model, optimizer, images, labels, device) -> float:
 
 
 @torch.no_grad()
-def infer_step(model, images, device) -> float:
+def infer_step(model, images, device, precision: str = "fp32") -> float:
     _sync(device)
     start = time.perf_counter()
-    model(images)
+    with autocast(device, precision):
+        model(images)
     _sync(device)
     return time.perf_counter() - start
 
@@ -136,7 +159,7 @@ def _model_and_batch(model_name: str, model_kwargs: dict, variant: Variant, batc
 
 
 def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, device,
-                  size: int | None, variants: list[Variant]) -> dict:
+                  size: int | None, variants: list[Variant], precision: str = "fp32") -> dict:
     """Median seconds per training step and per inference forward, variants interleaved."""
     models, optimizers = {}, {}
     for v in variants:
@@ -157,17 +180,17 @@ def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, 
             model = models[label]
             if kind == "train":
                 model.train()
-                seconds = train_step(model, optimizers[label], images, labels, device)
+                seconds = train_step(model, optimizers[label], images, labels, device, precision)
             else:
                 model.eval()
-                seconds = infer_step(model, images, device)
+                seconds = infer_step(model, images, device, precision)
             if round_index:
                 times[(label, kind)].append(seconds)
     return {f"{label}/{kind}": statistics.median(values) for (label, kind), values in times.items()}
 
 
 def memory_probe(model_name: str, model_kwargs: dict, label: str, kind: str, batch: int,
-                 size: int | None, device_name: str) -> float:
+                 size: int | None, device_name: str, precision: str = "fp32") -> float:
     """Peak memory (MB) of two training steps or two forwards of one variant."""
     device = torch.device(device_name)
     variant = next(v for v in VARIANTS if v.label == label)
@@ -180,11 +203,11 @@ def memory_probe(model_name: str, model_kwargs: dict, label: str, kind: str, bat
         optimizer = _optimizer(model)
         model.train()
         for _ in range(2):
-            train_step(model, optimizer, images, labels, device)
+            train_step(model, optimizer, images, labels, device, precision)
     else:
         model.eval()
         for _ in range(2):
-            infer_step(model, images, device)
+            infer_step(model, images, device, precision)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
@@ -223,7 +246,7 @@ def _trained_variant(label: str) -> Variant:
 
 
 def profile_train_steps(model_name: str, model_kwargs: dict, batch: int, device, size: int | None,
-                        labels: list[str], out: Path | None) -> dict:
+                        labels: list[str], out: Path | None, precision: str = "fp32") -> dict:
     """torch.profiler over one training step per variant (after a warm-up step): self time in
     matmul/conv/attention kernels vs everything else, and the top ops (written to
     profile_<label>.txt under `out`)."""
@@ -233,10 +256,10 @@ def profile_train_steps(model_name: str, model_kwargs: dict, batch: int, device,
         variant = _trained_variant(label)
         model, images, labels_t = _model_and_batch(model_name, model_kwargs, variant, batch, size, device)
         optimizer = _optimizer(model.train())
-        train_step(model, optimizer, images, labels_t, device)
+        train_step(model, optimizer, images, labels_t, device, precision)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            train_step(model, optimizer, images, labels_t, device)
+            train_step(model, optimizer, images, labels_t, device, precision)
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         heavy = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS
@@ -251,17 +274,17 @@ def profile_train_steps(model_name: str, model_kwargs: dict, batch: int, device,
 
 
 def measure_memory(model_name: str, model_kwargs: dict, batch: int, device, size: int | None,
-                   variants: list[Variant]) -> dict:
+                   variants: list[Variant], precision: str = "fp32") -> dict:
     results = {}
     for v in variants:
         for kind in [k for k, on in (("train", v.train), ("infer", v.infer)) if on]:
             if device.type == "cuda":
                 results[f"{v.label}/{kind}"] = memory_probe(model_name, model_kwargs, v.label, kind,
-                                                            batch, size, "cuda")
+                                                            batch, size, "cuda", precision)
                 continue
             code = ("import json, sys; from scaleshift.bench import memory_probe; "
                     "print(json.dumps(memory_probe(*json.loads(sys.argv[1]))))")
-            args = json.dumps([model_name, model_kwargs, v.label, kind, batch, size, "cpu"])
+            args = json.dumps([model_name, model_kwargs, v.label, kind, batch, size, "cpu", precision])
             # glibc: serve every allocation over 64 KiB with mmap and give freed memory back at
             # once, so that RSS follows the live tensors instead of the allocator's cache
             env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()),
@@ -276,7 +299,8 @@ def measure_memory(model_name: str, model_kwargs: dict, batch: int, device, size
 
 def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int = 3,
               model_kwargs: dict | None = None, size: int | None = None, out: str | None = None,
-              with_memory: bool = True, profile: list[str] | None = None) -> dict:
+              with_memory: bool = True, profile: list[str] | None = None,
+              precision: str = "fp32") -> dict:
     from .runs import machine_info
     from .models import register_backbones
     register_backbones()
@@ -284,14 +308,16 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ScaleshiftError("--device cuda but no CUDA device is available")
+    check_precision(precision, device)
     for label in profile or []:
         _trained_variant(label)
     variants = applicable(model_name, model_kwargs)
     started = time.time()
-    times = measure_times(model_name, model_kwargs, batch, rounds, device, size, variants)
-    memory = measure_memory(model_name, model_kwargs, batch, device, size, variants) if with_memory else {}
+    times = measure_times(model_name, model_kwargs, batch, rounds, device, size, variants, precision)
+    memory = measure_memory(model_name, model_kwargs, batch, device, size, variants,
+                            precision) if with_memory else {}
     profiled = profile_train_steps(model_name, model_kwargs, batch, device, size, profile,
-                                   Path(out) if out else None) if profile else {}
+                                   Path(out) if out else None, precision) if profile else {}
     rows = []
     for v in variants:
         for kind in [k for k, on in (("train", v.train), ("infer", v.infer)) if on]:
@@ -301,8 +327,9 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
                              time_ratio=times[key] / times[ref],
                              memory_mb=memory.get(key),
                              memory_ratio=memory[key] / memory[ref] if key in memory else None))
+    shape = input_shape(build(model_name, model_kwargs, VARIANTS[0], 10, "cpu"), batch, size)
     result = dict(model=model_name, model_kwargs=model_kwargs, batch=batch, device=device_name,
-                  rounds=rounds, input=list(input_shape(build(model_name, model_kwargs, VARIANTS[0], 10, "cpu"), batch, size)),
+                  precision=precision, rounds=rounds, input=list(shape),
                   memory_measure="cuda max_memory_allocated" if device.type == "cuda"
                   else "model bytes + peak RSS growth over two steps (fresh process per variant)",
                   rows=rows, profile=profiled, seconds_total=round(time.time() - started, 1), machine=machine_info())
@@ -362,7 +389,8 @@ def plot_bench(result: dict, path: Path) -> None:
                color=["tab:red" if r["variant"].startswith("ssf") else "tab:gray" for r in rows])
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=60)
-    fig.suptitle(f"{result['model']} batch {result['batch']} on {result['device']} "
+    fig.suptitle(f"{result['model']} batch {result['batch']} {result.get('precision', 'fp32')} "
+                 f"on {result['device']} "
                  f"({result['machine']['cpus']} CPUs, torch {result['machine']['torch']})")
     fig.tight_layout()
     save_png(fig, path)
@@ -373,7 +401,8 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         mem = f"{r['memory_mb']:10.0f} {r['memory_ratio']:7.2f}" if r["memory_mb"] else f"{'':10} {'':7}"
         lines.append(f"{r['variant']:18} {r['kind']:6} {r['seconds']:9.4f} {r['time_ratio']:7.2f} {mem}")
-    lines.append("reference: training vs full, inference vs plain; memory: " + result["memory_measure"])
+    lines.append(f"precision: {result.get('precision', 'fp32')}; reference: training vs full, inference vs "
+                 f"plain; memory: " + result["memory_measure"])
     for g in goals(result):
         value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
         lines.append(f"goal: {g['goal']:40} {value:>7}  {'met' if g['met'] else 'MISSED' if g['met'] is False else ''}")

@@ -137,30 +137,54 @@ def cmd_report(args) -> int:
     return 0
 
 
-def recipe_paths() -> list:
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[2] / "recipes"
-    return sorted(root.rglob("*.yaml")) if root.is_dir() else []
+def model_names(pattern: str | None = None) -> list[str]:
+    """Every name create_model builds (timm architectures and the embedded backbones), filtered
+    by a glob pattern."""
+    import fnmatch
+
+    import timm
+
+    from .backbones.embedded import EMBEDDED
+    from .models import register_backbones
+    register_backbones()
+    names = sorted({*timm.list_models(), *EMBEDDED})
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
 
 
 def cmd_list(args) -> int:
-    if args.what in ("recipes", "all"):
-        print("recipes:")
-        for path in recipe_paths():
-            print(f"  {path.relative_to(path.parents[1]) if len(path.parents) > 1 else path}")
+    import fnmatch
+
+    from .config import recipe_names
+    if args.pattern and args.filter and args.pattern != args.filter:
+        raise ScaleshiftError("give the pattern once: `scaleshift list models PATTERN` "
+                              "(--filter is the same thing)")
+    pattern = args.pattern or args.filter
+    if pattern and args.what not in ("models", "recipes"):
+        raise ScaleshiftError(f"a pattern filters models or recipes, e.g. `scaleshift list models "
+                              f"'vit_*'`, not {args.what}")
+    if args.what in ("models", "recipes"):   # one name per line, nothing else: pipe it
+        names = model_names(pattern) if args.what == "models" else \
+            [n for n in recipe_names() if not pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not names:
+            examples = "'vit_*', '*convnext*'" if args.what == "models" else "'vtab/*', '*_ssf'"
+            raise ScaleshiftError(f"no {args.what[:-1]} name matches {pattern!r}; the pattern is a "
+                                  f"glob, e.g. {examples}" if pattern else
+                                  f"no {args.what} found (is scaleshift installed with its package data?)")
+        print("\n".join(names))
+        return 0
+    if args.what == "all":
+        print("recipes (scaleshift train NAME):")
+        for name in recipe_names():
+            print(f"  {name}")
     if args.what in ("methods", "all"):
         from .methods import methods
         print("methods: " + ", ".join(methods()))
     if args.what in ("datasets", "all"):
         from .data import list_datasets
         print("datasets: " + ", ".join(list_datasets()))
-    if args.what in ("models", "all"):
-        import timm
-        from .models import register_backbones
-        register_backbones()
-        names = timm.list_models(args.filter or "*")
-        print(f"models ({len(names)} timm architectures" + (f" matching {args.filter!r}" if args.filter else "")
-              + "): " + ", ".join(names))
+    if args.what == "all":
+        print(f"models: {len(model_names()):,} names (timm architectures and scaleshift's embedded "
+              f"backbones); list them with `scaleshift list models [PATTERN]`")
     return 0
 
 
@@ -168,7 +192,8 @@ def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
     result = run_bench(args.model, args.batch_size, args.device, args.rounds, args.model_kwargs,
                        args.size, args.out, with_memory=not args.no_memory,
-                       profile=[x for x in (args.profile or "").split(",") if x])
+                       profile=[x for x in (args.profile or "").split(",") if x],
+                       precision=args.precision)
     print(format_table(result))
     if args.out:
         print(f"written: {args.out}/bench.json, bench.csv, bench.png")
@@ -241,6 +266,22 @@ def cmd_adapters(args) -> int:
     return 0
 
 
+TRAIN_EXAMPLES = """\
+examples:
+  # one run: a packaged recipe with overrides
+  scaleshift train builtin/digits_ssf epochs=20 lr=1e-3 method=bias out_dir=runs/digits_bias
+  # continue after a crash or a kill: the same recipe and overrides, plus --resume
+  scaleshift train builtin/digits_ssf epochs=20 lr=1e-3 method=bias out_dir=runs/digits_bias --resume
+  # 4 processes on one machine (batch_size stays the global batch)
+  torchrun --nproc_per_node=4 -m scaleshift.cli train cifar100/vit_b16_ssf out_dir=runs/c100_ssf"""
+
+
+def train_epilog() -> str:
+    from .config import describe_keys
+    return (f"config keys (KEY=VALUE; a.b=VALUE sets one key of a mapping; values are YAML):\n"
+            f"{describe_keys()}\n\n{TRAIN_EXAMPLES}")
+
+
 def weights_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
                    help="which of the run's weights: the reported ones (default), or final, "
@@ -279,9 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train from a recipe: scaleshift train RECIPE.yaml key=value ...")
-    p.add_argument("recipe", nargs="?", help="recipe YAML (omit to use the defaults); then "
-                   "KEY=VALUE overrides, before or after the flags")
+    p = sub.add_parser("train", help="train from a recipe: scaleshift train RECIPE key=value ...",
+                       description="Train from a recipe: a packaged recipe name (`scaleshift list\n"
+                       "recipes`, e.g. vtab/dtd_ssf) or a YAML file (a real path wins), then\n"
+                       "KEY=VALUE overrides, before or after the flags. An unknown key or a wrong\n"
+                       "type is an error before any work.",
+                       epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", nargs="?", help="packaged recipe name or YAML file (omit to use the "
+                   "defaults)")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
     p.add_argument("--validate-only", action="store_true", help="check the config and stop")
     p.set_defaults(func=cmd_train)
@@ -304,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="recipes, methods, models, datasets")
     p.add_argument("what", nargs="?", default="all",
                    choices=("all", "recipes", "methods", "models", "datasets"))
-    p.add_argument("--filter", default=None, help="model name pattern, e.g. 'vit_*'")
+    p.add_argument("pattern", nargs="?", default=None,
+                   help="glob filter for models or recipes: `list models 'vit_*'`, `list recipes 'vtab/*'`")
+    p.add_argument("--filter", default=None, help="the same as PATTERN")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("bench", help="training / inference time and memory of every method")
     p.add_argument("--model", help="timm or embedded model name (required)")
@@ -317,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated trained variants to profile with torch.profiler, e.g. "
                         "ssf,bias,full (writes profile_<variant>.txt under --out)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: every measured forward under torch.autocast(device, bfloat16)")
     p.set_defaults(func=cmd_bench, model_kwargs={},   # timm kwargs: model_kwargs.img_size=32
                    required=("model", "batch_size"))
     p = sub.add_parser("export", help="merged plain weights (safetensors) or an ONNX graph, checked")

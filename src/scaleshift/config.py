@@ -6,7 +6,12 @@ config is saved next to the run (config.yaml) and inside every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib.resources
+import inspect
 import math
+import re
+import tokenize
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +26,13 @@ from .options import parse_assignments, set_path
 @dataclass
 class RunConfig:
     # what to train
-    model: str = "vit_tiny_patch16_224"
+    model: str = "vit_tiny_patch16_224"                 # timm or embedded: scaleshift list models PATTERN
     model_kwargs: dict = field(default_factory=dict)    # timm constructor kwargs (img_size, ...)
     pretrained: Any = False                               # False | True (hub) | "path/to/weights"
     method: str = "ssf"
-    method_options: dict = field(default_factory=dict)
+    method_options: dict = field(default_factory=dict)  # method_options.layers=4; see scaleshift methods
     # data
-    dataset: str = "digits"
+    dataset: str = "digits"                               # see scaleshift datasets
     data_root: str | None = None
     dataset_options: dict = field(default_factory=dict)  # e.g. seed of a built-in task
     train_split: str = "train"
@@ -156,6 +161,74 @@ OPEN_BELOW = {"lr", "grad_clip", "ema_decay"}
 OPEN_ABOVE = {"label_smoothing", "drop_path", "ema_decay"}
 
 
+def _type_name(hint: Any) -> str:
+    if hint is Any:
+        return "any"
+    kinds = typing.get_args(hint) or (hint,)
+    return " | ".join("null" if k is type(None) else getattr(k, "__name__", str(k)) for k in kinds)
+
+
+def _yaml_text(value: Any) -> str:
+    """A default as one types it after key= (the YAML the option grammar reads)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float, str)):
+        return repr(value) if isinstance(value, float) else (str(value) or "''")
+    return yaml.safe_dump(value, default_flow_style=True).strip()
+
+
+def _source_comments() -> tuple[dict[str, str], dict[str, str]]:
+    """From RunConfig's own source: the comment after each field, and the section comment
+    above it ('# data'). Empty when the source is not available."""
+    try:
+        lines = inspect.getsource(RunConfig).splitlines(keepends=True)
+        tokens = list(tokenize.generate_tokens(iter(lines).__next__))
+    except (OSError, TypeError, tokenize.TokenError):
+        return {}, {}
+    comments = {tok.start[0]: tok.string.lstrip("#").strip() for tok in tokens
+                if tok.type == tokenize.COMMENT}
+    field_line = re.compile(r"^    (\w+)\s*:")
+    notes, sections, section = {}, {}, ""
+    for number, line in enumerate(lines, start=1):
+        if line.strip().startswith("#"):
+            section = comments.get(number, "")
+            continue
+        match = field_line.match(line)
+        if match and match.group(1) in FIELDS:
+            notes[match.group(1)] = comments.get(number, "")
+            sections[match.group(1)] = section
+    return notes, sections
+
+
+def describe_keys() -> str:
+    """Every RunConfig key with its type, default, choices or range and note, grouped as the
+    dataclass groups them; generated from the dataclass, CHOICES, RANGES and the method
+    registry (`scaleshift train --help`)."""
+    from .methods import methods
+    choices = dict(RunConfig.CHOICES, method=tuple(methods()))
+    notes, sections = _source_comments()
+    rows = []
+    for f in dataclasses.fields(RunConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        allowed = choices.get(f.name)
+        rule = "{" + ", ".join(allowed) + "}" if allowed else RANGES.get(f.name, (None, None, ""))[2]
+        note = notes.get(f.name, "")
+        if allowed and note == " | ".join(allowed):   # the comment only repeats the choices
+            note = ""
+        rows.append((sections.get(f.name, ""), f.name, _type_name(_HINTS[f.name]),
+                     _yaml_text(default), "; ".join(x for x in (rule, note) if x)))
+    widths = [max(len(r[i]) for r in rows) for i in range(1, 4)]
+    lines, section = ["    " + "  ".join(h.ljust(w) for h, w in zip(("KEY", "TYPE", "DEFAULT"), widths))
+                      + "  ALLOWED; NOTE"], None
+    for row in rows:
+        if row[0] != section:
+            section = row[0]
+            lines.append(f"  {section}:" if section else "  other:")
+        cells = "  ".join(c.ljust(w) for c, w in zip(row[1:4], widths))
+        lines.append(f"    {cells}  {row[4]}".rstrip())
+    return "\n".join(lines)
+
+
 def _coerce(key: str, value: Any) -> Any:
     hint = _HINTS[key]
     if hint is Any:
@@ -202,17 +275,63 @@ def make_config(data: dict) -> RunConfig:
     return RunConfig(**{k: _coerce(k, v) for k, v in data.items()}).validate()
 
 
+RECIPE_SUFFIX = ".yaml"
+
+
+def _packaged_recipes():
+    """The recipes/ folder shipped inside the package (a Traversable: a wheel, a zip, a tree)."""
+    return importlib.resources.files("scaleshift").joinpath("recipes")
+
+
+def recipe_names() -> list[str]:
+    """Every packaged recipe by the name `scaleshift train` takes: 'vtab/dtd_ssf'."""
+    names: list[str] = []
+
+    def walk(folder, prefix: str) -> None:
+        for child in folder.iterdir():
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(RECIPE_SUFFIX):
+                names.append(prefix + child.name[:-len(RECIPE_SUFFIX)])
+    root = _packaged_recipes()
+    if root.is_dir():
+        walk(root, "")
+    return sorted(names)
+
+
+def find_recipe(name: str | Path) -> tuple[str, str]:
+    """(where it came from, YAML text) of a recipe. A file path wins; otherwise `name` is a
+    packaged recipe ('vtab/dtd_ssf', with or without .yaml; 'recipes/vtab/dtd_ssf.yaml', the
+    repository path before recipes became package data, names the same one)."""
+    path = Path(name)
+    if path.is_file():
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScaleshiftError(f"cannot read recipe {path}: {exc}") from None
+    key = path.as_posix().removesuffix(RECIPE_SUFFIX).removeprefix("recipes/")
+    known = recipe_names()
+    if key in known:
+        node = _packaged_recipes()
+        for part in (key + RECIPE_SUFFIX).split("/"):
+            node = node.joinpath(part)
+        return f"packaged recipe {key}", node.read_text(encoding="utf-8")
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ScaleshiftError(f"recipe {str(name)!r} is neither a file nor a packaged recipe{hint} "
+                          f"List the packaged ones with `scaleshift list recipes`.")
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Recipe file (or none: the defaults) + overrides -> validated RunConfig."""
+    """Recipe (a YAML file or a packaged recipe name; none: the defaults) + overrides ->
+    validated RunConfig."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ScaleshiftError(f"recipe {path} not found; list them with `scaleshift list recipes`")
+        where, text = find_recipe(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ScaleshiftError(f"recipe {path} is not valid YAML: {exc}") from None
+            raise ScaleshiftError(f"recipe {where} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
-            raise ScaleshiftError(f"recipe {path} must be a mapping of config keys")
+            raise ScaleshiftError(f"recipe {where} must be a mapping of config keys")
     return make_config(apply_overrides(data, list(overrides)))

@@ -1,7 +1,7 @@
 """The training engine: one code path for one process and for torchrun.
 
-    scaleshift train recipes/builtin/digits_ssf.yaml epochs=5
-    torchrun --nproc_per_node=2 -m scaleshift.cli train recipes/builtin/digits_ssf.yaml
+    scaleshift train builtin/digits_ssf epochs=5
+    torchrun --nproc_per_node=2 -m scaleshift.cli train builtin/digits_ssf
 
 `train(cfg)` reads top to bottom as its phases: set up the process (distributed, seeds) ->
 model + method -> data -> optimisation (optimizer, schedule, mixup, EMA) -> resume -> epochs of

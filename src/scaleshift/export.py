@@ -14,6 +14,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from .errors import ScaleshiftError
+from .extras import require
 from .io import atomic_path, write_json
 from .models import identity_of, plain_model
 from .profiles import input_size_of
@@ -46,7 +47,7 @@ def export_safetensors(run_dir: str | Path, out: str | Path | None = None,
 
 
 def onnx_op_counts(path: Path) -> dict[str, int]:
-    import onnx
+    onnx = require("onnx", "ONNX export")
     graph = onnx.load(str(path)).graph
     return dict(sorted(Counter(node.op_type for node in graph.node).items()))
 
@@ -62,8 +63,9 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: f
                 weights: str | None = None) -> dict:
     """Merged model -> ONNX; checks that its operator counts equal the plain backbone's export
     and that onnxruntime reproduces PyTorch within `tolerance`."""
-    import onnxruntime
-
+    for module in ("onnx", "onnxscript"):   # the exporter's and the op count's
+        require(module, "ONNX export")
+    onnxruntime = require("onnxruntime", "the ONNX parity check")
     cfg, merged = load_run(run_dir, merged=True, weights=weights)
     out = Path(out or Path(run_dir) / "merged.onnx")
     x = _input(merged, cfg)

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .extras import require
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -93,14 +95,13 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def figure(*args, **kwargs):
     """plt.subplots on the non-interactive Agg backend (no screen needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    require("matplotlib", "plotting").use("Agg")
+    plt = require("matplotlib.pyplot", "plotting")
     return plt.subplots(*args, **kwargs)
 
 
 def save_png(fig, path: str | os.PathLike) -> None:
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "plotting")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)

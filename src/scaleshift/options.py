@@ -2,7 +2,7 @@
 int, 1e-3 a number, true a bool, [a, b] a list), dotted keys reaching into mappings
 (`method_options.layers=4`, `model_kwargs.img_size=32`).
 
-    scaleshift train recipes/builtin/digits_ssf.yaml --resume epochs=3 method_options.layers=2
+    scaleshift train builtin/digits_ssf --resume epochs=3 method_options.layers=2
     scaleshift params model=vit_base_patch16_224 method=ssf layers=4
 """
 from __future__ import annotations

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ScaleshiftError
+from ..extras import require
 from .base import DatasetSpec, Generated
 
 HIRES = 96   # the size of the tasks for real ImageNet backbones (names end in _96)
@@ -49,10 +50,12 @@ FASHION_SIZES = {"train": 60000, "test": 10000}
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
 FASHION_LAYOUT = f"""\
-no root: {DEBIAN_FASHION_MNIST}/ (apt-get install dataset-fashion-mnist)
+no root: {DEBIAN_FASHION_MNIST}/, from Debian's package: sudo apt-get install
+  dataset-fashion-mnist (or `make system-data` in a scaleshift checkout)
 --root: <root>/ or <root>/FashionMNIST/raw/ (torchvision) holding
   train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
-  t10k-labels-idx1-ubyte   (each optionally .gz)"""
+  t10k-labels-idx1-ubyte   (each optionally .gz); where the internet is reachable,
+  torchvision.datasets.FashionMNIST(<root>, download=True) writes them"""
 
 # fixed keys of the random streams, so no two built-ins share one
 _KEYS = dict(fashion=11, digits=12, fashion_c=13, fractal=14, fashion_rot=15)
@@ -189,7 +192,7 @@ def build_fashion_mnist(root=None, split="train", *, seed=0, num_classes=None, s
 def build_digits(root=None, split="train", *, seed=0, num_classes=None, strict=False,
                  size=None):
     """size None: 8x8 shown as 32x32 blocks; else the 8x8 images resized to size (bicubic)."""
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "the digits dataset").load_digits
     check_num_classes("digits", num_classes, 10)
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)
@@ -227,12 +230,12 @@ def _impulse_noise(x, s, rng):
 
 
 def _gaussian_blur(x, s, rng):
-    from scipy.ndimage import gaussian_filter
+    gaussian_filter = require("scipy.ndimage", "fashion-mnist-C").gaussian_filter
     return gaussian_filter(x, (0.6, 0.9, 1.2, 1.6, 2.2)[s - 1], mode="nearest")
 
 
 def _motion_blur(x, s, rng):
-    from scipy.ndimage import convolve
+    convolve = require("scipy.ndimage", "fashion-mnist-C").convolve
     length = (3, 5, 7, 9, 11)[s - 1]
     angle = rng.uniform(0, np.pi)
     kernel = np.zeros((length, length))
@@ -267,7 +270,8 @@ def _jpeg_compression(x, s, rng):
 
 
 def _elastic_transform(x, s, rng):
-    from scipy.ndimage import gaussian_filter, map_coordinates
+    ndimage = require("scipy.ndimage", "fashion-mnist-C")
+    gaussian_filter, map_coordinates = ndimage.gaussian_filter, ndimage.map_coordinates
     alpha = (20, 35, 50, 70, 90)[s - 1]
     dy, dx = (gaussian_filter(rng.uniform(-1, 1, x.shape), 3.0) * alpha for _ in range(2))
     rows, cols = np.meshgrid(np.arange(x.shape[0]), np.arange(x.shape[1]), indexing="ij")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import extras
 from ..errors import ScaleshiftError
 from .base import (DatasetSpec, ImageFiles, check_labels, layout_error, parse_label, read_json,
                    read_table, require)
@@ -158,7 +159,7 @@ def _mat_strings(array) -> list[str]:
 
 
 def _dogs_samples(name, root, split, num_classes):
-    from scipy.io import loadmat
+    loadmat = extras.require("scipy.io", "Stanford Dogs' .mat split files").loadmat
     lay = layout(name)
     path = require(root / f"{split}_list.mat", lay)
     try:

@@ -24,6 +24,7 @@ from functools import lru_cache, partial
 import numpy as np
 from PIL import Image
 
+from ..extras import require
 from .base import DatasetSpec, Generated
 from .builtin import (TEST_SEED, HIRES, PROTOCOL_ALIASES, PROTOCOL_SPLITS, PROTOCOL_TEXT,
                       check_num_classes, protocol_items)
@@ -100,11 +101,11 @@ def load_skimage(name: str, long_side: int | None) -> np.ndarray:
     """A scikit-image sample image (or scikit-learn's china / flower photo) as uint8 RGB,
     optionally resized to `long_side`."""
     if name in SKLEARN_PHOTOS:
-        from sklearn.datasets import load_sample_image
+        load_sample_image = require("sklearn.datasets", "the photograph tasks").load_sample_image
         array = np.asarray(load_sample_image(f"{name}.jpg"))
     else:
-        import skimage.data
-        array = np.asarray(getattr(skimage.data, name)())
+        samples = require("skimage.data", "the scikit-image photograph tasks")
+        array = np.asarray(getattr(samples, name)())
     if array.dtype != np.uint8:
         array = np.uint8(np.round(255 * (array.astype(np.float64) / max(array.max(), 1e-12))))
     image = Image.fromarray(array).convert("RGB")
@@ -168,8 +169,8 @@ FACE_SIZES = dict(train=2000, val=400, test=1000)
 
 class FaceSource:
     def __init__(self, seed: int, size: int | None = None):
-        import skimage.data
-        images = skimage.data.lfw_subset()          # (200, 25, 25) floats: 100 faces, 100 not
+        # (200, 25, 25) floats: 100 faces, 100 not
+        images = require("skimage.data", "the faces task").lfw_subset()
         self.images = np.uint8(np.round(255 * np.clip(images, 0, 1)))
         self.code, self.seed, self.size = _TASK_CODES["faces"], seed, size
         self.pools = {}

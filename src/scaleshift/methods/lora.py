@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ScaleshiftError
+from ..extras import require
 from ..models import classifier_parameter_names
 from . import Method, Option, plain_key, register
 
@@ -24,7 +25,7 @@ class LoRA(Method):
     }
 
     def inject(self, model: nn.Module, opts: dict) -> list[str]:
-        from peft import LoraConfig, inject_adapter_in_model
+        peft = require("peft", "method lora")
 
         head = {n.rpartition(".")[0] for n in classifier_parameter_names(model)}
         targets = [name for name, module in model.named_modules()
@@ -33,9 +34,9 @@ class LoRA(Method):
         if not targets:
             raise ScaleshiftError(f"lora: no Linear/Conv2d named {opts['targets']} in "
                                   f"{type(model).__name__}; set targets=name1,name2")
-        config = LoraConfig(r=opts["rank"], lora_alpha=opts["alpha"], lora_dropout=opts["dropout"],
+        config = peft.LoraConfig(r=opts["rank"], lora_alpha=opts["alpha"], lora_dropout=opts["dropout"],
                             target_modules=targets)
-        inject_adapter_in_model(config, model)
+        peft.inject_adapter_in_model(config, model)
         return [n for n, _ in model.named_parameters() if ".lora_" in n]
 
     def merge_state(self, base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],

@@ -23,12 +23,29 @@ from ..profiles import GROUPS, Point, family_of, generic_points, is_affine_norm,
 from . import Method, Option, plain_key, register, replace_module
 
 
+def _compiling() -> bool:
+    """True while torch.compile (dynamo) traces the model."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    return bool(is_compiling())
+
+
+def _scale_safe_to_divide(scale: torch.Tensor | None) -> bool:
+    """Whether the scale's gradient may be recovered from the saved output: every |scale| >
+    1e-3. Reading the values is a host sync, which torch.compile would turn into a graph break
+    at every SSF layer; while compiling the answer is therefore always False, and the
+    data-independent path (the layer's output saved for the scale's gradient) is traced
+    instead. Compiled and eager steps then agree within fp32 rounding (tests/test_compile.py)."""
+    if scale is None:
+        return True
+    return not _compiling() and bool(scale.detach().abs().min() > 1e-3)
+
+
 class ScaleShiftOutputFn(torch.autograd.Function):
     """z = y * scale + shift that saves its OUTPUT z for backward (and recomputes
     y = (z - shift) / scale there) instead of its input y. The op after SSF usually saves z too
     (GELU, LayerNorm, attention's q/k/v), so SSF adds no activation memory of its own; saving y
     would add one full activation per insertion point. Falls back to saving y when a scale is
-    too close to zero to divide by."""
+    too close to zero to divide by, and under torch.compile (see _scale_safe_to_divide)."""
 
     @staticmethod
     def forward(ctx, y, scale, shift, channel_dim):
@@ -37,7 +54,7 @@ class ScaleShiftOutputFn(torch.autograd.Function):
         s = scale.view(shape) if scale is not None and scale.numel() > 1 else scale
         b = shift.view(shape) if shift is not None else None
         z = y * s if b is None else (y + b if s is None else torch.addcmul(b, y, s))
-        recompute = s is None or bool(scale.detach().abs().min() > 1e-3)
+        recompute = s is None or _scale_safe_to_divide(scale)
         ctx.save_for_backward(z if recompute else y, s, b)
         ctx.recompute, ctx.channel_dim = recompute, channel_dim % y.ndim
         ctx.has_scale, ctx.has_shift = scale is not None, shift is not None
@@ -83,7 +100,8 @@ class FrozenLayerScaleShiftFn(torch.autograd.Function):
     extra pass over the output and the backward's input gradient is a single matmul / conv with
     the folded weight, exactly as for BitFit. No weight gradient is ever formed. The scale's
     gradient sum(g * (z - shift)) / scale comes from the saved output z, which the next op saves
-    anyway, so no activation is added. Used only when every |scale| > 1e-3."""
+    anyway, so no activation is added. Used only when every |scale| > 1e-3, and not under
+    torch.compile (_scale_safe_to_divide)."""
 
     @staticmethod
     def forward(ctx, x, scale, shift, layer):
@@ -142,6 +160,9 @@ class ScaleShift(nn.Module):
         self.ssf_scale = nn.Parameter(torch.ones(1 if scalar_scale else channels)) if scale else None
         self.ssf_shift = nn.Parameter(torch.zeros(channels)) if shift else None
         self.explicit = False   # True: layer(x) * scale + shift literally (SSF.explicit_reference)
+        # fixed by the layer's type and the vectors, so decided once: a flag set lazily in
+        # forward would make torch.compile recompile the whole model after its first step
+        self._is_foldable = self.unfoldable_reason() is None
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, channel_dim={self.channel_dim}"
@@ -186,8 +207,6 @@ class ScaleShift(nn.Module):
         return ScaleShiftOutputFn.apply(y, self.ssf_scale, self.ssf_shift, self.channel_dim)
 
     def _foldable(self) -> bool:
-        if not hasattr(self, "_is_foldable"):
-            self._is_foldable = self.unfoldable_reason() is None
         return self._is_foldable
 
     def _base_trainable(self) -> bool:
@@ -199,7 +218,7 @@ class ScaleShift(nn.Module):
                                             or base.padding_mode != "zeros"
                                             or isinstance(base.padding, str)):
             return False
-        return self.ssf_scale is None or bool(self.ssf_scale.detach().abs().min() > 1e-3)
+        return _scale_safe_to_divide(self.ssf_scale)
 
     def unfoldable_reason(self) -> str | None:
         base = self.base_layer

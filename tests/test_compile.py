@@ -1,0 +1,125 @@
+"""PyTorch 2 training of SSF (issue 15, item 7): torch.compile of an SSF model traces as one graph
+and trains like eager; a bf16 autocast step is close to fp32; `bench` measures in bf16.
+
+The compiled test uses backend="aot_eager": dynamo captures the graph and AOTAutograd traces
+forward and backward, SSF's autograd Functions included, exactly as for inductor, without
+inductor's C++ code generation (about a minute on 2 CPU cores, cold). The default backend is
+checked the same way with SCALESHIFT_COMPILE_BACKEND=inductor.
+"""
+import contextlib
+import copy
+import os
+
+import torch
+import torch.nn.functional as F
+
+import scaleshift
+from scaleshift.methods.ssf import ScaleShift
+
+BACKEND = os.environ.get("SCALESHIFT_COMPILE_BACKEND", "aot_eager")
+
+
+def ssf_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = scaleshift.create_model("scaleshift_vit32", 10, pretrained=True)
+    scaleshift.apply(model, "ssf")
+    with torch.no_grad():   # a few scales near 0: eager takes its save-the-input path at this layer
+        model.blocks[1].mlp.fc1.ssf_scale[:4] = 1e-4
+    return model.train()
+
+
+def batch():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, 32, 32, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+
+
+def train_step(model, optimizer, images, labels, forward_context=contextlib.nullcontext):
+    """One step: loss and every trainable parameter's gradient (names without compile's prefix).
+    The forward and the loss run in `forward_context` (autocast), the backward outside it."""
+    optimizer.zero_grad(set_to_none=True)
+    with forward_context():
+        loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    grads = {name.removeprefix("_orig_mod."): p.grad.clone()
+             for name, p in model.named_parameters() if p.requires_grad}
+    optimizer.step()
+    return loss.detach(), grads
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def test_compiled_ssf_model_trains_like_eager():
+    eager = ssf_model()
+    assert sum(isinstance(m, ScaleShift) for m in eager.modules()) == 26
+    compiled_model = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    # fullgraph: no graph break anywhere, in particular at none of the 26 SSF layers
+    compiled = torch.compile(compiled_model, backend=BACKEND, fullgraph=True)
+    # SGD, whose update is linear in the gradient: Adam's first step, g / |g|, would turn the
+    # rounding noise of gradients that are 0 in exact arithmetic (the key part of qkv's shift:
+    # softmax ignores it) into full-size updates of either sign
+    opt_eager = torch.optim.SGD(trainable(eager), lr=0.05, momentum=0.9)
+    opt_compiled = torch.optim.SGD(trainable(compiled_model), lr=0.05, momentum=0.9)
+    images, labels = batch()
+    names = {n for n, p in eager.named_parameters() if p.requires_grad}
+    with torch._dynamo.config.patch(error_on_recompile=True):   # step 2 reuses step 1's graphs
+        for step in range(2):
+            loss_eager, grads_eager = train_step(eager, opt_eager, images, labels)
+            loss_compiled, grads_compiled = train_step(compiled, opt_compiled, images, labels)
+            torch.testing.assert_close(loss_compiled, loss_eager)
+            assert set(grads_compiled) == set(grads_eager) == names
+            for name in names:
+                assert grads_eager[name].abs().sum() > 0, name
+                torch.testing.assert_close(grads_compiled[name], grads_eager[name], msg=name)
+    for (name, a), b in zip(eager.named_parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(b, a, msg=name)
+
+
+def cosine(a: dict, b: dict) -> float:
+    x = torch.cat([a[k].flatten() for k in sorted(a)])
+    y = torch.cat([b[k].flatten() for k in sorted(a)])
+    return float(x @ y / (x.norm() * y.norm()))
+
+
+def test_bf16_autocast_step_is_close_to_fp32():
+    model = ssf_model()
+    images, labels = batch()
+    optimizer = torch.optim.SGD(trainable(model), lr=0.0)   # lr 0: the same weights for both
+    loss32, grads32 = train_step(model, optimizer, images, labels)
+    seen = []
+    hook = model.head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    loss16, grads16 = train_step(model, optimizer, images, labels,
+                                 lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    hook.remove()
+    assert seen == [torch.bfloat16]                        # the matmuls really ran in bf16
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads16.values())
+    # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per op); through 4 blocks the loss
+    # moves by well under 1%, and the gradient keeps its direction
+    assert abs(float(loss16) - float(loss32)) <= 0.01 * float(loss32)
+    assert cosine(grads16, grads32) > 0.99
+
+
+def test_bench_runs_in_bf16(monkeypatch, capsys):
+    from scaleshift import bench
+    from scaleshift.cli import main
+    dtypes = []
+    build = bench.build
+
+    def recording_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        return model
+    monkeypatch.setattr(bench, "build", recording_build)
+    tiny = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    result = bench.run_bench("vit_tiny_patch16_224", batch=4, rounds=1, model_kwargs=tiny,
+                             with_memory=False, precision="bf16")
+    assert result["precision"] == "bf16"
+    assert dtypes and set(dtypes) == {torch.bfloat16}     # every timed forward under autocast
+    assert {r["variant"] for r in result["rows"]} >= {"full", "ssf", "ssf_merged", "plain"}
+    assert all(r["seconds"] > 0 for r in result["rows"])
+    assert "precision: bf16" in bench.format_table(result)
+    assert main(["bench", "--model", "vit_tiny_patch16_224", "batch_size=2", "rounds=1",
+                 "precision=fp16", "--no-memory"]) == 2
+    assert "precision must be one of ['fp32', 'bf16']" in capsys.readouterr().err
