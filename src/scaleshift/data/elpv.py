@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ScaleshiftError
+from ..extras import missing
 from .base import DatasetSpec, Generated
 from .builtin import TEST_SEED, HIRES, PROTOCOL_ALIASES, PROTOCOL_SPLITS, PROTOCOL_TEXT, \
     check_num_classes, protocol_items
@@ -55,10 +56,8 @@ def data_dir(root=None) -> Path:
     else:
         spec = importlib.util.find_spec(MODULE)
         if spec is None or not spec.submodule_search_locations:
-            raise ScaleshiftError(
-                f"the elpv tasks need the elpv solar-cell images, which are not installed. "
-                f"Install them with `{INSTALL}` (CC-BY-NC-SA-4.0 data from PyPI), or pass "
-                f"root=<folder with labels.csv and images/>")
+            raise missing(MODULE, "the elpv tasks (CC-BY-NC-SA-4.0 solar-cell images from PyPI)",
+                          alternative="or pass root=<folder with labels.csv and images/>")
         folder = Path(list(spec.submodule_search_locations)[0]) / "data"
     if not (folder / "labels.csv").is_file():
         raise ScaleshiftError(f"elpv labels.csv not found in {folder}\nexpected layout:\n{LAYOUT}")
