@@ -25,8 +25,8 @@ GENERATED = ["patch_textures_96", "patch_textures_zoom_96", "patch_photos_96",
              "struct_distance_96"]
 CLASSES = {"patch_textures_96": 4, "patch_textures_zoom_96": 12, "patch_photos_96": 10,
            "patch_photos_fine_96": 10, "patch_medical_96": 3, "patch_medical_zoom_96": 9,
-           "faces_96": 2, "struct_location_96": 16, "struct_orientation_96": 16, "struct_count_96": 8,
-           "struct_distance_96": 6, "digits_96": 10, "fashion_mnist_96": 10,
+           "faces_96": 2, "struct_location_96": 16, "struct_orientation_96": 16,
+           "struct_count_96": 8, "struct_distance_96": 6, "digits_96": 10, "fashion_mnist_96": 10,
            "elpv_defect_96": 4, "elpv_type_96": 2}
 
 

@@ -257,7 +257,8 @@ def _hires_layout(cfg) -> str:
     crops = "/".join(str(c) for c in cfg["crops"])
     return (f"built in: sample images {', '.join(cfg['images'])} ({size});\n"
             f"{crops} px crops shown at {cfg['size']}x{cfg['size']}, from disjoint "
-            f"{cfg['grid']}x{cfg['grid']}-grid blocks (10 train / 2 val / 4 test)\n" + PROTOCOL_TEXT)
+            f"{cfg['grid']}x{cfg['grid']}-grid blocks (10 train / 2 val / 4 test)\n"
+            + PROTOCOL_TEXT)
 
 
 _HIRES_WHAT = {
