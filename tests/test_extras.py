@@ -106,6 +106,9 @@ def _elpv(tmp_path):
         "corruption", "figure", "efficientnet-lite-weights", "elpv"])
 def test_every_optional_import_names_its_extra(monkeypatch, tmp_path, call, blocked, extra):
     import importlib.util
+
+    from scaleshift.data import patches
+    patches.load_skimage.cache_clear()    # photographs an earlier test loaded stay cached
     block(monkeypatch, *blocked)
     real = importlib.util.find_spec       # elpv only locates its package: absent there too
     monkeypatch.setattr(importlib.util, "find_spec",
