@@ -48,6 +48,9 @@ def test_onnx_export_has_the_plain_op_counts_and_matches_torch(runs):
     report = json.loads((runs / "digits" / "merged.json").read_text())
     assert report["same_ops_as_plain"] and report["op_counts"] == report["plain_op_counts"]
     assert report["max_abs_diff_vs_torch"] <= 1e-4
+    # one graph for any batch size: parity at batch 1 and 8
+    assert report["dynamic_batch"] and sorted(map(int, report["max_abs_diff_by_batch"])) == [1, 8]
+    assert max(report["max_abs_diff_by_batch"].values()) <= 1e-4
 
 
 def test_three_tasks_in_one_batch_equal_three_merged_models(runs):
