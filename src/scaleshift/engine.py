@@ -121,12 +121,8 @@ def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
     epoch on val_split, without testing; stage 2 retrains from scratch on retrain_split with
     the same schedule up to the selected epoch and tests once. out_dir holds both stages
     (select/, retrain/), the reported adapter and one results.json."""
-    out = Path(cfg.out_dir)
-    claim = claim_out_dir(out, rank=int(os.environ.get("RANK", "0")))
-    if not resume and (out / RESULTS).exists():
-        if claim is not None:
-            claim.close()
-        raise ScaleshiftError(f"{out} already holds a run; choose another out_dir")
+    out, rank = Path(cfg.out_dir), int(os.environ.get("RANK", "0"))
+    claim = claim_out_dir(out, rank, refuse=() if resume else (RESULTS,))
     try:
         stages = {}
         select = dataclasses.replace(cfg, retrain_split=None, test_split=None,
@@ -148,7 +144,7 @@ def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
         selected=dict(final, val_top1=stages["select"]["selected"]["val_top1"]),
         reported=dict(final, weights=ADAPTER), weights={"reported": ADAPTER},
         config=cfg.to_dict())
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank == 0:
         copy_dir(out / "retrain" / ADAPTER, out / ADAPTER)
         write_text(out / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json(out / RESULTS, results)
@@ -187,25 +183,24 @@ def setup_process(cfg: RunConfig, resume: bool) -> Trainer:
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     t = Trainer(cfg, rank, world, device, autocast_for(cfg.precision, device), out)
-    t.lock = claim_out_dir(out, rank)
-    if not resume and ((out / CHECKPOINT).exists() or (out / RESULTS).exists()):
-        if t.lock is not None:
-            t.lock.close()
-        raise ScaleshiftError(f"{out} already holds a run; pass --resume to continue it or "
-                              f"choose another out_dir")
+    t.lock = claim_out_dir(out, rank, refuse=() if resume else (CHECKPOINT, RESULTS))
     return t
 
 
-def claim_out_dir(out: Path, rank: int):
-    """Refuse a non-empty folder that is not a scaleshift run (nothing in it is touched), then
-    (rank 0) create the run directory and lock it for this process: a second training into
-    it is refused at once with the PID that holds it; a killed process's lock is released by
-    the kernel, so the next run takes it over. Returns the open lock file."""
+def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()):
+    """Refuse a non-empty folder that is not a scaleshift run (nothing in it is touched) and a
+    run that already holds one of the files in `refuse` (a run to --resume), then (rank 0)
+    create the run directory and lock it for this process: a second training into it is
+    refused at once with the PID that holds it; a killed process's lock is released by the
+    kernel, so the next run takes it over. Returns the open lock file."""
     if out.exists() and not out.is_dir():
         raise ScaleshiftError(f"out_dir {out} is a file; choose a directory")
     if out.is_dir() and any(out.iterdir()) and not is_run_dir(out):
         raise ScaleshiftError(f"out_dir {out} is a non-empty folder that is not a scaleshift run; "
                               f"nothing in it was touched. Choose a new or empty out_dir")
+    if any((out / name).exists() for name in refuse):
+        raise ScaleshiftError(f"{out} already holds a run; pass --resume to continue it or "
+                              f"choose another out_dir")
     if rank != 0:
         return None
     out.mkdir(parents=True, exist_ok=True)
