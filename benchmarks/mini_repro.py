@@ -36,6 +36,7 @@ from scaleshift.config import make_config
 from scaleshift.engine import train
 from scaleshift.runs import machine_info
 from scaleshift.io import atomic_path, write_json
+from scaleshift.progress import progress, say
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {
@@ -92,24 +93,28 @@ BASE = dict(pretrained=True, input_size=32, train_split="train800", val_split="v
             test_every_epoch=False, log_every=1000)
 
 
-def run_one(job: tuple[str, str, dict]) -> tuple[str, float, float]:
-    """One engine run in its own directory; an interrupted run continues from its checkpoint."""
-    runs, name, overrides = job
+def run_one(job: tuple[str, str, dict]) -> tuple[str, float | None, float]:
+    """One engine run in its own directory; an interrupted run continues from its checkpoint.
+    Returns its reported top-1 (the val top-1 of a selection run without a test split)."""
+    runs, name, config = job
     out = Path(runs) / name
-    cfg = make_config({**BASE, **overrides, "out_dir": str(out)})
+    cfg = make_config({**config, "out_dir": str(out)})
     started = time.time()
     results = train(cfg, resume=(out / "checkpoint.pt").is_file())
-    return name, results["reported"]["top1"], time.time() - started
+    reported = results["reported"]
+    return name, reported.get("top1", reported.get("val_top1")), time.time() - started
 
 
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
+    os.environ["TQDM_DISABLE"] = "1"   # runs side by side would draw their bars over each other
 
 
-def execute(runs: Path, plan: dict[str, dict], jobs: int) -> None:
-    """Run every planned run that has no results.json yet, `jobs` at a time (each process gets
-    cpus // jobs threads: small models use one process per core better than two threads)."""
-    todo = [(str(runs), name, overrides) for name, overrides in plan.items()
+def execute(runs: Path, plan: dict[str, dict], jobs: int, base: dict = BASE) -> None:
+    """Run every planned run (`base` + its overrides) that has no results.json yet, `jobs` at a
+    time (each process gets cpus // jobs threads: small models use one process per core better
+    than two threads)."""
+    todo = [(str(runs), name, {**base, **overrides}) for name, overrides in plan.items()
             if not (runs / name / "results.json").is_file()]
     print(f"{len(plan) - len(todo)} of {len(plan)} runs done, {len(todo)} to go, {jobs} at a time",
           flush=True)
@@ -121,10 +126,10 @@ def execute(runs: Path, plan: dict[str, dict], jobs: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("mini_repro: terminated; rerun to resume"))
     try:
         outcomes = pool.imap_unordered(run_one, todo) if pool else map(run_one, todo)
-        for done, (name, top1, seconds) in enumerate(outcomes, 1):
+        for done, (name, top1, seconds) in enumerate(progress(outcomes, "runs", len(todo)), 1):
             eta = (time.time() - started) / done * (len(todo) - done)
-            print(f"[{done}/{len(todo)}] {name}: top-1 {top1:.2f} in {seconds:.0f}s; ETA {eta / 60:.1f} min",
-                  flush=True)
+            shown = "-" if top1 is None else f"{top1:.2f}"
+            say(f"[{done}/{len(todo)}] {name}: top-1 {shown} in {seconds:.0f}s; ETA {eta / 60:.1f} min")
     finally:
         if pool:
             pool.terminate()

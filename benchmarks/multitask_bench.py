@@ -36,6 +36,7 @@ from scaleshift.merge import perturb_trainable
 from scaleshift.adapter_files import backbone_for, read_adapter_config
 from scaleshift.models import plain_model
 from scaleshift.multitask import MultiTaskModel
+from scaleshift.progress import progress, say
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,13 +164,13 @@ def main(argv=None) -> int:
             counts = [int(n) for n in args.tasks.split(",")]
             made = make_adapters(args.model, pretrained, max(counts), args.classes, Path(tmp))
             lists = [[str(p) for p in made[:n]] for n in counts]
-        for adapters in lists:
+        for adapters in progress(lists, "task counts"):
             runs.append(bench(adapters, pretrained, args.batch_size, args.rounds))
             r = runs[-1]
-            print(f"N={r['tasks']}: multi-task {r['rows']['multitask']['images_per_s']:.0f} img/s, "
-                  f"{r['rows']['multitask']['held_mib']:.1f} MiB held; {r['tasks']} merged models "
-                  f"{r['rows']['merged']['images_per_s']:.0f} img/s, {r['rows']['merged']['held_mib']:.1f} "
-                  f"MiB held; max logit diff {r['max_abs_logit_diff']:.1e}", flush=True)
+            say(f"N={r['tasks']}: multi-task {r['rows']['multitask']['images_per_s']:.0f} img/s, "
+                f"{r['rows']['multitask']['held_mib']:.1f} MiB held; {r['tasks']} merged models "
+                f"{r['rows']['merged']['images_per_s']:.0f} img/s, {r['rows']['merged']['held_mib']:.1f} "
+                f"MiB held; max logit diff {r['max_abs_logit_diff']:.1e}")
     report = dict(command=" ".join(["python benchmarks/multitask_bench.py", *(sys.argv[1:] if argv is None else argv)]),
                   model=args.model, pretrained=pretrained, runs=runs, machine=machine_info(),
                   threads=args.threads, seconds=round(time.time() - started, 1))

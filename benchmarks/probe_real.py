@@ -14,7 +14,7 @@ Then the cost of a training step (forward + backward + AdamW, batch 32, train mo
     (the committed results: the three commands in REGENERATE below)
 
 Finished (task, size, init) results are kept in <out>_parts/, so a rerun resumes; --fresh
-recomputes. Prints progress (tqdm).
+recomputes. Shows progress bars in a terminal.
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_suite import C_GRID, probe  # noqa: E402  (the same probe as the embedded backbones)
 
 from scaleshift.io import atomic_path, write_json  # noqa: E402
+from scaleshift.progress import progress, say  # noqa: E402
 
 GROUPS = {
     "natural": ["patch_textures_96", "patch_textures_zoom_96", "patch_photos_96",
@@ -118,7 +118,7 @@ def extract(task: str, split: str, size: int, seed: int, transform, models: dict
     feats = {kind: [] for kind in models}
     for model in models.values():
         model.eval()
-    for start in tqdm(range(0, n, batch), desc=f"  {task}/{split}", leave=False, mininterval=2):
+    for start in progress(range(0, n, batch), f"{task}/{split}"):
         x = torch.stack([ds[i][0] for i in range(start, min(n, start + batch))])
         for kind, model in models.items():   # the classifier's input: what `linear` trains on
             feats[kind].append(model.forward_head(model.forward_features(x), pre_logits=True))
@@ -162,7 +162,7 @@ def step_cost(model_name: str, sizes: list[int], batch: int = 32, rounds: int = 
     fastest step (the closest to the uncontended cost)."""
     import scaleshift
     samples = {(s, k): ([], []) for s in sizes for k in ("all", "bias")}
-    for _ in tqdm(range(rounds), desc="step cost rounds"):
+    for _ in progress(range(rounds), "step cost rounds"):
         for (size, trainable), (train, evals) in samples.items():
             model = scaleshift.create_model(model_name, 10, pretrained=True)
             t, e = step_times(model, size, batch, steps, trainable)
@@ -220,14 +220,14 @@ def main(argv=None) -> int:
     rows: dict = {}
     t0 = time.time()
     jobs = [(task, size) for size in sizes for task in tasks]
-    for task, size in tqdm(jobs, desc="tasks", mininterval=0):
+    for task, size in progress(jobs, "tasks"):
         key = f"{task}@{size}"
         part = parts / f"{task}_{size}_seed{args.seed}_test{args.max_test or 'all'}.json"
         wanted = set(models)
         done = json.loads(part.read_text()) if part.is_file() and not args.fresh else {}
         if wanted <= set(done.get("results", {})):
             rows[key] = done
-            tqdm.write(f"[{time.time() - t0:5.0f}s] {key:28s} (done before) " + "  ".join(
+            say(f"[{time.time() - t0:5.0f}s] {key:28s} (done before) " + "  ".join(
                 f"{k} {v['test']:5.1f}" for k, v in done["results"].items()))
             continue
         transform = build_transform("vtab", pretrained, is_training=False, input_size=size)
@@ -245,9 +245,9 @@ def main(argv=None) -> int:
                          classes=int(data["test"][2]), n_test=int(len(y["test"])),
                          results=res)
         write_json(part, rows[key])
-        tqdm.write(f"[{time.time() - t0:5.0f}s] {key:28s} classes {rows[key]['classes']:2d} "
-                   f"n_test {len(y['test']):5d}  " + "  ".join(
-                       f"{k} {v['test']:5.1f} (C={v['C']})" for k, v in res.items()))
+        say(f"[{time.time() - t0:5.0f}s] {key:28s} classes {rows[key]['classes']:2d} "
+            f"n_test {len(y['test']):5d}  " + "  ".join(
+                f"{k} {v['test']:5.1f} (C={v['C']})" for k, v in res.items()))
 
     timing, timing_part = [], parts / "step_cost.json"
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -256,13 +256,13 @@ def main(argv=None) -> int:
         old = json.loads(timing_part.read_text()) if timing_part.is_file() else None
         if old and not args.retime and not args.fresh and old["sizes"] == sizes_t:
             timing, load_before = old["step_cost"], old["load_before"]
-            tqdm.write(f"step cost: measured before ({timing_part}; --retime to measure again)")
+            say(f"step cost: measured before ({timing_part}; --retime to measure again)")
         else:
             timing = step_cost(args.model, sizes_t)
             write_json(timing_part, dict(sizes=sizes_t, step_cost=timing, load_before=load_before,
                                          load_after=os.getloadavg()))
         for t in timing:
-            tqdm.write(f"step cost: {t}")
+            say(f"step cost: {t}")
         load_after = json.loads(timing_part.read_text())["load_after"]
     else:
         load_after = None

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from scaleshift.io import atomic_path, write_json
+from scaleshift.progress import progress, say
 
 TASKS = ("digits", "patch_textures", "patch_photos", "patch_medical", "faces", "fashion_mnist",
          "struct_location", "struct_orientation", "struct_count", "struct_distance")
@@ -102,6 +103,7 @@ def main(argv=None) -> int:
                     help="comma-separated embedded backbone names (default: all)")
     ap.add_argument("--arch", default=None, help="a scaleshift.pretrain architecture (pilots)")
     ap.add_argument("--weights", default=None, help="with --arch: checkpoint.pt or .safetensors")
+    ap.add_argument("--label", default=None, help="with --arch: the candidate's name in the table")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--seed", type=int, default=0, help="train800/val200 draw and random init")
     ap.add_argument("--max-test", type=int, default=None, help="pilots: first N test items")
@@ -112,19 +114,20 @@ def main(argv=None) -> int:
     from threadpoolctl import threadpool_limits   # BLAS threads spin badly on a shared CPU
     threadpool_limits(args.threads)
 
-    if args.arch:
-        if not args.weights:
-            ap.error("--arch needs --weights")
-        models = {args.arch: load_model(args.arch, args.weights, None, args.seed)}
-    else:
+    models = {}
+    if args.embedded or not args.arch:
         from scaleshift.backbones.embedded import embedded_names
         names = args.embedded.split(",") if args.embedded else embedded_names()
         models = {n: load_model(None, None, n, args.seed) for n in names}
+    if args.arch:     # with --embedded too: both in one table, on the same data
+        if not args.weights:
+            ap.error("--arch needs --weights")
+        models[args.label or args.arch] = load_model(args.arch, args.weights, None, args.seed)
     tasks = args.tasks.split(",")
 
     rows = {name: {} for name in models}
     t0 = time.time()
-    for task in tasks:
+    for task in progress(tasks, "tasks"):
         data = {s: images_of(task, s, args.seed, args.max_test if s == "test" else None)
                 for s in ("train800", "val200", "test")}
         y = {s: v[1] for s, v in data.items()}
@@ -134,9 +137,9 @@ def main(argv=None) -> int:
                 f = {s: features(model, v[0]) for s, v in data.items()}
                 res[kind] = probe(f, y)
             rows[name][task] = res
-            print(f"[{time.time() - t0:5.0f}s] {name:24s} {task:20s} random "
-                  f"{res['random']['test']:5.1f}  pretrained {res['pretrained']['test']:5.1f}  "
-                  f"(n_test {len(y['test'])})", flush=True)
+            say(f"[{time.time() - t0:5.0f}s] {name:24s} {task:20s} random "
+                f"{res['random']['test']:5.1f}  pretrained {res['pretrained']['test']:5.1f}  "
+                f"(n_test {len(y['test'])})")
 
     means = {name: {k: float(np.mean([r[k]["test"] for r in per.values()]))
                     for k in ("random", "pretrained")} for name, per in rows.items()}
@@ -176,6 +179,11 @@ def main(argv=None) -> int:
         r, p = means[n]["random"], means[n]["pretrained"]
         cells += [f"**{r:.2f}**", f"**{p:.2f}**", f"**{p - r:+.2f}**"]
     lines.append("| **mean** | " + " | ".join(cells) + " |")
+    if len(names) == 2:
+        a, b = names
+        diffs = [rows[b][t]["pretrained"]["test"] - rows[a][t]["pretrained"]["test"] for t in tasks]
+        lines += ["", f"{b} minus {a} (pretrained probes): mean **{float(np.mean(diffs)):+.2f}** points; "
+                  + ", ".join(f"{t} {d:+.1f}" for t, d in zip(tasks, diffs)) + "."]
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-len(tasks) - 3:]))

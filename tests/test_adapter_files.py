@@ -22,7 +22,7 @@ def saved(tmp_path):
 
 def test_files_hold_only_method_parameters_and_head(saved):
     model, directory = saved
-    config = json.loads((directory / CONFIG_NAME).read_text())
+    config = json.loads((directory / CONFIG_NAME).read_text())["scaleshift"]
     assert config["method"] == "ssf" and config["num_classes"] == 5
     assert config["options"]["layers"] == 1 and config["model_name"] == "vit_tiny_patch16_224"
     tensors = load_file(str(directory / WEIGHTS_NAME))

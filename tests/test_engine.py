@@ -110,6 +110,28 @@ def test_torchrun_two_processes_match_one(tmp_path):
         assert abs(a["test_top1"] - b["test_top1"]) <= 100 / b["test_count"] + 1e-9
 
 
+def test_other_ranks_leave_the_run_directory_to_rank_0(tmp_path):
+    """Under torchrun, rank 1 used to check the folder while rank 0 was creating it: it saw
+    the lock without the marker yet and refused the job (exit 2, seen in CI)."""
+    from scaleshift.engine import claim_out_dir
+    from scaleshift.runs import LOCK, MARKER
+    half_made = tmp_path / "run"
+    half_made.mkdir()
+    (half_made / LOCK).write_text("4242\n")
+    assert claim_out_dir(half_made, rank=1) is None
+    assert sorted(p.name for p in half_made.iterdir()) == [LOCK]
+    lock = claim_out_dir(tmp_path / "new", rank=0)
+    try:
+        assert sorted(p.name for p in (tmp_path / "new").iterdir()) == sorted([LOCK, MARKER])
+    finally:
+        lock.close()
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(ScaleshiftError, match="not a scaleshift run"):
+        claim_out_dir(user, rank=0)
+
+
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from scaleshift import engine
     calls = {"n": 0}

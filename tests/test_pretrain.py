@@ -107,3 +107,26 @@ def test_tampered_or_missing_weights_are_refused(tmp_path, monkeypatch):
         scaleshift.create_model(name, num_classes=10, pretrained=True)
     with pytest.raises(ScaleshiftError, match="unknown embedded"):
         embedded.embedded_path("no_such_backbone")
+
+
+def test_distillation_regresses_the_teacher_and_resumes_exactly(tmp_path):
+    """--objective distill: the student learns to predict the (real ImageNet) teacher's
+    standardised features, and an interrupted run resumes to the same weights."""
+    distill = ("--objective", "distill", "--teacher-size", "32", "--pool", "64", "--lr", "3e-3")
+    args = _args(tmp_path / "a", *distill, "--stop-at", "2")
+    assert args.func(args) == 0
+    resumed = run_pretrain(_args(tmp_path / "a", *distill, "--resume"))
+    straight = run_pretrain(_args(tmp_path / "b", *distill))
+    assert resumed["sha256"] == straight["sha256"]
+    assert straight["config"]["teacher"] == "tf_efficientnet_lite0"
+    assert "distill" in straight["history"][-1]
+    run_pretrain(_args(tmp_path / "c", *distill, "--steps", "30"))
+    history = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["history"]
+    first = sum(h["distill"] for h in history[:5]) / 5
+    last = sum(h["distill"] for h in history[-5:]) / 5
+    assert last < first, (first, last)
+
+
+def test_distillation_init_must_match_the_architecture(tmp_path):
+    with pytest.raises(ScaleshiftError, match="--init scaleshift_vit32 is not a vit_test backbone"):
+        run_pretrain(_args(tmp_path / "a", "--objective", "distill", "--init", "scaleshift_vit32"))

@@ -17,7 +17,7 @@ from scaleshift import engine
 from scaleshift.cli import main
 from scaleshift.config import load_recipe
 from scaleshift.errors import ScaleshiftError
-from scaleshift.io import atomic_dir, atomic_path
+from scaleshift.io import atomic_dir, atomic_path, file_sha256, save_safetensors
 from scaleshift.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_an_adapter_config_without_num_classes_is_named(tmp_path):
     scaleshift.apply(model, "linear")
     scaleshift.save_adapter(model, tmp_path / "a")
     meta = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
-    del meta["num_classes"]
+    del meta["scaleshift"]["num_classes"]
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(meta))
     with pytest.raises(ScaleshiftError, match="lacks \\['num_classes'\\]"):
         scaleshift.load_adapter(model, tmp_path / "a")
@@ -198,6 +198,23 @@ def test_files_follow_the_umask_and_are_fsynced_before_the_rename(tmp_path, monk
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "d" / "g.txt").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+
+
+def test_equal_weights_and_metadata_give_byte_identical_safetensors_files(tmp_path):
+    """safetensors orders the metadata differently from one call to the next; the sha256 a
+    backbone or merged model records must not depend on that."""
+    from safetensors import safe_open
+    tensors = {"b.weight": torch.randn(3, 5), "a.bias": torch.arange(7, dtype=torch.int64),
+               "c": torch.ones(2, dtype=torch.bfloat16)}
+    metadata = {k: f"value {k} é" for k in "qwertyuiopasdfgh"}
+    for i in range(8):
+        save_safetensors(tensors, tmp_path / f"{i}.safetensors", metadata)
+    assert len({file_sha256(tmp_path / f"{i}.safetensors") for i in range(8)}) == 1
+    loaded = load_file(str(tmp_path / "0.safetensors"))
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == metadata
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 # ----------------------------------------------------------------------------- what runs

@@ -1,10 +1,21 @@
-"""Adapter files, PEFT style: adapter_config.json + adapter_model.safetensors holding only what
-training changed (the method's parameters, the head, and norm running statistics)."""
+"""Adapter files: adapter_config.json + adapter_model.safetensors holding only what training
+changed (the method's parameters, the head, and norm running statistics).
+
+adapter_config.json carries scaleshift's record in a "scaleshift" block, which PEFT ignores: the
+method and its options, the backbone's identity record, the class names, the eval transform,
+checksums. A LoRA adapter is also a PEFT adapter (a LoraConfig beside the block, PEFT's tensor
+names): `peft.PeftModel.from_pretrained(timm_model, directory)` loads it. The other methods
+have no PEFT equivalent; their files claim no peft_type (block: "loadable_by_peft": false).
+
+An adapter is named by a local directory or a Hugging Face Hub repo id ("org/name"), fetched by
+huggingface_hub's snapshot_download (offline, HF_HUB_OFFLINE=1: from the Hub cache).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -14,12 +25,37 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .errors import ScaleshiftError
 from .io import atomic_dir, file_sha256
-from .methods import apply, config_of, plain_key
-from .models import build_model, describe, identity_of
+from .methods import apply, config_of, get_method, plain_key
+from .models import HUB_REPO_ID, build_model, describe, identity_of, num_classes_of
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "scaleshift-adapter"
+FORMAT_VERSION = 3       # 1, 2: scaleshift's record at the top level, scaleshift's tensor names
+BLOCK = "scaleshift"
+HUB_ADAPTER = re.compile(f"(hf-hub:)?({HUB_REPO_ID})")
+
+
+def resolve_dir(source: str | os.PathLike, what: str = "adapter") -> Path:
+    """A local directory as it is, or a Hub repo id ("org/name", or "hf-hub:org/name") as the
+    directory of its snapshot. A local path wins over a repo id of the same spelling."""
+    path = Path(source)
+    match = HUB_ADAPTER.fullmatch(str(source))
+    if path.exists() or match is None:
+        return path
+    import huggingface_hub   # a dependency of timm, so always there
+    from huggingface_hub import constants
+    repo_id = match.group(2)
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id))
+    except Exception as exc:   # offline misses, unknown repos and network errors have many types
+        where = (f"the Hub cache ({constants.HF_HUB_CACHE}) has no snapshot of it and "
+                 f"HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+                 f"it could not be fetched from the Hugging Face Hub")
+        raise ScaleshiftError(f"{what} {str(source)!r} is neither a local directory nor available "
+                              f"as a Hub repo: {where} ({type(exc).__name__}). Pass an existing "
+                              f"directory, or fetch the repo into the Hub cache while online "
+                              f"(huggingface_hub.snapshot_download({repo_id!r}))") from None
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -46,42 +82,76 @@ def backbone_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
+def save_adapter(model: nn.Module, directory: str | os.PathLike, *,
+                 class_names: list[str] | None = None, eval_transform: dict | None = None) -> Path:
+    """Write the adapter of `model` (a method applied) to `directory`. `class_names`: one name
+    per class, index order (None: unknown). `eval_transform`: the evaluation transform as
+    scaleshift.data.eval_transform_config records it; default: the backbone's own."""
+    from .data.transforms import eval_transform_config
     config = config_of(model)
     if config is None:
         raise ScaleshiftError("save_adapter needs a model with a method applied "
                               "(scaleshift.apply(model, method=...))")
+    num_classes = num_classes_of(model)
+    if class_names is not None:
+        class_names = list(class_names)
+        if not all(isinstance(c, str) for c in class_names) or len(class_names) != num_classes:
+            raise ScaleshiftError(f"class_names must be {num_classes} strings (one per class of "
+                                  f"the head), got {len(class_names)} items")
     state = {k: v.contiguous() for k, v in adapter_state(model).items()}
+    impl = get_method(config["method"])
+    peft_fields, file_state, peft_only = impl.to_peft(model, config["options"], state) \
+        if impl.peft_type else ({}, state, [])
     identity = identity_of(model)
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
-        meta = dict(
-            format=FORMAT, format_version=2, scaleshift_version=__version__,
+        save_file(file_state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})   # as PEFT writes
+        record = dict(
+            format=FORMAT, format_version=FORMAT_VERSION, scaleshift_version=__version__,
+            loadable_by_peft=bool(impl.peft_type),
+            method=config["method"], options=config["options"], num_classes=num_classes,
+            class_names=class_names,
+            eval_transform=eval_transform or eval_transform_config(None, model),
             base_model=identity, model_name=identity["name"] if identity else None,
-            method=config["method"], options=config["options"],
-            num_classes=getattr(model, "num_classes", None),
             backbone_fingerprint=backbone_fingerprint(model),
-            tensors={k: list(v.shape) for k, v in state.items()},
+            tensors={k: list(v.shape) for k, v in file_state.items()},
+            peft_only_tensors=peft_only,   # frozen parts of PEFT's modules_to_save
             weights_sha256=file_sha256(tmp / WEIGHTS_NAME))
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / CONFIG_NAME).write_text(json.dumps({**peft_fields, BLOCK: record}, indent=2) + "\n")
     return directory
 
 
-def read_adapter_config(directory: str | os.PathLike) -> dict:
-    directory = Path(directory)
+def read_adapter_config(source: str | os.PathLike) -> dict:
+    """scaleshift's record of an adapter (a directory or a Hub repo id), in any format version."""
+    return _read_config(resolve_dir(source))
+
+
+def _read_config(directory: Path) -> dict:
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.is_file():
             raise ScaleshiftError(f"{path} not found: an adapter directory holds {CONFIG_NAME} "
                                   f"and {WEIGHTS_NAME} (written by scaleshift.save_adapter)")
     try:
-        meta = json.loads(config_path.read_text())
+        raw = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
         raise ScaleshiftError(f"{config_path} is not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(raw, dict):
+        raise ScaleshiftError(f"{config_path} is not a scaleshift adapter config (not a JSON object)")
+    if isinstance(raw.get(BLOCK), dict):
+        meta = dict(raw[BLOCK])
+    elif raw.get("format") == FORMAT:     # format 1 and 2: the record at the top level
+        meta = dict(raw, loadable_by_peft=False, class_names=None, eval_transform=None)
+    elif "peft_type" in raw:
+        raise ScaleshiftError(f"{config_path} is a PEFT {raw['peft_type']} adapter that scaleshift "
+                              f"did not write (no {BLOCK!r} block): load it with "
+                              f"peft.PeftModel.from_pretrained(model, directory)")
+    else:
         raise ScaleshiftError(f"{config_path} is not a scaleshift adapter config "
-                              f"(format={meta.get('format')!r})")
+                              f"(no {BLOCK!r} block, format={raw.get('format')!r})")
+    if meta.get("format") != FORMAT:
+        raise ScaleshiftError(f"{config_path}: the {BLOCK!r} block is not a scaleshift adapter "
+                              f"record (format={meta.get('format')!r})")
     missing = [k for k in ("method", "options", "num_classes", "backbone_fingerprint",
                            "weights_sha256") if k not in meta]
     if missing:
@@ -95,6 +165,17 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
     return meta
 
 
+def serving_transform(meta: dict, model: nn.Module, input_size: int | None = None):
+    """The evaluation transform an adapter (its record, read) was evaluated with; `input_size`
+    overrides its size. An adapter older than format 3 records none: VTAB's transform at the
+    backbone's size (what serving used before)."""
+    from .data.transforms import build_transform, transform_from_config
+    if meta.get("eval_transform") is None:
+        return build_transform("vtab", model, False, input_size)
+    size = {} if input_size is None else dict(input_size=(3, input_size, input_size))
+    return transform_from_config(meta["eval_transform"], **size)
+
+
 def backbone_for(meta: dict, pretrained=None) -> nn.Module:
     """The backbone an adapter (its adapter_config.json, read) was trained on, rebuilt from the
     identity record it carries: same weights, class count and timm kwargs. `pretrained`: the
@@ -102,10 +183,11 @@ def backbone_for(meta: dict, pretrained=None) -> nn.Module:
     return build_model(meta["base_model"], meta["num_classes"], pretrained=pretrained)
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Load an adapter onto `model`: a plain model gets the adapter's method applied first.
-    Refuses another backbone, class count, method or options, and tampered weights."""
-    meta, state = adapter_tensors(directory)
+def load_adapter(model: nn.Module, source: str | os.PathLike) -> nn.Module:
+    """Load an adapter (a directory or a Hub repo id) onto `model`: a plain model gets the
+    adapter's method applied first. Refuses another backbone, class count, method or options,
+    and tampered weights."""
+    meta, state = adapter_tensors(source)
     trained_on, identity = meta["base_model"], identity_of(model)
     if identity and trained_on.get("architecture") and identity["architecture"] != trained_on["architecture"]:
         raise ScaleshiftError(f"adapter was trained on {trained_on['architecture']!r} but the model "
@@ -114,9 +196,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             and _architecture_kwargs(identity) != _architecture_kwargs(trained_on):
         raise ScaleshiftError(f"adapter was trained on {describe(trained_on)}, but the model was "
                               f"built with kwargs {identity['kwargs']}; build it with the same kwargs")
-    if getattr(model, "num_classes", meta["num_classes"]) != meta["num_classes"]:
+    if num_classes_of(model) not in (None, meta["num_classes"]):
         raise ScaleshiftError(f"adapter has a {meta['num_classes']}-class head but the model has "
-                              f"{model.num_classes} classes; create it with "
+                              f"{num_classes_of(model)} classes; create it with "
                               f"num_classes={meta['num_classes']}")
     config = config_of(model)
     if config is None:
@@ -149,12 +231,18 @@ def _architecture_kwargs(identity: dict) -> dict:
     return {k: v for k, v in identity["kwargs"].items() if not k.startswith("drop")}
 
 
-def adapter_tensors(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter_config.json, its tensors) after verifying the weights' sha256: what the pure
-    merge takes, with no model in sight."""
-    meta = read_adapter_config(directory)
-    weights_path = Path(directory) / WEIGHTS_NAME
+def adapter_tensors(source: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(scaleshift's record, the adapter's tensors under the names of a model with its method
+    applied) after verifying the weights' sha256: what the pure merge takes, no model in sight."""
+    directory = resolve_dir(source)
+    meta = _read_config(directory)
+    weights_path = directory / WEIGHTS_NAME
     if file_sha256(weights_path) != meta["weights_sha256"]:
         raise ScaleshiftError(f"{weights_path} does not match the checksum in {CONFIG_NAME}: "
                               f"the file was changed or damaged; re-save the adapter")
-    return meta, load_file(str(weights_path))
+    state = load_file(str(weights_path))
+    if not meta["loadable_by_peft"]:
+        return meta, state
+    peft_only = set(meta.get("peft_only_tensors", []))
+    ours = {k: v for k, v in state.items() if k not in peft_only}
+    return meta, get_method(meta["method"]).from_peft_keys(ours)

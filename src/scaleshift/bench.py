@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ScaleshiftError
+from .progress import progress
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, 
            [(v.label, "infer") for v in variants if v.infer]
     times = {job: [] for job in jobs}
     order = random.Random(0)
-    for round_index in range(rounds + 1):          # round 0 is the warm-up
+    for round_index in progress(range(rounds + 1), "timing rounds"):   # round 0 is the warm-up
         order.shuffle(jobs)
         for label, kind in jobs:
             model = models[label]
@@ -252,7 +253,7 @@ def profile_train_steps(model_name: str, model_kwargs: dict, batch: int, device,
     profile_<label>.txt under `out`)."""
     from torch.profiler import ProfilerActivity, profile
     summary = {}
-    for label in labels:
+    for label in progress(labels, "profiling"):
         variant = _trained_variant(label)
         model, images, labels_t = _model_and_batch(model_name, model_kwargs, variant, batch, size, device)
         optimizer = _optimizer(model.train())
@@ -276,7 +277,7 @@ def profile_train_steps(model_name: str, model_kwargs: dict, batch: int, device,
 def measure_memory(model_name: str, model_kwargs: dict, batch: int, device, size: int | None,
                    variants: list[Variant], precision: str = "fp32") -> dict:
     results = {}
-    for v in variants:
+    for v in progress(variants, "memory probes"):
         for kind in [k for k, on in (("train", v.train), ("infer", v.infer)) if on]:
             if device.type == "cuda":
                 results[f"{v.label}/{kind}"] = memory_probe(model_name, model_kwargs, v.label, kind,

@@ -89,7 +89,7 @@ def cmd_methods(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(out_dir=args.out, epochs=args.epochs, seed=args.seed, task=args.task)
+    run_demo(out_dir=args.out, epochs=args.epochs, seed=args.seed, task=args.task, backbone=args.backbone)
     return 0
 
 
@@ -124,7 +124,7 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from .io import atomic_path
-    from .report import build_tables, load_results, to_csv, to_markdown
+    from .report import build_tables, load_results, plot_curves, to_csv, to_markdown
     tables = build_tables(load_results(args.run_dirs))
     markdown = to_markdown(tables)
     print(markdown)
@@ -133,7 +133,8 @@ def cmd_report(args) -> int:
         for name, text in (("report.md", markdown), ("report.csv", to_csv(tables))):
             with atomic_path(out / name) as tmp:
                 tmp.write_text(text)
-        print(f"written: {out / 'report.md'}, {out / 'report.csv'}")
+        plot_curves(args.run_dirs, out / "curves.png")
+        print(f"written: {out / 'report.md'}, {out / 'report.csv'}, {out / 'curves.png'}")
     return 0
 
 
@@ -211,28 +212,41 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .data import build_transform
+    from .adapter_files import read_adapter_config, resolve_dir, serving_transform
     from .data.images import check_top_k, read_image_for_predict
     from .multitask import MultiTaskModel
+    from .runs import parse_device
     args.top_k = check_top_k(args.top_k)
-    directories = [d for d in args.adapters.split(",") if d]
+    device = parse_device(args.device)
+    sources = [d for d in args.adapters.split(",") if d]
     pictures = [read_image_for_predict(path) for path in args.images]   # fail before any model
-    model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or None)
-    transform = build_transform("vtab", model.backbone, False, args.input_size)
-    images, names = [transform(p) for p in pictures], list(args.images)
-    # every image under every task, all in one batch: sample i*T + t goes to task t
+    directories = [resolve_dir(source) for source in sources]
+    metas = [read_adapter_config(d) for d in directories]
+    model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or None).to(device)
+    for source, meta in zip(sources, metas):
+        if meta["eval_transform"] is None:
+            print(f"scaleshift: note: {source} predates recorded eval transforms; using the VTAB "
+                  f"transform at the backbone's input size", file=sys.stderr)
+    # each task's images through that task's own eval transform, all in one batch: sample
+    # i*T + t goes to task t
+    transforms = [serving_transform(meta, model.backbone, args.input_size) for meta in metas]
     tasks = len(directories)
-    batch = torch.stack([im for im in images for _ in range(tasks)])
-    task_ids = torch.arange(tasks).repeat(len(images))
+    samples = [transforms[t](p) for p in pictures for t in range(tasks)]
+    if len({tuple(x.shape) for x in samples}) > 1:
+        raise ScaleshiftError("the adapters evaluate at different input sizes; predict them "
+                              "separately, or pass --input-size N")
+    batch = torch.stack(samples).to(device)
+    task_ids = torch.arange(tasks, device=device).repeat(len(pictures))
     logits = model(batch, task_ids)
     out = []
-    for i, name in enumerate(names):
+    for i, name in enumerate(args.images):
         per_task = {}
-        for t, directory in enumerate(directories):
-            probs = logits[i * tasks + t].softmax(0)
+        for t, (source, meta) in enumerate(zip(sources, metas)):
+            probs = logits[i * tasks + t].float().cpu().softmax(0)
             top = probs.topk(min(args.top_k, len(probs)))
-            per_task[directory] = [dict(label=int(c), p=round(float(p), 4))
-                                   for p, c in zip(top.values, top.indices)]
+            classes = meta["class_names"]
+            per_task[source] = [dict(label=classes[c] if classes else c, index=c, p=round(float(p), 4))
+                                for p, c in zip(top.values, top.indices.tolist())]
         out.append(dict(image=name, tasks=per_task))
     print(json.dumps(out, indent=1))
     return 0
@@ -241,16 +255,17 @@ def cmd_predict(args) -> int:
 def cmd_adapters(args) -> int:
     from pathlib import Path
 
-    from .adapter_files import WEIGHTS_NAME, read_adapter_config
+    from .adapter_files import WEIGHTS_NAME, read_adapter_config, resolve_dir
     from .models import plain_model
     rows = []
-    for directory in args.directories:
+    for source in args.directories:
+        directory = resolve_dir(source)
         meta = read_adapter_config(directory)
         size = sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file())
         with torch.device("meta"):
             full = plain_model(meta["base_model"], meta["num_classes"])
         full_bytes = sum(p.numel() * 4 for p in full.parameters())   # fp32 checkpoint
-        rows.append(dict(adapter=str(directory), method=meta["method"], classes=meta["num_classes"],
+        rows.append(dict(adapter=str(source), method=meta["method"], classes=meta["num_classes"],
                          bytes=size, weights_bytes=(Path(directory) / WEIGHTS_NAME).stat().st_size,
                          full_model_bytes=full_bytes, fraction=size / full_bytes))
     if args.json:
@@ -312,11 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge_check, rest="options", required=("method",))
     p = sub.add_parser("methods", help="list methods and their options")
     p.set_defaults(func=cmd_methods)
-    p = sub.add_parser("demo", help="SSF vs linear vs full on scaleshift's pretrained ViT: "
-                       "train, merge, verify, table + plot")
+    p = sub.add_parser("demo", help="SSF vs linear vs full on real ImageNet features "
+                       "(EfficientNet-Lite0): train, merge, verify, table + plot")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, default=None, help="override the epochs of every run")
-    p.add_argument("--task", default="patch_textures", help="a built-in dataset")
+    p.add_argument("--backbone", default="tf_efficientnet_lite0",
+                   choices=["tf_efficientnet_lite0", "scaleshift_vit32"])
+    p.add_argument("--task", default=None, help="a built-in dataset (default: the backbone's demo task)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
@@ -345,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge)
     p = sub.add_parser("report", help="tables in the paper's shape from run directories")
     p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", default=None, help="directory for report.md and report.csv")
+    p.add_argument("--out", default=None,
+                   help="directory for report.md, report.csv and curves.png (training curves)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="recipes, methods, models, datasets")
     p.add_argument("what", nargs="?", default="all",
@@ -376,14 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     weights_arg(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("predict", help="one batch, many SSF tasks on one backbone")
-    p.add_argument("--adapters", help="comma-separated SSF adapter directories (required)")
+    p.add_argument("--adapters", help="comma-separated SSF adapters: directories or Hugging Face "
+                   "Hub repo ids (required)")
     p.add_argument("--pretrained", default=None, help="backbone weights file the adapters were trained on")
-    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="override the input size of the adapters' recorded eval transform")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_predict, required=("adapters",))
     p = sub.add_parser("adapters", help="size of each adapter against its full model")
-    p.add_argument("directories", nargs="+")
+    p.add_argument("directories", nargs="+", help="adapter directories or Hugging Face Hub repo ids")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_adapters)
     from .pretrain import add_pretrain_parser

@@ -41,6 +41,7 @@ class RunConfig:
     val_split: str | None = None                          # selection split ("clean" protocol)
     retrain_split: str | None = None   # clean protocol stage 2: retrain on it for the selected epochs
     test_split: str | None = "test"                       # None: no test (selection only)
+    test_limit: int | None = None                         # test on the first N items only (None: all)
     augment: str = "vtab"                                 # vtab | fgvc | cifar | imagenet
     input_size: int | None = None                         # override the backbone's input size
     # optimisation (SPEC section 4)
@@ -59,6 +60,7 @@ class RunConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     drop_path: float | None = None                        # None: the architecture's own default
+    batchnorm: str = "update"   # update: BatchNorm running stats follow the training batches | frozen: kept
     ema_decay: float | None = None
     random_erasing: float = 0.0                           # per image, on the batch after mixup
     precision: str = "fp32"                               # fp32 | bf16 (CPU or CUDA) | fp16 (CUDA)
@@ -72,10 +74,12 @@ class RunConfig:
     device: str = "auto"                                  # auto | cpu | cuda
     out_dir: str = "runs/run"
     log_every: int = 20
+    logger: str = "none"              # tensorboard: scalars also under out_dir/tensorboard/
     max_steps_per_epoch: int | None = None                # for smoke tests
 
     CHOICES = {"augment": ("vtab", "fgvc", "cifar", "imagenet"), "precision": ("fp32", "bf16", "fp16"),
-               "protocol": ("clean", "official"), "device": ("auto", "cpu", "cuda")}
+               "protocol": ("clean", "official"), "device": ("auto", "cpu", "cuda"),
+               "batchnorm": ("update", "frozen"), "logger": ("none", "tensorboard")}
 
     def validate(self) -> "RunConfig":
         """Everything `train` would later find out, checked before any file is written or any
@@ -148,7 +152,7 @@ RANGES = {
     "epochs": (1, None, ">= 1"), "batch_size": (1, None, ">= 1"), "accum_steps": (1, None, ">= 1"),
     "log_every": (1, None, ">= 1"), "warmup_epochs": (0, None, ">= 0"),
     "cooldown_epochs": (0, None, ">= 0"), "workers": (0, None, ">= 0"),
-    "train_offset": (0, None, ">= 0"), "train_limit": (1, None, ">= 1"),
+    "train_offset": (0, None, ">= 0"), "train_limit": (1, None, ">= 1"), "test_limit": (1, None, ">= 1"),
     "max_steps_per_epoch": (1, None, ">= 1"), "stop_epoch": (1, None, ">= 1"), "input_size": (1, None, ">= 1 (pixels)"),
     "lr": (0.0, None, "> 0"), "warmup_lr": (0.0, None, ">= 0"), "min_lr": (0.0, None, ">= 0"),
     "weight_decay": (0.0, None, ">= 0"), "grad_clip": (0.0, None, "> 0 (or null for none)"),

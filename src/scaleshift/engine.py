@@ -45,11 +45,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from .adapter_files import adapter_state, save_adapter
 from .config import RunConfig
-from .data import skipped_counts
+from .data import eval_transform_config, skipped_counts
 from .errors import ScaleshiftError
+from .extras import require
 from .io import atomic_dir, atomic_path, write_json, write_text
 from .methods import apply, config_of, total_parameters, trainable_parameters
 from .models import create_model, identity_of
+from .progress import progress, replaces_lines, say
 from .runs import (ADAPTER, CHECKPOINT, CONFIG, LOCK, MARKER, NAMED, RESULTS, SNAPSHOTS,
                    all_reduce_sum, autocast_for, dataset_classes, evaluate, is_run_dir, machine_info)
 
@@ -84,12 +86,19 @@ class Trainer:
     history: list = field(default_factory=list)
     start_epoch: int = 0
     lock: Any = None                    # the open, locked out_dir/.lock (rank 0)
+    tensorboard: Any = None             # logger=tensorboard: the SummaryWriter (rank 0)
 
     @property
     def total_epochs(self) -> int:
         """Epochs of the schedule (cosine + cooldown), or where stop_epoch cuts it short."""
         total = self.cfg.epochs + self.cfg.cooldown_epochs
         return total if self.cfg.stop_epoch is None else min(total, self.cfg.stop_epoch)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        limit = self.cfg.max_steps_per_epoch
+        steps = len(self.loaders["train"])
+        return steps if limit is None else min(steps, limit)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -107,11 +116,14 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         build_optimisation(t)
         if resume:
             t.start_epoch, t.history = load_checkpoint(t)
+        t.tensorboard = open_tensorboard(t)
         announce(t)
         for epoch in range(t.start_epoch, t.total_epochs):
             run_epoch(t, epoch)
         return finish(t, wall_start)
     finally:
+        if t.tensorboard is not None:
+            t.tensorboard.close()
         if t.lock is not None:
             t.lock.close()   # closing the file releases the lock
 
@@ -148,8 +160,8 @@ def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
         copy_dir(out / "retrain" / ADAPTER, out / ADAPTER)
         write_text(out / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json(out / RESULTS, results)
-        print(f"[scaleshift] clean top-1 {final['top1']:.2f} (retrained on {cfg.retrain_split} for "
-              f"the {epochs} epochs selected on {cfg.val_split}); results: {out / RESULTS}", flush=True)
+        say(f"[scaleshift] clean top-1 {final['top1']:.2f} (retrained on {cfg.retrain_split} for "
+            f"the {epochs} epochs selected on {cfg.val_split}); results: {out / RESULTS}")
     return results
 
 
@@ -181,6 +193,8 @@ def setup_process(cfg: RunConfig, resume: bool) -> Trainer:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if use_cuda else "gloo")
     seed_everything(cfg.seed)
+    if cfg.logger == "tensorboard":
+        require("tensorboard", "logger=tensorboard")   # missing: say so before any work
     out = Path(cfg.out_dir)
     t = Trainer(cfg, rank, world, device, autocast_for(cfg.precision, device), out)
     t.lock = claim_out_dir(out, rank, refuse=() if resume else (CHECKPOINT, RESULTS))
@@ -189,10 +203,14 @@ def setup_process(cfg: RunConfig, resume: bool) -> Trainer:
 
 def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()):
     """Refuse a non-empty folder that is not a scaleshift run (nothing in it is touched) and a
-    run that already holds one of the files in `refuse` (a run to --resume), then (rank 0)
-    create the run directory and lock it for this process: a second training into it is
-    refused at once with the PID that holds it; a killed process's lock is released by the
-    kernel, so the next run takes it over. Returns the open lock file."""
+    run that already holds one of the files in `refuse` (a run to --resume), then create the
+    run directory and lock it for this process: a second training into it is refused at once
+    with the PID that holds it; a killed process's lock is released by the kernel, so the next
+    run takes it over. Returns the open lock file. Only rank 0 checks and writes: another rank
+    checking while rank 0 creates the folder could see it half-made and refuse it; a refusal
+    on rank 0 ends the whole torchrun job."""
+    if rank != 0:
+        return None
     if out.exists() and not out.is_dir():
         raise ScaleshiftError(f"out_dir {out} is a file; choose a directory")
     if out.is_dir() and any(out.iterdir()) and not is_run_dir(out):
@@ -201,9 +219,8 @@ def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()):
     if any((out / name).exists() for name in refuse):
         raise ScaleshiftError(f"{out} already holds a run; pass --resume to continue it or "
                               f"choose another out_dir")
-    if rank != 0:
-        return None
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()   # first, so a folder scaleshift made is always known as a run
     lock = open(out / LOCK, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -217,7 +234,6 @@ def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()):
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
     lock.flush()
-    (out / MARKER).touch()
     return lock
 
 
@@ -297,10 +313,10 @@ def announce(t: Trainer) -> None:
     t.out.mkdir(parents=True, exist_ok=True)
     write_text(t.out / CONFIG, yaml.safe_dump(t.cfg.to_dict(), sort_keys=False))
     tested = f"{len(t.sets['test'])} test" if t.sets["test"] is not None else "no test"
-    print(f"[scaleshift] {t.cfg.model} + {t.cfg.method} on {t.cfg.dataset}: "
-          f"{trainable_parameters(t.model):,} trainable of {total_parameters(t.model):,}; "
-          f"{len(t.sets['train'])} train, {tested}, {t.world} process(es), "
-          f"epochs {t.start_epoch + 1}..{t.total_epochs}", flush=True)
+    say(f"[scaleshift] {t.cfg.model} + {t.cfg.method} on {t.cfg.dataset}: "
+        f"{trainable_parameters(t.model):,} trainable of {total_parameters(t.model):,}; "
+        f"{len(t.sets['train'])} train, {tested}, {t.world} process(es), "
+        f"epochs {t.start_epoch + 1}..{t.total_epochs}")
 
 
 def run_epoch(t: Trainer, epoch: int) -> None:
@@ -311,9 +327,11 @@ def run_epoch(t: Trainer, epoch: int) -> None:
     t.sampler.set_epoch(epoch)
     row = dict(epoch=epoch + 1, **train_one_epoch(t, epoch))
     if t.loaders["val"] is not None:
-        row.update(prefixed("val", evaluate(t.eval_model, t.loaders["val"], t.device, t.autocast, t.world)))
+        row.update(prefixed("val", evaluate(t.eval_model, t.loaders["val"], t.device, t.autocast,
+                                            t.world, desc="val")))
     if t.loaders["test"] is not None and (cfg.test_every_epoch or epoch + 1 == t.total_epochs):
-        row.update(prefixed("test", evaluate(t.eval_model, t.loaders["test"], t.device, t.autocast, t.world)))
+        row.update(prefixed("test", evaluate(t.eval_model, t.loaders["test"], t.device, t.autocast,
+                                             t.world, desc="test")))
     # keep the weights of the epochs summarize() will pick: selected (best val, ties -> the
     # later epoch) and best (best test when tested every epoch, ties -> the earlier epoch)
     if "val_top1" in row and row["val_top1"] >= max((r["val_top1"] for r in t.history), default=-1.0):
@@ -323,21 +341,25 @@ def run_epoch(t: Trainer, epoch: int) -> None:
         save_snapshot(t, "best")
     t.history.append(row)
     if t.rank == 0:
-        print(f"epoch {epoch + 1}/{t.total_epochs} train_loss {row['train_loss']:.4f} "
-              + (f"val_top1 {row['val_top1']:.2f} " if "val_top1" in row else "")
-              + (f"test_top1 {row['test_top1']:.2f}" if "test_top1" in row else ""), flush=True)
+        say(f"epoch {epoch + 1}/{t.total_epochs} train_loss {row['train_loss']:.4f} "
+            + (f"val_top1 {row['val_top1']:.2f} " if "val_top1" in row else "")
+            + (f"test_top1 {row['test_top1']:.2f}" if "test_top1" in row else ""))
         save_checkpoint(t, epoch + 1)
         write_logs(t.out, t.history)
+        if t.tensorboard is not None:
+            log_epoch(t.tensorboard, row, row["epoch"] * t.steps_per_epoch)
 
 
 def train_one_epoch(t: Trainer, epoch: int) -> dict:
     cfg, model = t.cfg, t.ddp
     model.train()
-    steps = len(t.loaders["train"]) if cfg.max_steps_per_epoch is None \
-        else min(len(t.loaders["train"]), cfg.max_steps_per_epoch)
+    if cfg.batchnorm == "frozen":
+        freeze_batchnorm_statistics(model)
+    steps = t.steps_per_epoch
     loss_sum, seen, start = 0.0, 0, time.time()
     params = [p for p in model.parameters() if p.requires_grad]
-    for step, (images, targets) in enumerate(t.loaders["train"]):
+    bar = progress(t.loaders["train"], f"epoch {epoch + 1}/{t.total_epochs}", total=steps)
+    for step, (images, targets) in enumerate(bar):
         if step >= steps:
             break
         images, targets = images.to(t.device), torch.as_tensor(targets).to(t.device)
@@ -351,12 +373,19 @@ def train_one_epoch(t: Trainer, epoch: int) -> dict:
         optimizer_step(t, params)
         loss_sum += batch_loss * len(images)
         seen += len(images)
-        if t.rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
+        bar.set_postfix(loss=f"{batch_loss:.4f}", lr=f"{t.optimizer.param_groups[0]['lr']:.2e}",
+                        refresh=False)
+        if t.tensorboard is not None:
+            t.tensorboard.add_scalar("train/step_loss", batch_loss, epoch * steps + step + 1)
+        # in a terminal the bar shows the same; in a log file (no bar) these lines stay
+        if t.rank == 0 and not replaces_lines(bar) and ((step + 1) % cfg.log_every == 0
+                                                        or step + 1 == steps):
             elapsed = time.time() - start
             print(f"epoch {epoch + 1}/{t.total_epochs} step {step + 1}/{steps} "
                   f"loss {batch_loss:.4f} lr {t.optimizer.param_groups[0]['lr']:.2e} "
                   f"{seen * t.world / max(elapsed, 1e-9):.1f} img/s "
                   f"eta {elapsed / (step + 1) * (steps - step - 1):.0f}s", flush=True)
+    bar.close()
     totals = all_reduce_sum(torch.tensor([loss_sum, seen], dtype=torch.float64), t.world)
     return dict(train_loss=totals[0].item() / max(totals[1].item(), 1),
                 lr=t.optimizer.param_groups[0]["lr"], seconds=time.time() - start)
@@ -418,7 +447,7 @@ def finish(t: Trainer, wall_start: float) -> dict:
     if selected is not None and t.loaders["test"] is not None and "test_top1" not in selected:
         load_state_into(t.eval_model, load_snapshot(t, "selected"))
         selected.update(prefixed("test", evaluate(t.eval_model, t.loaders["test"], t.device,
-                                                  t.autocast, t.world)))
+                                                  t.autocast, t.world, desc="test (selected)")))
     summary = summarize(t.history, cfg.protocol, cfg.test_every_epoch)
     states = {"final": final, "final_without_ema": online}
     for name in ("selected", "best"):
@@ -441,18 +470,27 @@ def finish(t: Trainer, wall_start: float) -> dict:
                    machine=machine_info(), config=cfg.to_dict())
     if t.rank == 0:
         model.cpu()
+        # what predict and eval rebuild the run's serving from
+        served = dict(class_names=class_names_of(t.sets["train"], model.num_classes),
+                      eval_transform=eval_transform_config(cfg.augment, model, cfg.input_size))
         for name, state in states.items():
             if state is not None:
                 load_state_into(t.trained, state)
-                save_adapter(model, t.out / weights[name])
+                save_adapter(model, t.out / weights[name], **served)
         write_json(t.out / RESULTS, results)
         shown = f"top-1 {results['reported']['top1']:.2f}" if "top1" in results["reported"] \
             else f"val top-1 {results['reported']['val_top1']:.2f}"
-        print(f"[scaleshift] {cfg.protocol} {shown} (epoch {results['reported']['epoch']}); "
-              f"results: {t.out / RESULTS}", flush=True)
+        say(f"[scaleshift] {cfg.protocol} {shown} (epoch {results['reported']['epoch']}); "
+            f"results: {t.out / RESULTS}")
     if t.world > 1:
         dist.barrier()
     return results
+
+
+def class_names_of(dataset: Dataset, num_classes: int) -> list[str] | None:
+    """The class names of a dataset (through a Subset), None when it has no name per class."""
+    names = getattr(getattr(dataset, "dataset", dataset), "classes", None)
+    return [str(n) for n in names] if names and len(names) == num_classes else None
 
 
 def save_snapshot(t: Trainer, name: str) -> None:
@@ -492,6 +530,15 @@ class GlobalBatchSampler(Sampler):
             yield order[i * self.batch:(i + 1) * self.batch][self.rank::self.world].tolist()
 
 
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """BatchNorm layers normalise with their (pretrained) running statistics and leave them
+    unchanged, as in eval mode, while the rest of the model trains; their affine weights still
+    train if the method trains them."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def load_splits(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | None, Dataset]:
     from .data import build_dataset, build_transform
     train_tf = build_transform(cfg.augment, model, is_training=True, input_size=cfg.input_size)
@@ -508,7 +555,10 @@ def load_splits(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | No
             raise ScaleshiftError(f"train_offset + train_limit = {stop} exceeds the "
                                   f"{len(train_set)} items of split {cfg.train_split!r}")
         train_set = torch.utils.data.Subset(train_set, range(cfg.train_offset, stop))
-    return train_set, val, load(cfg.test_split, eval_tf) if cfg.test_split else None
+    test = load(cfg.test_split, eval_tf) if cfg.test_split else None
+    if test is not None and cfg.test_limit is not None and cfg.test_limit < len(test):
+        test = torch.utils.data.Subset(test, range(cfg.test_limit))
+    return train_set, val, test
 
 
 def eval_loader(dataset: Dataset, batch: int, rank: int, world: int, workers: int) -> DataLoader:
@@ -521,7 +571,8 @@ def cache_features(model: nn.Module, dataset: Dataset, batch: int, device, autoc
     """Backbone features (pre-logits) of every sample, once, for linear probing on a cache."""
     model.eval()
     feats, labels = [], []
-    for images, targets in DataLoader(dataset, batch_size=batch, shuffle=False):
+    for images, targets in progress(DataLoader(dataset, batch_size=batch, shuffle=False),
+                                    "caching features"):
         with autocast():
             feats.append(model.forward_head(model.forward_features(images.to(device)),
                                             pre_logits=True).float().cpu())
@@ -567,6 +618,25 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
 
 
+def open_tensorboard(t: Trainer):
+    """logger=tensorboard (rank 0): a SummaryWriter under out_dir/tensorboard/, beside
+    log.jsonl; every scalar at the global step (optimizer steps so far). Each start adds a new
+    event file, and purges (hides) what an interrupted run logged after the checkpoint this one
+    starts from, so a resumed run's curves hold every step once."""
+    if t.cfg.logger != "tensorboard" or t.rank != 0:
+        return None
+    from torch.utils.tensorboard import SummaryWriter   # its package: checked in setup_process
+    return SummaryWriter(str(t.out / "tensorboard"), purge_step=t.start_epoch * t.steps_per_epoch + 1)
+
+
+def log_epoch(writer, row: dict, step: int) -> None:
+    """One row of log.jsonl as scalars: train_loss -> train/loss, val_top1 -> val/top1, lr, ..."""
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)):
+            writer.add_scalar(key.replace("_", "/", 1), value, step)
+    writer.flush()   # on disk with the checkpoint of the same epoch
+
+
 def write_logs(out: Path, history: list[dict]) -> None:
     write_text(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     buffer = io.StringIO()
@@ -603,7 +673,7 @@ def summarize(history: list[dict], protocol: str, tested_every_epoch: bool = Tru
 def config_fingerprint(cfg: RunConfig) -> dict:
     """The config keys that must match for a resume to continue the same run."""
     data = cfg.to_dict()
-    for key in ("out_dir", "log_every", "workers"):
+    for key in ("out_dir", "log_every", "workers", "logger"):
         data.pop(key)
     return data
 

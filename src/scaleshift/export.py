@@ -11,14 +11,24 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
+from .adapter_files import resolve_dir
 from .errors import ScaleshiftError
 from .extras import require
-from .io import atomic_path, write_json
+from .io import atomic_path, save_safetensors, write_json
 from .models import identity_of, plain_model
 from .profiles import input_size_of
 from .runs import load_run, merged_state
+
+
+def _default_out(run_dir, out, name: str) -> Path:
+    """`out`, or `name` inside the run directory, which must then be a local one."""
+    if out is not None:
+        return Path(out)
+    if resolve_dir(run_dir, "run") != Path(run_dir):
+        raise ScaleshiftError(f"{run_dir} is a Hub repo (read from the Hub cache); pass --out "
+                              f"to say where the export goes")
+    return Path(run_dir) / name
 
 
 def _input(model: nn.Module, cfg, batch: int = 1) -> torch.Tensor:
@@ -33,7 +43,7 @@ def export_safetensors(run_dir: str | Path, out: str | Path | None = None,
     """The run's adapter folded into its backbone's weights by the pure merge, saved as the
     plain timm architecture's state dict (checked with a strict load)."""
     _, meta, state = merged_state(run_dir, weights)
-    out = Path(out or Path(run_dir) / "merged.safetensors")
+    out = _default_out(run_dir, out, "merged.safetensors")
     state = {k: v.contiguous() for k, v in state.items()}
     identity = meta["base_model"]
     plain = plain_model(identity, meta["num_classes"])
@@ -41,8 +51,7 @@ def export_safetensors(run_dir: str | Path, out: str | Path | None = None,
     header = dict(timm_model=identity["architecture"], timm_kwargs=json.dumps(identity["kwargs"]),
                   num_classes=str(meta["num_classes"]), method=meta["method"],
                   base_model=json.dumps(identity))
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata=header)
+    save_safetensors(state, out, header)
     return dict(path=str(out), tensors=len(state), bytes=out.stat().st_size, strict_load=True)
 
 
@@ -69,7 +78,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: f
         require(module, "ONNX export")
     onnxruntime = require("onnxruntime", "the ONNX parity check")
     cfg, merged = load_run(run_dir, merged=True, weights=weights)
-    out = Path(out or Path(run_dir) / "merged.onnx")
+    out = _default_out(run_dir, out, "merged.onnx")
     x = _input(merged, cfg)
     _to_onnx(merged, x, out)
     # the plain timm architecture with the same weights (the exporter folds identical

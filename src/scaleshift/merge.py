@@ -5,7 +5,7 @@ The merge itself is a pure function of tensors (torchtune's shape):
     merged_state, not_folded = merge_state("ssf", base_state, adapter_tensors, options)
 
 where `base_state` is the plain model's state dict and `adapter_tensors` what an adapter file
-holds. `merge(model)` (a new plain timm model; the input untouched), `merge_check`, the
+holds. `merge(model)` (a new plain timm or transformers model; the input untouched), `merge_check`, the
 `merge` / `export` commands, multi-task serving and finished runs all go through it.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn as nn
 from .adapter_files import adapter_state
 from .errors import ScaleshiftError
 from .methods import apply, config_of, get_method, plain_key, replace_module, total_parameters
-from .models import attach_identity, create_model, identity_of, plain_model
+from .models import attach_identity, create_model, identity_of, num_classes_of, plain_model
 from .profiles import input_size_of
 
 
@@ -58,12 +58,13 @@ def merge_with_report(model: nn.Module) -> tuple[nn.Module, list[dict]]:
         raise ScaleshiftError("this model has no scaleshift method applied; nothing to merge")
     identity = identity_of(model)
     if identity is None:
-        raise ScaleshiftError(f"cannot merge a {type(model).__name__}: it was not built by timm, "
-                              f"so there is no plain architecture to merge into")
-    plain = plain_model(identity, model.num_classes)
+        raise ScaleshiftError(f"cannot merge a {type(model).__name__}: it was not built by timm "
+                              f"or transformers, so there is no plain architecture to merge into")
+    plain = plain_model(identity, num_classes_of(model))
     reference = next(model.parameters())
     plain.to(device=reference.device, dtype=reference.dtype)
-    plain.pretrained_cfg = getattr(model, "pretrained_cfg", plain.pretrained_cfg)
+    if hasattr(model, "pretrained_cfg"):   # timm's data config (transformers models have none)
+        plain.pretrained_cfg = model.pretrained_cfg
     attach_identity(plain, identity)
     base, trained = split_state(model, set(plain.state_dict()))
     with torch.no_grad():

@@ -8,11 +8,15 @@ embedded backbone) and the sha256 of the weights file when there is one. The rec
 into every adapter and run, and `build_model(identity)` rebuilds the same backbone from it.
 A plain timm model built without scaleshift gets its identity recovered (architecture and tag
 from its pretrained_cfg; constructor kwargs only when they can be verified from its shapes).
+A Hugging Face transformers model gets one too: its class as the architecture and its config
+as the kwargs (library "transformers"), enough to build the plain model a merge loads into.
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 from pathlib import Path
 
 import timm
@@ -21,11 +25,14 @@ import torch.nn as nn
 
 from .backbones import efficientnet_lite
 from .errors import ScaleshiftError
+from .extras import require
 from .io import file_sha256
 
 LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 IDENTITY_ATTR = "scaleshift_identity"
 SOURCES = ("random", "hub", "file", "package", "embedded", "unknown")
+SOURCE_PREFIXES = ("hf-hub:", "local-dir:")   # timm's names for a model folder on the Hub / disk
+HUB_REPO_ID = r"[\w][\w.-]*/[\w.-]+"            # a Hugging Face Hub repo id: org/name
 
 
 def register_backbones() -> None:
@@ -38,9 +45,12 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     """A timm model with a fresh `num_classes` head.
 
     pretrained=False: random init (seeded with `seed` when given, so it can be rebuilt).
-    pretrained=True: timm's hub weights (needs the internet), or an embedded backbone's shipped
-    weights. pretrained="path/to/weights.{safetensors,pth,npz}": load a local file through
-    timm's own loading (pretrained_cfg_overlay file=...), which drops a classifier of the wrong size.
+    pretrained=True: timm's hub weights (the internet or the Hub cache), or an embedded
+    backbone's shipped weights. pretrained="path/to/weights.{safetensors,pth,npz}": load a local
+    file through timm's own loading (pretrained_cfg_overlay file=...), which drops a classifier
+    of the wrong size. timm's name forms `hf-hub:org/name` (a Hub repo holding timm's
+    config.json + weights, through the Hub cache) and `local-dir:/path` (a folder of the same
+    files) take pretrained=True or False.
     """
     register_backbones()
     from .backbones.embedded import EMBEDDED
@@ -49,6 +59,8 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     if name in EMBEDDED:
         return _create_embedded(name, num_classes, pretrained, seed, timm_kwargs)
     check_model_name(name)
+    if name.startswith(SOURCE_PREFIXES):
+        return _create_sourced(name, num_classes, pretrained, seed, timm_kwargs)
     identity = dict(name=name, architecture=name.split(".")[0], kwargs=_jsonable(timm_kwargs),
                     num_classes=num_classes, source="random", tag=None, weights_file=None,
                     weights_sha256=None, seed=seed)
@@ -78,10 +90,67 @@ def check_model_name(name: str) -> None:
     scaleshift's embedded backbones."""
     register_backbones()
     from .backbones.embedded import EMBEDDED
+    if isinstance(name, str) and name.startswith(SOURCE_PREFIXES):
+        _check_sourced_name(name)
+        return
     if not isinstance(name, str) or not (name in EMBEDDED or timm.is_model(name.split(".")[0])):
+        transformers_hint = (" A Hugging Face transformers model (org/name) is supported through "
+                             "the Python API only: load it with transformers, then call "
+                             "scaleshift.apply / merge / save_adapter / load_adapter on it."
+                             if isinstance(name, str) and "/" in name else "")
         raise ScaleshiftError(
             f"unknown model {name!r}: not a timm model name nor one of scaleshift's embedded "
-            f"backbones ({', '.join(EMBEDDED)}). List them with `scaleshift list models PATTERN`.")
+            f"backbones ({', '.join(EMBEDDED)}), nor hf-hub:org/name or local-dir:/path. "
+            f"List them with `scaleshift list models PATTERN`." + transformers_hint)
+
+
+def _check_sourced_name(name: str) -> None:
+    source, _, where = name.partition(":")
+    if source == "hf-hub" and not re.fullmatch(HUB_REPO_ID + r"(@[\w./-]+)?", where):
+        raise ScaleshiftError(f"model {name!r}: hf-hub: takes a Hub repo id, e.g. "
+                              f"hf-hub:timm/vit_tiny_patch16_224.augreg_in21k")
+    if source == "local-dir" and not (Path(where) / "config.json").is_file():
+        raise ScaleshiftError(f"model {name!r}: {Path(where) / 'config.json'} not found; "
+                              f"local-dir: takes a folder holding timm's config.json and the "
+                              f"weights (model.safetensors)")
+
+
+def _create_sourced(name: str, num_classes: int, pretrained, seed: int | None,
+                    timm_kwargs: dict) -> nn.Module:
+    """A model named `hf-hub:org/name` or `local-dir:/path`: the architecture and constructor
+    kwargs from the folder's config.json (model_args), the weights from its weights file."""
+    from timm.models import _hub   # timm's own config.json readers for these two forms
+    if pretrained not in (True, False, None):
+        raise ScaleshiftError(f"{name} names its weights itself: pass pretrained=True (its "
+                              f"weights) or False (random init), not a file")
+    source, _, where = name.partition(":")
+    try:
+        cfg, architecture, model_args = (_hub.load_model_config_from_hf(where) if source == "hf-hub"
+                                         else _hub.load_model_config_from_path(where))
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes,
+                                  **timm_kwargs)
+    except ScaleshiftError:
+        raise
+    except Exception as exc:   # Hub misses, network and file errors come in many types
+        where_from = (f"the Hugging Face Hub repo {where} (offline, HF_HUB_OFFLINE=1: from the Hub "
+                      f"cache, which must hold its config.json and weights)" if source == "hf-hub"
+                      else f"the folder {where}")
+        raise ScaleshiftError(f"could not build {name!r} from {where_from}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    saved_args = {k: v for k, v in (model_args or {}).items() if k != "num_classes"}
+    identity = dict(name=name, architecture=architecture,
+                    kwargs=_jsonable({**saved_args, **timm_kwargs}),
+                    num_classes=num_classes, source="random", tag=cfg.get("tag"),
+                    weights_file=None, weights_sha256=None, seed=seed)
+    if pretrained and source == "hf-hub":
+        identity.update(source="hub")
+    elif pretrained:
+        weights = next(Path(where) / f for f in _hub._PREFERRED_FILES if (Path(where) / f).is_file())
+        identity.update(source="file", weights_file=str(weights), weights_sha256=file_sha256(weights))
+    setattr(model, IDENTITY_ATTR, identity)
+    return model
 
 
 def _create_from_hub(name: str, num_classes: int, timm_kwargs: dict) -> nn.Module:
@@ -179,6 +248,8 @@ def identity_of(model: nn.Module) -> dict | None:
     identity = getattr(model, IDENTITY_ATTR, None)
     if identity is not None:
         return identity
+    if is_transformers_model(model):
+        return _transformers_identity(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     architecture = cfg.get("architecture")
     if not architecture or not timm.is_model(architecture):
@@ -188,6 +259,31 @@ def identity_of(model: nn.Module) -> dict | None:
                 kwargs=recover_kwargs(model, architecture),
                 num_classes=getattr(model, "num_classes", None), source="unknown", tag=tag,
                 weights_file=None, weights_sha256=None, seed=None)
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """Whether `model` is (a subclass of) a Hugging Face transformers model class."""
+    return any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
+
+
+def _transformers_identity(model: nn.Module) -> dict:
+    """A transformers model's record: its class, and its config (as transformers serialises it,
+    so the record survives a JSON file unchanged) as the kwargs. Where its weights came from
+    is not known to scaleshift."""
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    name = config.pop("_name_or_path", "") or type(model).__name__
+    for key in ("architectures", "transformers_version"):   # bookkeeping, not architecture
+        config.pop(key, None)
+    return dict(name=name, architecture=type(model).__name__, library="transformers",
+                kwargs=config, num_classes=model.config.num_labels, source="unknown", tag=None,
+                weights_file=None, weights_sha256=None, seed=None)
+
+
+def num_classes_of(model: nn.Module) -> int | None:
+    """The classifier's class count (timm's num_classes, transformers' config.num_labels)."""
+    if is_transformers_model(model):
+        return model.config.num_labels
+    return getattr(model, "num_classes", None)
 
 
 def attach_identity(model: nn.Module, identity: dict) -> nn.Module:
@@ -218,7 +314,11 @@ def recover_kwargs(model: nn.Module, architecture: str) -> dict | None:
 def describe(identity: dict) -> str:
     """One line naming a backbone: architecture, kwargs and where its weights came from."""
     kwargs = identity.get("kwargs")
-    parts = [identity["architecture"], f"kwargs {kwargs}" if kwargs is not None else "kwargs unknown"]
+    if identity.get("library") == "transformers":
+        named = "" if identity["name"] == identity["architecture"] else f" from {identity['name']}"
+        parts = [f"transformers {identity['architecture']}{named}"]
+    else:
+        parts = [identity["architecture"], f"kwargs {kwargs}" if kwargs is not None else "kwargs unknown"]
     source = identity.get("source")
     if source == "random":
         parts.append(f"random init, seed {identity.get('seed')}")
@@ -238,6 +338,10 @@ def describe(identity: dict) -> str:
 
 def rebuild_problem(identity: dict) -> str | None:
     """Why this backbone cannot be rebuilt from its record alone (None: it can)."""
+    if identity.get("library") == "transformers":
+        return (f"the weights of a transformers model are loaded by transformers, not scaleshift; "
+                f"load the backbone yourself ({identity['architecture']}.from_pretrained(...)) "
+                f"and pass it to load_adapter")
     if identity.get("kwargs") is None:
         return (f"{identity['architecture']} was built outside scaleshift with constructor kwargs "
                 f"that cannot be recovered; build it with scaleshift.create_model(name, ..., **kwargs)")
@@ -262,6 +366,14 @@ def build_model(identity: dict, num_classes: int | None = None, *,
     classes = identity["num_classes"] if num_classes is None else num_classes
     kwargs = dict(identity["kwargs"])
     source = identity["source"]
+    if identity["name"].startswith("local-dir:") and source == "file":
+        name = f"local-dir:{pretrained}" if pretrained else identity["name"]
+        model = create_model(name, classes, pretrained=True, seed=identity.get("seed"), **kwargs)
+        if identity_of(model)["weights_sha256"] != identity["weights_sha256"]:
+            raise ScaleshiftError(f"{name} does not hold the weights the backbone was built from "
+                                  f"(sha256 differs from {identity['weights_sha256']}); pass the "
+                                  f"folder it was trained on")
+        return model
     if identity["name"] in _embedded_names():
         from .backbones.embedded import EMBEDDED
         extra = {k: v for k, v in kwargs.items()
@@ -282,13 +394,24 @@ def build_model(identity: dict, num_classes: int | None = None, *,
 
 
 def plain_model(identity: dict, num_classes: int | None = None) -> nn.Module:
-    """The plain timm architecture an identity describes, with random weights: what a merged
-    state dict must load into with strict=True."""
+    """The plain timm (or transformers) architecture an identity describes, with random weights:
+    what a merged state dict must load into with strict=True."""
+    classes = identity["num_classes"] if num_classes is None else num_classes
+    if identity.get("library") == "transformers":
+        transformers = require("transformers", f"rebuilding the plain {identity['architecture']}")
+        model_class = getattr(transformers, identity["architecture"], None)
+        if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+            raise ScaleshiftError(f"this transformers ({transformers.__version__}) has no model "
+                                  f"class {identity['architecture']!r}; install the version the "
+                                  f"model was built with")
+        config = model_class.config_class.from_dict(identity["kwargs"])
+        if config.num_labels != classes:
+            config.num_labels = classes
+        return model_class(config)
     if identity.get("kwargs") is None:
         raise ScaleshiftError(f"cannot build the plain {identity['architecture']}: "
                               f"{rebuild_problem(identity)}")
     register_backbones()
-    classes = identity["num_classes"] if num_classes is None else num_classes
     return timm.create_model(identity["architecture"], num_classes=classes, **identity["kwargs"])
 
 
@@ -298,7 +421,11 @@ def _embedded_names() -> set[str]:
 
 
 def classifier_parameter_names(model: nn.Module) -> set[str]:
-    """Names of the classifier head's parameters (timm's get_classifier())."""
+    """Names of the classifier head's parameters (timm's get_classifier(), the `classifier` of a
+    transformers image classifier)."""
+    if is_transformers_model(model):
+        head = getattr(model, "classifier", None)
+        return {f"classifier.{n}" for n, _ in head.named_parameters()} if isinstance(head, nn.Module) else set()
     get_classifier = getattr(model, "get_classifier", None)
     if get_classifier is None:
         return set()

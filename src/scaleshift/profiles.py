@@ -2,7 +2,9 @@
 
 The family of a model is decided by its class (and its block class), never by its name.
 A profile lists insertion points: module paths, the location group each belongs to
-(embed | attn | mlp | norm | final) and the index of the block it sits in.
+(embed | attn | mlp | norm | final) and the index of the block it sits in. Hugging Face
+transformers image classifiers have their own families (the same points under transformers'
+module names); a transformers class with no family here is refused (`transformers_family`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import ScaleshiftError
+from .extras import require
+from .models import is_transformers_model
 
 GROUPS = ("embed", "attn", "mlp", "norm", "final")
 
@@ -36,6 +40,8 @@ class Family:
     patterns: tuple[tuple[str, str], ...]   # (module path with * for indices, group)
     block_pattern: str                      # the path prefix that identifies one block
     block_class: type | None = None
+    head_norm: str | None = None   # a norm after pooling that SSF trains too (ConvNeXt's head norm)
+    pre_pool: str | None = None    # a module on the residual stream before pooling (ConvNeXt)
 
     def fits(self, model: nn.Module) -> bool:
         if not isinstance(model, self.model_class):
@@ -86,7 +92,7 @@ FAMILIES: tuple[Family, ...] = (
            (("stem.0", "embed"), ("stem.1", "embed"),
             ("stages.*.blocks.*.conv_dw", "attn"), ("stages.*.blocks.*.norm", "norm"),
             ("stages.*.blocks.*.mlp.fc1", "mlp"), ("stages.*.blocks.*.mlp.fc2", "mlp")),
-           "stages.*.blocks.*", ConvNeXtBlock),
+           "stages.*.blocks.*", ConvNeXtBlock, head_norm="head.norm", pre_pool="norm_pre"),
     # MLP-Mixer (no official SSF file; by analogy with ViT): stem projection, per block norm1,
     # token-mixing fc1/fc2 (group attn), norm2, channel fc1/fc2, final norm.
     Family("mixer", MlpMixer,
@@ -99,15 +105,76 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-def families() -> tuple[Family, ...]:
+def _vit_like(root: str, block: str, norm1: str, norm2: str, mlp: tuple[str, str],
+              embed_norm: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    """The official ViT / Swin points (patch projection [+ its norm]; per block norm1, q, k, v,
+    output projection, norm2, MLP in and out; final norm) under transformers' 5.x names: its
+    separate q/k/v projections together are timm's fused qkv."""
+    return ((f"{root}.embeddings.patch_embeddings.projection", "embed"),
+            *((f"{root}.embeddings.{n}", "embed") for n in embed_norm),
+            (f"{block}.{norm1}", "norm"),
+            *((f"{block}.attention.{p}_proj", "attn") for p in "qkvo"),
+            (f"{block}.{norm2}", "norm"),
+            *((f"{block}.mlp.{n}", "mlp") for n in mlp),
+            (f"{root}.layernorm", "final"))
+
+
+def transformers_families() -> tuple[Family, ...]:
+    """The transformers image classifiers whose head, insertion points and merge are verified
+    (tests/test_transformers_models.py). Swin's patch merging and ConvNeXt's downsampling get
+    no SSF, as with timm; ConvNeXtModel's pooled layernorm is timm's head.norm."""
+    tf = require("transformers", "a Hugging Face transformers model")
+    vit_block, deit_block = "vit.layers.*", "deit.layers.*"
+    dino_block, swin_block = "dinov2.encoder.layer.*", "swin.encoder.layers.*.blocks.*"
+    convnext_block = "convnext.encoder.stages.*.layers.*"
+    return (
+        Family("transformers_vit", tf.ViTForImageClassification,
+               _vit_like("vit", vit_block, "layernorm_before", "layernorm_after", ("fc1", "fc2")),
+               vit_block),
+        Family("transformers_deit", tf.DeiTForImageClassification,
+               _vit_like("deit", deit_block, "layernorm_before", "layernorm_after", ("fc1", "fc2")),
+               deit_block),
+        Family("transformers_dinov2", tf.Dinov2ForImageClassification,
+               _vit_like("dinov2", dino_block, "norm1", "norm2",
+                         ("fc1", "fc2", "gate_proj", "up_proj", "down_proj")),   # or use_swiglu_ffn
+               dino_block),
+        Family("transformers_swin", tf.SwinForImageClassification,
+               _vit_like("swin", swin_block, "layernorm_before", "layernorm_after", ("fc1", "fc2"),
+                         embed_norm=("norm",)),
+               swin_block),
+        Family("transformers_convnext", tf.ConvNextForImageClassification,
+               (("convnext.embeddings.patch_embeddings", "embed"),
+                ("convnext.embeddings.layernorm", "embed"),
+                (f"{convnext_block}.dwconv", "attn"), (f"{convnext_block}.layernorm", "norm"),
+                (f"{convnext_block}.pwconv1", "mlp"), (f"{convnext_block}.pwconv2", "mlp")),
+               convnext_block, head_norm="convnext.layernorm"),
+    )
+
+
+def families_for(model: nn.Module) -> tuple[Family, ...]:
+    """The families `model` may belong to: transformers' for a transformers model, else timm's."""
+    if is_transformers_model(model):
+        return transformers_families()
     return FAMILIES + (_asmlp_family(),)
 
 
 def family_of(model: nn.Module) -> Family | None:
-    for family in families():
+    for family in families_for(model):
         if family.fits(model):
             return family
     return None
+
+
+def transformers_family(model: nn.Module) -> Family:
+    """The family of a transformers model, or an error naming the classes scaleshift supports."""
+    family = family_of(model)
+    if family is None:
+        supported = ", ".join(f.model_class.__name__ for f in transformers_families())
+        raise ScaleshiftError(
+            f"{type(model).__name__} is a transformers model scaleshift does not support: its "
+            f"classifier head and exact merge are verified only for {supported}. Use one of "
+            f"those, or the timm version of the architecture (scaleshift.create_model)")
+    return family
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:
@@ -166,6 +233,10 @@ def is_affine_norm(module: nn.Module) -> bool:
 
 
 def input_size_of(model: nn.Module) -> tuple[int, ...]:
+    if is_transformers_model(model):
+        size = model.config.image_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return (model.config.num_channels, height, width)
     cfg_size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None:   # models built with img_size=... keep a 224 pretrained_cfg

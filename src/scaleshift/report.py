@@ -1,5 +1,6 @@
 """`scaleshift report RUN_DIRS...`: results.json files -> the paper's table shapes, with the
-paper's numbers side by side (Markdown + CSV).
+paper's numbers side by side (Markdown + CSV), and the runs' log.jsonl files -> training curves
+(curves.png: train loss and val / test top-1 against the epoch, one colour per run).
 
 Benchmarks are recognised by dataset: FGVC (Table 3: five datasets, mean, Params), VTAB-1k
 (Table 4: 19 tasks, group means, 19-task mean, Params), CIFAR-100 / ImageNet (Table 5: one
@@ -15,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import ScaleshiftError
+from .io import figure, save_png
 
 FGVC = ["cub2011", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars"]
 VTAB_GROUPS = {
@@ -161,6 +163,48 @@ def to_markdown(tables: list[dict]) -> str:
                   for row in t["rows"]]
         parts.append("")
     return "\n".join(parts)
+
+
+def load_logs(run_dirs: list[str | Path]) -> list[tuple[str, list[dict]]]:
+    """(label, the rows of log.jsonl) per run; a two-stage run (clean protocol with
+    retrain_split) gives one per stage, labelled RUN/select and RUN/retrain."""
+    logs = []
+    for run in run_dirs:
+        directory = Path(run) if Path(run).is_dir() else Path(run).parent
+        paths = [(str(directory), directory / "log.jsonl")] if (directory / "log.jsonl").is_file() \
+            else [(f"{directory}/{stage}", directory / stage / "log.jsonl")
+                  for stage in ("select", "retrain") if (directory / stage / "log.jsonl").is_file()]
+        if not paths:
+            raise ScaleshiftError(f"{directory} has no log.jsonl (nor select/ and retrain/ stages "
+                                  f"with one): pass run directories written by `scaleshift train`")
+        logs += [(label, [json.loads(line) for line in path.read_text().splitlines()])
+                 for label, path in paths]
+    return logs
+
+
+def curves_figure(logs: list[tuple[str, list[dict]]]):
+    """Two panels against the epoch: train loss, and top-1 (val solid, test dashed; a run
+    tested only at the end shows one point), one colour per run."""
+    fig, (loss_ax, top1_ax) = figure(1, 2, figsize=(11, 4))
+    for index, (label, rows) in enumerate(logs):
+        colour = f"C{index % 10}"
+        loss_ax.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], "-o",
+                     color=colour, markersize=3, label=label)
+        for split, style in (("val", "-o"), ("test", "--s")):
+            points = [(r["epoch"], r[f"{split}_top1"]) for r in rows if f"{split}_top1" in r]
+            if points:
+                top1_ax.plot(*zip(*points), style, color=colour, markersize=3, label=f"{label} {split}")
+    for ax, title in ((loss_ax, "train loss"), (top1_ax, "top-1 % (val solid, test dashed)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(run_dirs: list[str | Path], path: str | Path) -> None:
+    save_png(curves_figure(load_logs(run_dirs)), path)
 
 
 def to_csv(tables: list[dict]) -> str:

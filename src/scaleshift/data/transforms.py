@@ -19,6 +19,7 @@ erasing (`random_erasing`): the official code erases each image of the batch AFT
 """
 from __future__ import annotations
 
+import torch.nn as nn
 from timm.data import create_transform, resolve_data_config
 
 from ..errors import ScaleshiftError
@@ -45,6 +46,38 @@ def resolve_config(model) -> dict:
     return resolve_data_config(model=model)
 
 
+def eval_transform_config(setting: str | None, model, input_size: int | None = None) -> dict:
+    """The evaluation transform of a paper `setting` for `model` as the keyword arguments of
+    timm's create_transform (JSON-safe): what an adapter records so that serving rebuilds the
+    transform its run evaluated with (`transform_from_config`). setting=None: the backbone's
+    own evaluation transform (resize by crop_pct, centre crop)."""
+    if setting is not None and setting not in SETTINGS:
+        raise ScaleshiftError(f"unknown transform setting {setting!r}; "
+                              f"one of {', '.join(SETTINGS)}")
+    cfg = resolve_config(model)
+    size = cfg["input_size"] if input_size is None else (3, input_size, input_size)
+    if input_size is None and isinstance(model, nn.Module):
+        from ..profiles import input_size_of
+        size = input_size_of(model)   # a model built with img_size=... keeps a 224 config
+    record = dict(input_size=list(size), interpolation=cfg["interpolation"],
+                  crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode", "center"),
+                  mean=list(cfg["mean"]), std=list(cfg["std"]))
+    if setting == "vtab":
+        # 'squash' with crop_pct 1: Resize((size, size)) then a no-op centre crop
+        record.update(crop_pct=1.0, crop_mode="squash")
+    return record
+
+
+def transform_from_config(record: dict, **overrides):
+    """The evaluation transform an `eval_transform_config` record describes."""
+    try:
+        return create_transform(**{**record, **overrides}, is_training=False)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ScaleshiftError(f"the recorded eval transform {record} cannot be rebuilt "
+                              f"({type(exc).__name__}: {exc}); the adapter config was edited "
+                              f"or damaged") from None
+
+
 def build_transform(setting: str, model, is_training: bool, input_size: int | None = None,
                     **overrides):
     """The transform of a paper `setting` for `model` (see the module table). `input_size`
@@ -52,20 +85,11 @@ def build_transform(setting: str, model, is_training: bool, input_size: int | No
     if setting not in SETTINGS:
         raise ScaleshiftError(f"unknown transform setting {setting!r}; "
                               f"one of {', '.join(SETTINGS)}")
-    cfg = resolve_config(model)
-    size = cfg["input_size"] if input_size is None else (3, input_size, input_size)
-    base = dict(input_size=size, mean=cfg["mean"], std=cfg["std"],
-                interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"],
-                crop_mode=cfg.get("crop_mode", "center"))
-    if setting == "vtab":
-        # 'squash' with crop_pct 1: Resize((size, size)) then a no-op centre crop
-        args = dict(base, is_training=False, crop_pct=1.0, crop_mode="squash")
-    elif not is_training:
+    base = eval_transform_config(setting, model, input_size)
+    if setting == "vtab" or not is_training:
         args = dict(base, is_training=False)
-    elif setting == "fgvc":
-        args = dict(base, is_training=True, **SIMPLE_AUG)
     else:
-        args = dict(base, is_training=True, **STRONG_AUG)
+        args = dict(base, is_training=True, **(SIMPLE_AUG if setting == "fgvc" else STRONG_AUG))
     args.update(overrides)
     if args.get("is_training"):
         args.pop("crop_pct", None)

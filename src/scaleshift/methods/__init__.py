@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ScaleshiftError
-from ..models import IDENTITY_ATTR, classifier_parameter_names, identity_of
+from ..models import IDENTITY_ATTR, classifier_parameter_names, identity_of, is_transformers_model
+from ..profiles import transformers_family
 
 CONFIG_ATTR = "scaleshift_config"
 
@@ -81,6 +82,10 @@ class Method:
     name: str = ""
     description: str = ""
     options: dict[str, Option] = {}
+    # PEFT's name for the method when its adapters are saved in PEFT's format (the method then
+    # has to_peft and from_peft_keys); None: PEFT cannot represent it
+    peft_type: str | None = None
+    supports_transformers: bool = False   # works on the transformers classifiers of profiles.py
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - set(self.options))
@@ -157,6 +162,12 @@ def apply(model: nn.Module, method: str = "ssf", **options) -> nn.Module:
                               f"applied; create a fresh model to apply another one")
     impl = get_method(method)
     opts = impl.resolve_options(options)
+    if is_transformers_model(model):
+        transformers_family(model)   # refuses a class whose head and merge are not verified
+        if not impl.supports_transformers:
+            usable = [m.name for m in _REGISTRY.values() if m.supports_transformers]
+            raise ScaleshiftError(f"method {impl.name!r} works on timm models only; on the "
+                                  f"transformers {type(model).__name__} use one of {usable}")
     identity = identity_of(model)   # recorded on the plain model, before any wrapper goes in
     if identity is not None:
         setattr(model, IDENTITY_ATTR, identity)

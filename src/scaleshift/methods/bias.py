@@ -7,6 +7,7 @@ from . import Method, register
 class Bias(Method):
     name = "bias"
     description = "Train every bias of Linear, Conv and norm layers plus the head (BitFit)"
+    supports_transformers = True
 
     def inject(self, model: nn.Module, opts: dict) -> list[str]:
         names = []

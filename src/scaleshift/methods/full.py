@@ -7,6 +7,7 @@ from . import Method, register
 class Full(Method):
     name = "full"
     description = "Train every parameter (full fine-tuning)"
+    supports_transformers = True
 
     def inject(self, model: nn.Module, opts: dict) -> list[str]:
         return [name for name, _ in model.named_parameters()]

@@ -263,6 +263,7 @@ def _channels(module: nn.Module) -> int:
 class SSF(Method):
     name = "ssf"
     description = "Scale & shift features after every op of the profile (Lian et al. 2022)"
+    supports_transformers = True
     options = {
         "profile": Option("auto", "paper: the official insertion points (ViT, Swin, ConvNeXt, "
                           "MLP-Mixer, AS-MLP); all: after every Linear, Conv and norm affine of any "
@@ -298,12 +299,17 @@ class SSF(Method):
         extra: list[str] = []
         if profile == "paper":
             points = paper_points(model, family)
-            if family.name == "convnext":
-                if opts["convnext_final"] == "residual":
-                    points.append(Point("norm_pre", "final", None))
+            if family.head_norm:   # ConvNeXt
+                if opts["convnext_final"] == "head_norm":
+                    points.append(Point(family.head_norm, "final", None))
+                elif family.pre_pool:
+                    points.append(Point(family.pre_pool, "final", None))
                 else:
-                    points.append(Point("head.norm", "final", None))
-                extra.append("head.norm")   # official SSF trains head.norm too (paper counts)
+                    raise ScaleshiftError(f"convnext_final=residual needs a module on the residual "
+                                          f"stream before pooling, which {type(model).__name__} "
+                                          f"lacks (timm's ConvNeXt has norm_pre); use "
+                                          f"convnext_final=head_norm")
+                extra.append(family.head_norm)   # official SSF trains head.norm too (paper counts)
         else:
             for key in ("layers",):
                 if opts[key] is not None:

@@ -1,0 +1,30 @@
+"""`scaleshift demo` end to end (one epoch per method): real ImageNet features, merge exact."""
+import json
+
+import pytest
+
+from scaleshift.cli import main
+
+
+def test_demo_on_real_features_merges_exactly(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["backbone"] == "tf_efficientnet_lite0"
+    assert set(summary["methods"]) == {"linear", "ssf", "full"}
+    merge = summary["merge"]
+    assert merge["identical_predictions"] and merge["extra_params"] == 0
+    assert merge["max_abs_logit_diff"] < 1e-3 and merge["compared_images"] == 1000
+    assert (out / "results.png").stat().st_size > 0 and (out / "ssf" / "adapter").is_dir()
+    assert "merged" in (out / "results.md").read_text().lower()
+    assert summary["command"] == "scaleshift demo --epochs 1"      # what repeats this result
+    assert "`scaleshift demo --epochs 1`" in (out / "results.md").read_text()
+    assert summary["machine"]["torch"] and summary["machine"]["cpus"]
+
+
+def test_demo_refuses_an_unknown_backbone(capsys):
+    with pytest.raises(SystemExit) as exit_info:   # argparse's own exit
+        main(["demo", "--backbone", "vit_base_patch16_224"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and "tf_efficientnet_lite0" in err and "Traceback" not in err
