@@ -20,6 +20,7 @@ def test_demo_on_real_features_merges_exactly(tmp_path, capsys):
     assert summary["command"] == "scaleshift demo --epochs 1"      # what repeats this result
     assert "`scaleshift demo --epochs 1`" in (out / "results.md").read_text()
     assert summary["machine"]["torch"] and summary["machine"]["cpus"]
+    assert "cpu_extensions" in summary["machine"]
 
 
 def test_demo_refuses_an_unknown_backbone(capsys):
@@ -28,3 +29,13 @@ def test_demo_refuses_an_unknown_backbone(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice" in err and "tf_efficientnet_lite0" in err and "Traceback" not in err
+
+
+def test_machine_record_names_the_cpu_extensions_the_kernels_choose_between(tmp_path):
+    from scaleshift.runs import cpu_extensions, machine_info
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_extensions(str(cpuinfo)) == ["avx2", "avx512f", "avx512_bf16", "amx_tile"]
+    assert cpu_extensions(str(tmp_path / "missing")) == []
+    record = machine_info()
+    assert record["cpu_capability"] and isinstance(record["cpu_extensions"], list)

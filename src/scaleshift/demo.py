@@ -122,7 +122,9 @@ def render_table(summary: dict) -> str:
     if "command" in summary:
         machine = summary["machine"]
         lines += [f"Command: `{summary['command']}`; {summary['seconds']:.0f} s from start to these "
-                  f"files ({machine['cpus']} CPUs, {machine['threads']} threads, torch "
+                  f"files ({machine['cpus']} CPUs with "
+                  f"{', '.join(machine.get('cpu_extensions') or ['no listed extensions'])}, "
+                  f"{machine['threads']} threads, torch "
                   f"{machine['torch']}, timm {machine['timm']}, scaleshift {machine['scaleshift']}).", ""]
     return "\n".join(lines)
 

@@ -180,8 +180,24 @@ def parse_device(name: str) -> torch.device:
 
 
 def machine_info() -> dict:
-    """What a result records about where it was measured."""
+    """What a result records about where it was measured. The CPU's vector extensions are part
+    of it because oneDNN picks different kernels for them (AMX, AVX-512 bf16), and the rounding
+    differences compound over a training run: the same seed gives slightly different
+    accuracies on hosts with different extensions."""
     return dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                 scaleshift=__version__, platform=platform.platform(), processor=platform.machine(),
                 cpus=os.cpu_count(), threads=torch.get_num_threads(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                cpu_extensions=cpu_extensions(),
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+
+
+def cpu_extensions(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The vector and matrix extensions the kernels choose between that this CPU has (Linux)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                        "amx_bf16") if f in flags]
