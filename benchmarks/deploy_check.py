@@ -26,7 +26,7 @@ from scaleshift.adapter_files import backbone_for, read_adapter_config
 from scaleshift.data import build_dataset, build_transform
 from scaleshift.runs import load_run
 from scaleshift.export import export_onnx, export_safetensors
-from scaleshift.io import atomic_path, write_json
+from scaleshift.io import write_json, write_text
 from scaleshift.multitask import MultiTaskModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +123,7 @@ def main(argv=None) -> int:
              f"Multi-task: {len(tasks)} adapters ({', '.join(tasks)}) on one backbone, one batch of "
              f"{multitask['images']} test images mixing the tasks: max abs logit diff vs the merged models "
              f"{multitask['max_abs_logit_diff']:.1e}, same predictions: {multitask['same_predictions']}"]
-    with atomic_path(out.with_suffix(".md")) as tmp_path:
-        tmp_path.write_text("\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     ok = export["same_ops_as_plain"] and export["onnx_parity"] and multitask["same_predictions"] \
         and not export["timm_only_imported_scaleshift"] and export["timm_only_max_abs_logit_diff"] <= 1e-4 \

@@ -35,7 +35,7 @@ import torch
 from scaleshift.config import make_config
 from scaleshift.engine import train
 from scaleshift.runs import machine_info
-from scaleshift.io import atomic_path, write_json
+from scaleshift.io import write_json, write_text
 from scaleshift.progress import progress, say
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -365,8 +365,7 @@ def main() -> int:
               f"backbones {nets}; {len(plan)} runs, {run_seconds / 60:.0f} min of run time in all "
               f"({args.jobs} at a time on {machine_info()['cpus']} CPUs; this invocation "
               f"{time.time() - started:.0f} s), torch {torch.__version__}.", ""]
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text("\n".join(header + sections) + "\n")
+    write_text(out / "results.md", "\n".join(header + sections) + "\n")
     write_json(out / "results.json", dict(preset=args.preset, only=args.only, backbones=nets,
                                           machine=machine_info(), data={k: v for k, v in data.items()},
                                           runs=len(plan), finished=finished, run_seconds=round(run_seconds, 1),

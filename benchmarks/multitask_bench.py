@@ -31,7 +31,7 @@ import torch
 
 import scaleshift
 from scaleshift.runs import machine_info
-from scaleshift.io import atomic_path, write_json
+from scaleshift.io import write_json, write_text
 from scaleshift.merge import perturb_trainable
 from scaleshift.adapter_files import backbone_for, read_adapter_config
 from scaleshift.models import plain_model
@@ -192,8 +192,7 @@ def main(argv=None) -> int:
     lines += ["", "Ratios (multi-task / merged): " + "; ".join(
         f"N={r['tasks']}: throughput {r['ratios']['throughput']:.2f}, held {r['ratios']['held']:.2f}, "
         f"peak {r['ratios']['peak']:.2f}" for r in runs)]
-    with atomic_path(out.with_suffix(".md")) as tmp_path:
-        tmp_path.write_text("\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

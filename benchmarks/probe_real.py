@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_suite import C_GRID, probe  # noqa: E402  (the same probe as the embedded backbones)
 
-from scaleshift.io import atomic_path, write_json  # noqa: E402
+from scaleshift.io import write_json, write_text  # noqa: E402
 from scaleshift.progress import progress, say  # noqa: E402
 
 GROUPS = {
@@ -358,8 +358,7 @@ def write_md(path: Path, report: dict, models) -> None:
             lines[-1] += " " + RANDOM_NOTE.format(**acc)
         except KeyError:                              # no random-init rows for those tasks
             pass
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def resolution_numbers(report: dict) -> dict:

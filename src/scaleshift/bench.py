@@ -268,9 +268,8 @@ def profile_train_steps(model_name: str, model_kwargs: dict, batch: int, device,
         summary[label] = dict(self_ms=total / 1e3, matmul_conv_attention_ms=heavy / 1e3,
                               other_ms=(total - heavy) / 1e3)
         if out is not None:
-            from .io import atomic_path
-            with atomic_path(out / f"profile_{label}.txt") as tmp:
-                tmp.write_text(events.table(sort_by="self_cpu_time_total", row_limit=25))
+            from .io import write_text
+            write_text(out / f"profile_{label}.txt", events.table(sort_by="self_cpu_time_total", row_limit=25))
     return summary
 
 
@@ -363,15 +362,14 @@ def write_bench(result: dict, out: Path) -> None:
     import csv
     import io
 
-    from .io import atomic_path, write_json
+    from .io import write_json, write_text
     result = dict(result, goals=goals(result))
     write_json(out / "bench.json", result)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(result["rows"][0]))
     writer.writeheader()
     writer.writerows(result["rows"])
-    with atomic_path(out / "bench.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_text(out / "bench.csv", buffer.getvalue())
     plot_bench(result, out / "bench.png")
 
 

@@ -123,7 +123,7 @@ def cmd_merge(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .io import atomic_path
+    from .io import write_text
     from .report import build_tables, load_results, plot_curves, to_csv, to_markdown
     tables = build_tables(load_results(args.run_dirs))
     markdown = to_markdown(tables)
@@ -131,8 +131,7 @@ def cmd_report(args) -> int:
     if args.out:
         out = Path(args.out)
         for name, text in (("report.md", markdown), ("report.csv", to_csv(tables))):
-            with atomic_path(out / name) as tmp:
-                tmp.write_text(text)
+            write_text(out / name, text)
         plot_curves(args.run_dirs, out / "curves.png")
         print(f"written: {out / 'report.md'}, {out / 'report.csv'}, {out / 'curves.png'}")
     return 0

@@ -181,9 +181,9 @@ def parse_device(name: str) -> torch.device:
 
 def machine_info() -> dict:
     """What a result records about where it was measured. The CPU's vector extensions are part
-    of it because oneDNN picks different kernels for them (AMX, AVX-512 bf16), and the rounding
-    differences compound over a training run: the same seed gives slightly different
-    accuracies on hosts with different extensions."""
+    of it because oneDNN and MKL pick their kernels by them (forcing AVX2 on an AVX-512 CPU
+    changes the bits of a gradient), and the rounding differences compound over a training
+    run: the same seed can give accuracies a point or two apart on different CPUs."""
     return dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                 scaleshift=__version__, platform=platform.platform(), processor=platform.machine(),
                 cpus=os.cpu_count(), threads=torch.get_num_threads(),
