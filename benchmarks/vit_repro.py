@@ -117,7 +117,8 @@ def point_label(point: dict) -> str:
 
 
 def run_config(key: str, point: dict, options: dict | None = None) -> dict:
-    method, method_options, extra = METHODS[key]
+    """A run of method `key` (an ablation key `ssf_*` is SSF with its `options`) at a grid point."""
+    method, method_options, extra = METHODS[key if key in METHODS else "ssf"]
     opts = dict(method_options, **({"prompts": point["prompts"]} if "prompts" in point else {}),
                 **(options or {}))
     return dict(method=method, method_options=opts, lr=point["lr"], **extra)
