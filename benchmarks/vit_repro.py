@@ -212,6 +212,14 @@ def plan(p: dict, runs: Path) -> dict:
     return planned
 
 
+def first_stage(todo: dict) -> dict:
+    """The pending runs of the first unfinished stage (a task of (a) in the preset's order, then
+    the ablations): one task is finished, all methods and seeds, before the next one starts, so an
+    interrupted reproduction leaves whole rows rather than scattered grid points."""
+    stages = list(dict.fromkeys("/".join(name.split("/")[:2]) for name in todo))
+    return {name: run for name, run in todo.items() if name.startswith(stages[0] + "/")} if stages else {}
+
+
 def top1(r: dict) -> float:
     return r["final"]["top1"]
 
@@ -315,19 +323,23 @@ def epoch_seconds(found: list[dict] | None) -> str:
     return f"{statistics.median(values):.0f}" if values else ""
 
 
-def corrupted_test_images(task: str, count: int, split: str, transform) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` test images of `task` under one corruption/severity of the fashion-mnist-C
-    catalogue ('clean': none), as a batch. Each colour channel is corrupted with the same random
-    draw (one noise pattern, one displacement field), seeded per image and split."""
+def test_images(task: str, count: int) -> list:
+    """The first `count` test items of `task` as (PIL image, label), drawn once."""
+    from scaleshift.data import build_dataset
+    dataset = build_dataset(task, split="test", seed=0)
+    return [dataset[i] for i in range(min(count, len(dataset)))]
+
+
+def corrupted_batch(items: list, split: str, transform) -> tuple[torch.Tensor, torch.Tensor]:
+    """`items` under one corruption/severity of the fashion-mnist-C catalogue ('clean': none), as
+    a batch. Each colour channel is corrupted with the same random draw (one noise pattern, one
+    displacement field), seeded per image and split."""
     import numpy as np
     from PIL import Image
 
-    from scaleshift.data import build_dataset
     from scaleshift.data.builtin import FASHION_CORRUPTIONS, corrupt
-    dataset = build_dataset(task, split="test", seed=0)
-    images, labels = [], []
-    for i in range(min(count, len(dataset))):
-        image, label = dataset[i]
+    images = []
+    for i, (image, _) in enumerate(items):
         if split != "clean":
             corruption, severity = split.split("/")
             code = list(FASHION_CORRUPTIONS).index(corruption)
@@ -337,8 +349,7 @@ def corrupted_test_images(task: str, count: int, split: str, transform) -> tuple
                                for c in range(3)], -1)
             image = Image.fromarray(pixels)
         images.append(transform(image))
-        labels.append(label)
-    return torch.stack(images), torch.as_tensor(labels)
+    return torch.stack(images), torch.as_tensor([label for _, label in items])
 
 
 @torch.no_grad()
@@ -370,11 +381,12 @@ def experiment_c(p: dict, runs: Path) -> tuple[list[str], dict]:
                 models[f"{key}/{seed}"] = load_run(run, merged=mergeable)[1].eval()
     if models:
         transform = build_transform("vtab", next(iter(models.values())), False, input_size=SIZE)
+        items = test_images(task, p["c_images"])
     for split in progress(splits if models else [], "corrupted splits"):
         todo = {name: m for name, m in models.items() if f"{name}/{split}" not in errors}
         if not todo:
             continue
-        images, labels = corrupted_test_images(task, p["c_images"], split, transform)
+        images, labels = corrupted_batch(items, split, transform)
         for name, model in todo.items():
             errors[f"{name}/{split}"] = 1 - (model(images).argmax(1) == labels).float().mean().item()
         write_json(cache, errors)
@@ -565,7 +577,7 @@ def main() -> int:
     out = Path(args.out or ROOT / "results" / "vit" / f"repro_{args.preset}")
     started = time.time()
     while not args.tables_only:
-        todo = {name: run for name, run in plan(p, runs).items() if result(runs, name) is None}
+        todo = first_stage({name: run for name, run in plan(p, runs).items() if result(runs, name) is None})
         if not todo:
             break
         execute(runs, todo, args.jobs, BASE)
