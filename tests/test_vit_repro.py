@@ -1,0 +1,77 @@
+"""The real-ViT reproduction's protocol, on fake run folders: the grid is scored on val200 only,
+every seed retrains for the chosen epochs, Table 6 waits for SSF's lr, tasks finish in order,
+and claims are worded from the seed spread."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import vit_repro  # noqa: E402
+
+FULL = vit_repro.PRESETS["full"]
+
+
+def finish(runs: Path, name: str, val_top1: float = 0.0, epoch: int = 1, top1: float = 0.0) -> None:
+    """A results.json as the engine writes it, with the fields the runner reads."""
+    out = runs / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(dict(
+        selected=dict(epoch=epoch, val_top1=val_top1), final=dict(top1=top1), reported=dict(top1=top1),
+        trainable_params=1000, total_params=10_000, wall_time_s=1.0,
+        config=dict(out_dir=str(out), seed=int(name.rsplit("seed", 1)[-1]) if "seed" in name else 0))))
+
+
+def test_grid_runs_never_see_test_data_and_the_best_val_point_wins(tmp_path):
+    points = vit_repro.grid_points(FULL, "vpt_deep")
+    assert len(points) == len(vit_repro.LRS["vpt_deep"]) * len(vit_repro.PROMPTS)
+    runs = vit_repro.selection_runs(FULL, "a", "struct_count_96", "vpt_deep", points)
+    assert all(r["test_split"] is None and r["train_split"] == "train800" and r["val_split"] == "val200"
+               and r["seed"] == 0 for r in runs.values())
+    assert vit_repro.choice(tmp_path, FULL, "a", "struct_count_96", "vpt_deep", points) is None
+    scores = [50.0, 61.0, 61.0, 40.0]          # a tie: the earlier grid point wins
+    for (name, _), score, epoch in zip(runs.items(), scores, [4, 2, 3, 1]):
+        finish(tmp_path, name, val_top1=score, epoch=epoch)
+    chosen = vit_repro.choice(tmp_path, FULL, "a", "struct_count_96", "vpt_deep", points)
+    assert (chosen["lr"], chosen["prompts"], chosen["epoch"]) == (points[1]["lr"], points[1]["prompts"], 2)
+    assert [q["val_top1"] for q in chosen["grid"]] == scores
+    retrain = vit_repro.retrain_runs(FULL, "a", "struct_count_96", "vpt_deep", chosen, FULL["seeds"])
+    assert len(retrain) == 3 and all(
+        r["train_split"] == "train800val200" and r["val_split"] is None and r["stop_epoch"] == 2
+        and r["method_options"]["prompts"] == points[1]["prompts"] and r["lr"] == points[1]["lr"]
+        for r in retrain.values())
+    assert sorted(r["seed"] for r in retrain.values()) == [0, 1, 2]
+
+
+def test_ablations_wait_for_ssfs_choice_and_train_ssf_with_their_options(tmp_path):
+    task = FULL["ablation_task"]
+    planned = vit_repro.plan(FULL, tmp_path)
+    assert not any(name.startswith("d/") for name in planned)
+    ssf_points = vit_repro.grid_points(FULL, "ssf")
+    for i, name in enumerate(vit_repro.selection_runs(FULL, "a", task, "ssf", ssf_points)):
+        finish(tmp_path, name, val_top1=70.0 + i, epoch=3)
+    planned = vit_repro.plan(FULL, tmp_path)
+    ablations = {n: r for n, r in planned.items() if n.startswith("d/")}
+    assert len(ablations) == len([row for row in vit_repro.ABLATIONS if row[0] in FULL["ablations"]]) \
+        + (len(FULL["last_k"]) if vit_repro.last_k_supported() else 0)
+    assert all(r["method"] == "ssf" and r["lr"] == ssf_points[-1]["lr"] for r in ablations.values())
+    no_scale = next(r for n, r in ablations.items() if "wo_scale" in n)
+    assert no_scale["method_options"] == {"scale": False}
+
+
+def test_one_task_is_finished_before_the_next_starts():
+    todo = {"a/t1/ssf/x": 1, "a/t2/ssf/x": 2, "a/t1/full/x": 3, "d/t1/ssf_y/x": 4}
+    assert vit_repro.first_stage(todo) == {"a/t1/ssf/x": 1, "a/t1/full/x": 3}
+    assert vit_repro.first_stage({"d/t1/ssf_y/x": 4}) == {"d/t1/ssf_y/x": 4}
+    assert vit_repro.first_stage({}) == {}
+
+
+@pytest.mark.parametrize("a, b, word", [
+    ([70.0, 71.0, 72.0], [60.0, 61.0, 62.0], "held"),
+    ([70.0, 71.0, 72.0], [70.5, 71.0, 71.5], "level"),
+    ([60.0, 61.0, 62.0], [70.0, 71.0, 72.0], "not held"),
+    ([70.0], [69.9], "held"),
+])
+def test_claims_are_worded_from_the_seed_spread(a, b, word):
+    assert vit_repro.verdict(a, b).startswith(word + " (")
