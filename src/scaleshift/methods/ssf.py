@@ -297,6 +297,33 @@ def _channels(module: nn.Module) -> int:
     return module.weight.shape[0]
 
 
+LAST = "last:"
+
+
+class LayersOption(Option):
+    """k: the first k blocks (paper Table 6a); "last:k": the last k blocks."""
+
+    def parse(self, method: str, key: str, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower().startswith(LAST):
+            count = value.strip()[len(LAST):]
+            if not count.isdigit() or int(count) < 1:
+                raise ScaleshiftError(f"option {key!r} of method {method!r}: {value!r} trains no "
+                                      f"block; use last:k with k >= 1 (the last k blocks), or "
+                                      f"layers=0 for the paper's SSF-free row")
+            return f"{LAST}{int(count)}"
+        try:
+            return super().parse(method, key, value)
+        except ScaleshiftError:
+            raise ScaleshiftError(f"option {key!r} of method {method!r} takes k (SSF in the first "
+                                  f"k blocks, paper Table 6a) or last:k (the last k blocks), got "
+                                  f"{value!r}") from None
+
+
+def last_blocks(layers: Any) -> int | None:
+    """k of layers=last:k, None for any other value."""
+    return int(layers[len(LAST):]) if isinstance(layers, str) and layers.startswith(LAST) else None
+
+
 class SSF(Method):
     name = "ssf"
     description = "Scale & shift features after every op of the profile (Lian et al. 2022)"
@@ -309,8 +336,11 @@ class SSF(Method):
         "init": Option("normal", "scale/shift init (paper Table 6c)",
                        choices=("normal", "constant", "uniform", "trunc_normal", "random")),
         "init_std": Option(0.02, "std of the scale/shift init", minimum=0.0),
-        "layers": Option(None, "SSF in the first k blocks only, plus embed and final norm when "
-                         "k > 0 (paper Table 6a); default: every block", minimum=0),
+        "layers": LayersOption(None, "k: SSF in the first k blocks only, plus embed and final "
+                               "norm when k > 0 (paper Table 6a); last:k: in the last k blocks "
+                               "plus the final norm, nothing before them (the frozen prefix "
+                               "can then be cached: RunConfig cache_prefix); default: every "
+                               "block", minimum=0),
         "exclude": Option([], "location groups without SSF (paper Table 6b)", choices=GROUPS,
                           is_list=True),
         "scale": Option(True, "learn the scale (paper Table 6d)"),
@@ -357,7 +387,15 @@ class SSF(Method):
                 raise ScaleshiftError(f"exclude={sorted(structural)} needs the 'paper' profile; "
                                       f"profile=all only knows the group 'norm'")
             points = generic_points(model, skip=head)
-        if opts["layers"] is not None:
+        last = last_blocks(opts["layers"])
+        if last is not None:
+            depth = 1 + max(p.block for p in points if p.block is not None)
+            if last > depth:
+                raise ScaleshiftError(f"layers=last:{last}, but {type(model).__name__} has "
+                                      f"{depth} blocks; use last:1 to last:{depth}")
+            points = [p for p in points if p.group == "final"
+                      or (p.block is not None and p.block >= depth - last)]
+        elif opts["layers"] is not None:
             k = opts["layers"]
             points = [] if k == 0 else [p for p in points if p.block is None or p.block < k]
         if opts["exclude"]:
