@@ -44,7 +44,7 @@ class RunConfig:
     test_limit: int | None = None                         # test on the first N items only (None: all)
     augment: str = "vtab"                                 # vtab | fgvc | cifar | imagenet
     input_size: int | None = None                         # override the backbone's input size
-    # optimisation (SPEC section 4)
+    # optimisation (defaults as in the official SSF training scripts)
     epochs: int = 10
     warmup_epochs: int = 0
     cooldown_epochs: int = 0
