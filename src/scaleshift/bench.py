@@ -203,6 +203,7 @@ def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, 
            [(v.label, "infer") for v in variants if v.infer] + \
            [(key, "train") for key in models if "@" in key]
     times = {job: [] for job in jobs}
+    first_steps = {}
     order = random.Random(0)
     for round_index in progress(range(rounds + 1), "timing rounds"):   # round 0 is the warm-up
         order.shuffle(jobs)
@@ -216,7 +217,9 @@ def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, 
                 seconds = infer_step(model, images, device, precisions[label])
             if round_index:
                 times[(label, kind)].append(seconds)
-    out = {}
+            elif "@" in label:
+                first_steps[label] = seconds   # with torch.compile: the compilation
+    out = {f"first_step/{label}": seconds for label, seconds in first_steps.items()}
     for (label, kind), values in times.items():
         name, _, mode = label.partition("@")
         out[f"{name}/{kind}" + (f"@{mode}" if mode else "")] = statistics.median(values)
@@ -394,7 +397,8 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
                              memory_ratio=memory[key] / memory[ref] if key in memory else None))
     mode_rows = [dict(mode=mode, variant=label, seconds=times[f"{label}/train@{mode}"],
                       time_ratio=times[f"{label}/train@{mode}"] / times[f"full/train@{mode}"],
-                      vs_eager=times[f"{label}/train@{mode}"] / times[f"{label}/train"])
+                      vs_eager=times[f"{label}/train@{mode}"] / times[f"{label}/train"],
+                      first_step_seconds=times[f"first_step/{label}@{mode}"])
                  for mode in modes for label in MODE_VARIANTS if f"{label}/train@{mode}" in times]
     shape = input_shape(build(model_name, model_kwargs, VARIANTS[0], 10, "cpu"), batch, size)
     result = dict(model=model_name, model_kwargs=model_kwargs, batch=batch, device=device_name,
@@ -442,7 +446,8 @@ def write_bench(result: dict, out: Path) -> None:
     result = dict(result, goals=goals(result))
     write_json(out / "bench.json", result)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(result["rows"][0]))
+    writer = csv.DictWriter(buffer, fieldnames=["variant", "kind", "seconds", "time_ratio",
+                                                "memory_mb", "memory_ratio"])
     writer.writeheader()
     writer.writerows(result["rows"])
     write_text(out / "bench.csv", buffer.getvalue())
@@ -487,7 +492,8 @@ def format_table(result: dict) -> str:
                  f"plain; memory: " + result["memory_measure"])
     for r in result.get("modes", []):
         lines.append(f"mode {r['mode']:14} {r['variant']:5} train {r['seconds']:9.4f} s: x full "
-                     f"{r['time_ratio']:.3f}, x its fp32 eager step {r['vs_eager']:.3f}")
+                     f"{r['time_ratio']:.3f}, x its fp32 eager step {r['vs_eager']:.3f} "
+                     f"(first step {r['first_step_seconds']:.1f} s)")
     if result.get("merge_memory"):
         m = result["merge_memory"]
         lines.append(f"merge: peak RSS growth {m['peak_growth_mb']:.0f} MB for a {m['model_mb']:.0f} MB "
@@ -535,27 +541,30 @@ def results_markdown(result: dict) -> str:
     floor = bitfit_floor(result)
     if floor is not None:
         out.append(f"| *bias (BitFit) training step time / full: the floor* | {floor:.3f} | | |")
-    out += ["", "## Every method", "",
-            "Training against full fine-tuning, inference against the plain backbone; memory: "
-            f"{result['memory_measure']}.", "",
-            "| variant | kind | seconds | x ref | peak memory MB | x ref |", "|---|---|---:|---:|---:|---:|"]
+    if result["rows"]:
+        out += ["", "## Every method", "",
+                "Training against full fine-tuning, inference against the plain backbone; memory: "
+                f"{result['memory_measure']}.", "",
+                "| variant | kind | seconds | x ref | peak memory MB | x ref |", "|---|---|---:|---:|---:|---:|"]
     for r in result["rows"]:
         out.append(f"| {r['variant']} | {r['kind']} | {_number(r['seconds'], 4)} | {_number(r['time_ratio'])} "
                    f"| {_number(r['memory_mb'], 0)} | {_number(r['memory_ratio'])} |")
     if result.get("modes"):
         out += ["", "## Training step by precision and compilation", "",
                 "bf16: the forward and the loss under torch.autocast(bfloat16); compiled: "
-                "torch.compile(model), default (inductor) backend, first step excluded.", "",
-                "| mode | method | seconds | x full (same mode) | x fp32 eager (same method) |",
-                "|---|---|---:|---:|---:|"]
+                "torch.compile(model), default (inductor) backend. Medians exclude the first "
+                "step, which for a compiled model includes the compilation (its own column; "
+                "inductor's on-disk cache may shorten it).", "",
+                "| mode | method | seconds | x full (same mode) | x fp32 eager (same method) | first step s |",
+                "|---|---|---:|---:|---:|---:|"]
         eager = {r["variant"]: r for r in result["rows"] if r["kind"] == "train"}
         for label in MODE_VARIANTS:
             if label in eager:
                 out.append(f"| fp32 eager | {label} | {eager[label]['seconds']:.4f} | "
-                           f"{eager[label]['time_ratio']:.3f} | 1.000 |")
+                           f"{eager[label]['time_ratio']:.3f} | 1.000 | |")
         for r in result["modes"]:
             out.append(f"| {r['mode']} | {r['variant']} | {r['seconds']:.4f} | {r['time_ratio']:.3f} "
-                       f"| {r['vs_eager']:.3f} |")
+                       f"| {r['vs_eager']:.3f} | {r['first_step_seconds']:.1f} |")
     if result.get("merge_memory"):
         mm = result["merge_memory"]
         out += ["", "## Merge memory", "",

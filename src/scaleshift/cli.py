@@ -203,7 +203,9 @@ def cmd_bench(args) -> int:
                        command=" ".join(["scaleshift", *sys.argv[1:]]))
     print(format_table(result))
     if args.out:
-        print(f"written: {args.out}/bench.json, bench.csv, bench.png, results.md")
+        from pathlib import Path
+        written = [n for n in ("bench.json", "bench.csv", "bench.png", "results.md") if (Path(args.out) / n).is_file()]
+        print(f"written: {args.out}/{', '.join(written)}")
     return 0
 
 
