@@ -2,6 +2,8 @@
 import json
 import math
 
+import pytest
+
 from scaleshift.bench import VARIANTS, goals, measure_memory, run_bench
 
 TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
@@ -53,9 +55,40 @@ def test_profile_splits_every_profiled_step(tmp_path):
 
 
 def test_profile_refuses_an_inference_only_variant():
-    import pytest
 
     from scaleshift.errors import ScaleshiftError
     with pytest.raises(ScaleshiftError, match="not a trained variant"):
         run_bench("vit_tiny_patch16_224", batch=2, rounds=1, model_kwargs=TINY, with_memory=False,
                   profile=["ssf_merged"])
+
+
+def test_modes_time_full_bias_and_ssf_again_beside_fp32_eager(tmp_path):
+    """--modes bf16: the three training steps again under bf16 autocast, in the same rounds;
+    results.md holds every ratio with the command and the machine."""
+    result = run_bench("vit_tiny_patch16_224", batch=4, rounds=1, model_kwargs=TINY, out=str(tmp_path),
+                       with_memory=False, modes=["bf16"], command="scaleshift bench (test)")
+    assert [(r["mode"], r["variant"]) for r in result["modes"]] == [("bf16", v) for v in ("full", "bias", "ssf")]
+    assert all(math.isfinite(r["time_ratio"]) and math.isfinite(r["vs_eager"]) for r in result["modes"])
+    text = (tmp_path / "results.md").read_text()
+    for needle in ("Command: `scaleshift bench (test)`", "torch 2.", "## Goals", "SSF training step time / bias",
+                   "## Training step by precision and compilation", "| bf16 | ssf |", "Load average"):
+        assert needle in text
+
+
+def test_merge_memory_probe_sees_the_merged_model():
+    """The probe runs scaleshift.merge in a fresh process: the merged model's bytes are the
+    plain model's, and the growth it reports holds at least them (the goal itself is checked by
+    `scaleshift bench`, not here)."""
+    from scaleshift.bench import _fresh_process
+    probe = _fresh_process("merge_memory_probe", ["vit_tiny_patch16_224", dict(TINY, embed_dim=256, depth=4)])
+    assert probe["merged_model_mb"] < probe["model_mb"] and probe["merged_model_mb"] > 0.95 * probe["model_mb"]
+    assert probe["peak_growth_mb"] >= 0.9 * probe["merged_model_mb"]
+    assert probe["growth_ratio"] == pytest.approx(probe["peak_growth_mb"] / probe["model_mb"])
+
+
+def test_bad_modes_and_parts_exit_2(capsys):
+    from scaleshift.cli import main
+    for flag in (["--modes", "fp8"], ["--parts", "speed"]):
+        assert main(["bench", "--model", "vit_tiny_patch16_224", "--batch-size", "2", *flag]) == 2
+        assert flag[1] in capsys.readouterr().err
+

@@ -9,7 +9,7 @@ from scaleshift.cli import build_parser, parse_command_line
 from scaleshift.errors import ScaleshiftError
 
 FGVC = ["cub2011", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars"]
-VTAB = {  # SPEC §6: task -> (group, classes)
+VTAB = {  # VTAB-1k (Zhai et al. 2019): task -> (group, classes)
     "cifar": ("natural", 100), "caltech101": ("natural", 102), "dtd": ("natural", 47),
     "oxford_flowers102": ("natural", 102), "oxford_iiit_pet": ("natural", 37),
     "svhn": ("natural", 10), "sun397": ("natural", 397), "patch_camelyon": ("specialized", 2),

@@ -50,7 +50,7 @@ def recipe_of(script: str) -> Path:
 
 # --- official value -> the RunConfig value that would run the same thing ---------------------
 
-MODEL = {   # official model name -> the timm name of the same weights (SPEC section 5)
+MODEL = {   # official model name -> the timm name of the same weights (the official SSF scripts' --model names)
     "vit_base_patch16_224_in21k": "vit_base_patch16_224.augreg_in21k",      # augreg IN-21k .npz
     "swin_base_patch4_window7_224_in22k": "swin_base_patch4_window7_224.ms_in22k",
     "convnext_base_in22k": "convnext_base.fb_in22k",                           # convnext_base_22k_224.pth

@@ -1,4 +1,4 @@
-"""Paper-exact trainable-parameter counts (SPEC section 3), counted on the meta device."""
+"""Paper-exact trainable-parameter counts (the Params columns of the SSF paper), counted on the meta device."""
 import pytest
 import torch
 

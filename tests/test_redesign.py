@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 import scaleshift
 from scaleshift.adapter_files import adapter_tensors, backbone_for, read_adapter_config
 from scaleshift.cli import build_parser, main, parse_command_line
-from scaleshift.merge import merge_state, perturb_trainable
+from scaleshift.merge import merge_state, merge_with_report, perturb_trainable
 from scaleshift.methods import get_method
 from scaleshift.models import identity_of
 
@@ -80,6 +80,23 @@ def test_merge_leaves_the_input_model_untouched():
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
+
+
+@pytest.mark.parametrize("family, method", [("vit", "ssf"), ("swin", "ssf"), ("vit", "adapter")])
+def test_merged_model_owns_its_tensors(family, method):
+    """The merge builds the plain model on the meta device and hands it the merged tensors: none
+    may stay on meta (Swin's relative position index is a non-persistent buffer) and none may
+    share memory with the input model (training the merged model must not change the input)."""
+    model = scaleshift.apply(make_model(family), method)
+    perturb_trainable(model)
+    merged, _ = merge_with_report(model)   # the adapter does not fold: it stays, with its tensors
+    tensors = [*merged.parameters(), *merged.buffers()]
+    assert not any(t.is_meta for t in tensors)
+    source = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    assert not any(t.untyped_storage().data_ptr() in source for t in tensors if t.numel())
+    x = make_input(family)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(x), model.eval()(x), rtol=1e-5, atol=1e-5)
 
 # ----------------------------------------------------------------------------- finished runs
 @pytest.fixture(scope="module")

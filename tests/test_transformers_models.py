@@ -48,7 +48,7 @@ def images(n: int = 4, seed: int = 1) -> torch.Tensor:
 
 
 def ssf_points(family: str) -> set[str]:
-    """The paper's insertion points (SPEC section 2) written out under transformers' names."""
+    """The official SSF insertion points written out under transformers' names."""
     config = CONFIGS[family][1]
     attn = [f"attention.{p}_proj" for p in "qkvo"]
     if family in ("vit", "deit"):

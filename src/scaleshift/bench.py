@@ -17,6 +17,12 @@ Ratios: training against full fine-tuning, inference against the plain backbone.
 Precision: fp32, or bf16 (`--precision bf16`): every timed, memory-probed and profiled forward
 (and the loss) runs under torch.autocast(device, bfloat16); backward and the optimizer step
 follow autocast's usual rules (weights and their gradients stay fp32).
+Modes (`--modes bf16,compiled,compiled_bf16`): full, bias and SSF training steps again under
+bf16 autocast and/or torch.compile (default inductor backend), timed in the same interleaved
+rounds as everything else, so each mode's ratios sit beside fp32 eager from the same run.
+Merge memory: in a fresh process, the peak RSS growth of `scaleshift.merge` on the SSF model
+(random non-identity vectors) against the model's own bytes.
+Every run writes results.md: each ratio, the goals, the command, the machine and the versions.
 """
 from __future__ import annotations
 
@@ -113,6 +119,17 @@ def check_precision(precision: str, device) -> None:
         raise ScaleshiftError("--precision bf16: this CUDA device has no bfloat16 support")
 
 
+# extra step-time modes: name -> (precision, compiled); each times the MODE_VARIANTS' steps
+MODES = {"bf16": ("bf16", False), "compiled": ("fp32", True), "compiled_bf16": ("bf16", True)}
+MODE_VARIANTS = ("full", "bias", "ssf")
+
+
+def check_modes(modes: list[str]) -> None:
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ScaleshiftError(f"--modes: unknown {bad}; choose from {list(MODES)}")
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -160,20 +177,33 @@ def _model_and_batch(model_name: str, model_kwargs: dict, variant: Variant, batc
 
 
 def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, device,
-                  size: int | None, variants: list[Variant], precision: str = "fp32") -> dict:
-    """Median seconds per training step and per inference forward, variants interleaved."""
-    models, optimizers = {}, {}
+                  size: int | None, variants: list[Variant], precision: str = "fp32",
+                  modes: list[str] = ()) -> dict:
+    """Median seconds per training step and per inference forward, variants interleaved:
+    "label/kind" in `precision`, eager; "label/train@mode" for each extra mode."""
+    models, optimizers, precisions = {}, {}, {}
     for v in variants:
         models[v.label] = build(model_name, model_kwargs, v, 10, device)
         if v.train:
             optimizers[v.label] = _optimizer(models[v.label])
+        precisions[v.label] = precision
+    for mode in modes:
+        mode_precision, compiled = MODES[mode]
+        for v in [v for v in variants if v.label in MODE_VARIANTS]:
+            model = build(model_name, model_kwargs, v, 10, device)
+            key = f"{v.label}@{mode}"
+            optimizers[key] = _optimizer(model)
+            models[key] = torch.compile(model) if compiled else model
+            precisions[key] = mode_precision
     shape = input_shape(next(iter(models.values())), batch, size)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(shape, generator=generator).to(device)
     labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
     jobs = [(v.label, "train") for v in variants if v.train] + \
-           [(v.label, "infer") for v in variants if v.infer]
+           [(v.label, "infer") for v in variants if v.infer] + \
+           [(key, "train") for key in models if "@" in key]
     times = {job: [] for job in jobs}
+    first_steps = {}
     order = random.Random(0)
     for round_index in progress(range(rounds + 1), "timing rounds"):   # round 0 is the warm-up
         order.shuffle(jobs)
@@ -181,13 +211,19 @@ def measure_times(model_name: str, model_kwargs: dict, batch: int, rounds: int, 
             model = models[label]
             if kind == "train":
                 model.train()
-                seconds = train_step(model, optimizers[label], images, labels, device, precision)
+                seconds = train_step(model, optimizers[label], images, labels, device, precisions[label])
             else:
                 model.eval()
-                seconds = infer_step(model, images, device, precision)
+                seconds = infer_step(model, images, device, precisions[label])
             if round_index:
                 times[(label, kind)].append(seconds)
-    return {f"{label}/{kind}": statistics.median(values) for (label, kind), values in times.items()}
+            elif "@" in label:
+                first_steps[label] = seconds   # with torch.compile: the compilation
+    out = {f"first_step/{label}": seconds for label, seconds in first_steps.items()}
+    for (label, kind), values in times.items():
+        name, _, mode = label.partition("@")
+        out[f"{name}/{kind}" + (f"@{mode}" if mode else "")] = statistics.median(values)
+    return out
 
 
 def memory_probe(model_name: str, model_kwargs: dict, label: str, kind: str, batch: int,
@@ -213,6 +249,36 @@ def memory_probe(model_name: str, model_kwargs: dict, label: str, kind: str, bat
         return torch.cuda.max_memory_allocated(device) / 2**20
     model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     return (proc_status_kb("VmHWM") - rss_before) / 1024 + model_bytes / 2**20
+
+
+def merge_memory_probe(model_name: str, model_kwargs: dict) -> dict:
+    """Peak RSS growth of scaleshift.merge on an SSF model, against the model's bytes (CPU)."""
+    from . import merge
+    from .merge import perturb_trainable
+    model = build(model_name, model_kwargs, Variant("ssf", "ssf"), 10, torch.device("cpu"))
+    perturb_trainable(model)
+    model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    rss_before = reset_peak_rss()
+    merged = merge(model)
+    growth = (proc_status_kb("VmHWM") - rss_before) * 1024
+    merged_bytes = sum(t.numel() * t.element_size() for t in [*merged.parameters(), *merged.buffers()])
+    return dict(model_mb=model_bytes / 2**20, merged_model_mb=merged_bytes / 2**20,
+                peak_growth_mb=growth / 2**20, growth_ratio=growth / model_bytes)
+
+
+def _fresh_process(function: str, args: list) -> object:
+    """scaleshift.bench.<function>(*args) in a new Python process; its JSON result."""
+    code = (f"import json, sys; from scaleshift.bench import {function}; "
+            f"print(json.dumps({function}(*json.loads(sys.argv[1]))))")
+    # glibc: serve every allocation over 64 KiB with mmap and give freed memory back at
+    # once, so that RSS follows the live tensors instead of the allocator's cache
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()),
+               MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"{function}{tuple(args)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def proc_status_kb(field_name: str) -> int:
@@ -282,40 +348,40 @@ def measure_memory(model_name: str, model_kwargs: dict, batch: int, device, size
                 results[f"{v.label}/{kind}"] = memory_probe(model_name, model_kwargs, v.label, kind,
                                                             batch, size, "cuda", precision)
                 continue
-            code = ("import json, sys; from scaleshift.bench import memory_probe; "
-                    "print(json.dumps(memory_probe(*json.loads(sys.argv[1]))))")
-            args = json.dumps([model_name, model_kwargs, v.label, kind, batch, size, "cpu", precision])
-            # glibc: serve every allocation over 64 KiB with mmap and give freed memory back at
-            # once, so that RSS follows the live tensors instead of the allocator's cache
-            env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()),
-                       MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-            proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True,
-                                  text=True, env=env)
-            if proc.returncode:
-                raise RuntimeError(f"memory probe {v.label}/{kind} failed:\n{proc.stderr[-2000:]}")
-            results[f"{v.label}/{kind}"] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[f"{v.label}/{kind}"] = _fresh_process("memory_probe", [
+                model_name, model_kwargs, v.label, kind, batch, size, "cpu", precision])
     return results
 
 
 def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int = 3,
               model_kwargs: dict | None = None, size: int | None = None, out: str | None = None,
               with_memory: bool = True, profile: list[str] | None = None,
-              precision: str = "fp32") -> dict:
-    from .runs import machine_info
+              precision: str = "fp32", modes: list[str] = (), with_time: bool = True,
+              with_merge: bool | None = None, command: str | None = None) -> dict:
+    """Time, memory, merge memory (default: with the memory probes, on CPU) and profiles of
+    every applicable method on one backbone; writes bench.json/csv/png and results.md to `out`."""
     from .models import register_backbones
+    from .runs import machine_info
     register_backbones()
     model_kwargs = model_kwargs or {}
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ScaleshiftError("--device cuda but no CUDA device is available")
     check_precision(precision, device)
+    check_modes(list(modes))
     for label in profile or []:
         _trained_variant(label)
+    if with_merge is None:
+        with_merge = with_memory and device.type == "cpu"
+    if with_merge and device.type != "cpu":
+        raise ScaleshiftError("the merge memory probe reads the process's RSS: CPU only")
     variants = applicable(model_name, model_kwargs)
-    started = time.time()
-    times = measure_times(model_name, model_kwargs, batch, rounds, device, size, variants, precision)
+    started, load_before = time.time(), os.getloadavg()
+    times = measure_times(model_name, model_kwargs, batch, rounds, device, size, variants,
+                          precision, list(modes)) if with_time else {}
     memory = measure_memory(model_name, model_kwargs, batch, device, size, variants,
                             precision) if with_memory else {}
+    merge_memory = _fresh_process("merge_memory_probe", [model_name, model_kwargs]) if with_merge else None
     profiled = profile_train_steps(model_name, model_kwargs, batch, device, size, profile,
                                    Path(out) if out else None, precision) if profile else {}
     rows = []
@@ -323,38 +389,52 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
         for kind in [k for k, on in (("train", v.train), ("infer", v.infer)) if on]:
             key = f"{v.label}/{kind}"
             ref = "full/train" if kind == "train" else "plain/infer"
-            rows.append(dict(variant=v.label, kind=kind, seconds=times[key],
-                             time_ratio=times[key] / times[ref],
+            if key not in times and key not in memory:
+                continue
+            rows.append(dict(variant=v.label, kind=kind, seconds=times.get(key),
+                             time_ratio=times[key] / times[ref] if key in times else None,
                              memory_mb=memory.get(key),
                              memory_ratio=memory[key] / memory[ref] if key in memory else None))
+    mode_rows = [dict(mode=mode, variant=label, seconds=times[f"{label}/train@{mode}"],
+                      time_ratio=times[f"{label}/train@{mode}"] / times[f"full/train@{mode}"],
+                      vs_eager=times[f"{label}/train@{mode}"] / times[f"{label}/train"],
+                      first_step_seconds=times[f"first_step/{label}@{mode}"])
+                 for mode in modes for label in MODE_VARIANTS if f"{label}/train@{mode}" in times]
     shape = input_shape(build(model_name, model_kwargs, VARIANTS[0], 10, "cpu"), batch, size)
     result = dict(model=model_name, model_kwargs=model_kwargs, batch=batch, device=device_name,
                   precision=precision, rounds=rounds, input=list(shape),
                   memory_measure="cuda max_memory_allocated" if device.type == "cuda"
                   else "model bytes + peak RSS growth over two steps (fresh process per variant)",
-                  rows=rows, profile=profiled, seconds_total=round(time.time() - started, 1), machine=machine_info())
+                  rows=rows, modes=mode_rows, merge_memory=merge_memory, profile=profiled,
+                  seconds_total=round(time.time() - started, 1), command=command,
+                  load_average=dict(start=[round(x, 2) for x in load_before],
+                                    end=[round(x, 2) for x in os.getloadavg()]),
+                  machine=machine_info())
     if out:
         write_bench(result, Path(out))
     return result
 
 
 def goals(result: dict) -> list[dict]:
-    """The performance goals of the SSF paper's cost claim, as measured ratios."""
+    """The cost goals as measured ratios: the SSF paper's claims (Figure 3) as tightened by
+    issue 23 (SSF at BitFit's cost, <= 0.72x full, merge within one model)."""
     by = {(r["variant"], r["kind"]): r for r in result["rows"]}
 
     def get(variant, kind, key):
         row = by.get((variant, kind))
         return None if row is None else row[key]
+    merge_memory = result.get("merge_memory") or {}
     checks = [
         ("merged SSF inference time / plain", get("ssf_merged", "infer", "time_ratio"), 0.97, 1.03),
-        ("unmerged SSF inference time / plain", get("ssf", "infer", "time_ratio"), None, 1.10),
-        ("SSF training step time / full", get("ssf", "train", "time_ratio"), None, 0.60),
+        ("unmerged SSF inference time / plain", get("ssf", "infer", "time_ratio"), None, 1.03),
+        ("SSF training step time / full", get("ssf", "train", "time_ratio"), None, 0.72),
         ("SSF training peak memory / full", get("ssf", "train", "memory_ratio"), None, 0.70),
     ]
     ssf, bias = get("ssf", "train", "seconds"), get("bias", "train", "seconds")
-    checks.append(("SSF training step time / bias", ssf / bias if ssf and bias else None, None, 1.10))
-    return [dict(goal=name, value=value, met=None if value is None else
-                 ((low is None or value >= low) and value <= high))
+    checks.append(("SSF training step time / bias", ssf / bias if ssf and bias else None, None, 1.00))
+    checks.append(("merge peak memory growth / model bytes", merge_memory.get("growth_ratio"), None, 1.10))
+    return [dict(goal=name, value=value, limit=f"<= {high:.2f}" if low is None else f"{low:.2f}..{high:.2f}",
+                 met=None if value is None else ((low is None or value >= low) and value <= high))
             for name, value, low, high in checks]
 
 
@@ -366,11 +446,14 @@ def write_bench(result: dict, out: Path) -> None:
     result = dict(result, goals=goals(result))
     write_json(out / "bench.json", result)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(result["rows"][0]))
+    writer = csv.DictWriter(buffer, fieldnames=["variant", "kind", "seconds", "time_ratio",
+                                                "memory_mb", "memory_ratio"])
     writer.writeheader()
     writer.writerows(result["rows"])
     write_text(out / "bench.csv", buffer.getvalue())
-    plot_bench(result, out / "bench.png")
+    write_text(out / "results.md", results_markdown(result))
+    if any(r["seconds"] is not None for r in result["rows"]):
+        plot_bench(result, out / "bench.png")
 
 
 def plot_bench(result: dict, path: Path) -> None:
@@ -395,22 +478,106 @@ def plot_bench(result: dict, path: Path) -> None:
     save_png(fig, path)
 
 
+def _number(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def format_table(result: dict) -> str:
     lines = [f"{'variant':18} {'kind':6} {'seconds':>9} {'x ref':>7} {'memory MB':>10} {'x ref':>7}"]
     for r in result["rows"]:
         mem = f"{r['memory_mb']:10.0f} {r['memory_ratio']:7.2f}" if r["memory_mb"] else f"{'':10} {'':7}"
-        lines.append(f"{r['variant']:18} {r['kind']:6} {r['seconds']:9.4f} {r['time_ratio']:7.2f} {mem}")
+        lines.append(f"{r['variant']:18} {r['kind']:6} {_number(r['seconds'], 4):>9} "
+                     f"{_number(r['time_ratio'], 2):>7} {mem}")
     lines.append(f"precision: {result.get('precision', 'fp32')}; reference: training vs full, inference vs "
                  f"plain; memory: " + result["memory_measure"])
+    for r in result.get("modes", []):
+        lines.append(f"mode {r['mode']:14} {r['variant']:5} train {r['seconds']:9.4f} s: x full "
+                     f"{r['time_ratio']:.3f}, x its fp32 eager step {r['vs_eager']:.3f} "
+                     f"(first step {r['first_step_seconds']:.1f} s)")
+    if result.get("merge_memory"):
+        m = result["merge_memory"]
+        lines.append(f"merge: peak RSS growth {m['peak_growth_mb']:.0f} MB for a {m['model_mb']:.0f} MB "
+                     f"model ({m['growth_ratio']:.3f}x its bytes)")
     for g in goals(result):
-        value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
-        lines.append(f"goal: {g['goal']:40} {value:>7}  {'met' if g['met'] else 'MISSED' if g['met'] is False else ''}")
-    by = {(r["variant"], r["kind"]): r for r in result["rows"]}
-    if ("bias", "train") in by:
-        # BitFit trains no weight matrix either: its step is the floor for any method that
-        # needs gradients through every block
-        lines.append(f"floor: bias (BitFit) training step time / full {by[('bias', 'train')]['time_ratio']:.3f}")
+        lines.append(f"goal: {g['goal']:40} {_number(g['value']):>7}  "
+                     f"{'met' if g['met'] else 'MISSED' if g['met'] is False else ''}")
+    floor = bitfit_floor(result)
+    if floor is not None:
+        lines.append(f"floor: bias (BitFit) training step time / full {floor:.3f}")
     for label, p in result.get("profile", {}).items():
         lines.append(f"profile {label:16} self {p['self_ms']:9.1f} ms: matmul/conv/attention "
                      f"{p['matmul_conv_attention_ms']:9.1f} ms, other {p['other_ms']:9.1f} ms")
     return "\n".join(lines)
+
+
+def bitfit_floor(result: dict) -> float | None:
+    """BitFit's step / full's: BitFit trains no weight matrix either, so its step is the floor
+    for any method that needs gradients through every block."""
+    row = next((r for r in result["rows"] if (r["variant"], r["kind"]) == ("bias", "train")), None)
+    return None if row is None else row["time_ratio"]
+
+
+def results_markdown(result: dict) -> str:
+    """results.md: every number of the run with the command, the machine and the versions."""
+    m = result["machine"]
+    kwargs = f" {json.dumps(result['model_kwargs'])}" if result["model_kwargs"] else ""
+    out = [f"# scaleshift bench: {result['model']}{kwargs}, batch {result['batch']}, input "
+           f"{'x'.join(map(str, result['input'][1:]))}, {result.get('precision', 'fp32')}, {result['device']}",
+           "",
+           f"Command: `{result.get('command') or 'scaleshift.bench.run_bench (Python API)'}`",
+           "",
+           f"Machine: {m['cpus']} CPUs ({m.get('cpu_capability', '?')}, "
+           f"{', '.join(m.get('cpu_extensions') or []) or 'no listed extensions'}), {m['threads']} "
+           f"torch threads, {m['platform']}; Python {m['python']}, torch {m['torch']}, timm {m['timm']}, "
+           f"scaleshift {m['scaleshift']}. Load average (1, 5, 15 min) at start "
+           f"{result['load_average']['start']}, at end {result['load_average']['end']}: the cores "
+           f"are shared, so only ratios measured in the same interleaved rounds are compared. "
+           f"{result['rounds']} timed rounds after one warm-up round, every step of every variant "
+           f"once per round in a fresh random order; medians. {result['seconds_total']:.0f} s in all.",
+           "", "## Goals", "", "| goal | measured | goal | met |", "|---|---:|---:|---|"]
+    for g in goals(result):
+        out.append(f"| {g['goal']} | {_number(g['value'])} | {g['limit']} | "
+                   f"{'yes' if g['met'] else 'no' if g['met'] is False else 'not measured'} |")
+    floor = bitfit_floor(result)
+    if floor is not None:
+        out.append(f"| *bias (BitFit) training step time / full: the floor* | {floor:.3f} | | |")
+    if result["rows"]:
+        out += ["", "## Every method", "",
+                "Training against full fine-tuning, inference against the plain backbone; memory: "
+                f"{result['memory_measure']}.", "",
+                "| variant | kind | seconds | x ref | peak memory MB | x ref |", "|---|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        out.append(f"| {r['variant']} | {r['kind']} | {_number(r['seconds'], 4)} | {_number(r['time_ratio'])} "
+                   f"| {_number(r['memory_mb'], 0)} | {_number(r['memory_ratio'])} |")
+    if result.get("modes"):
+        out += ["", "## Training step by precision and compilation", "",
+                "bf16: the forward and the loss under torch.autocast(bfloat16); compiled: "
+                "torch.compile(model), default (inductor) backend. Medians exclude the first "
+                "step, which for a compiled model includes the compilation (its own column; "
+                "inductor's on-disk cache may shorten it).", "",
+                "| mode | method | seconds | x full (same mode) | x fp32 eager (same method) | first step s |",
+                "|---|---|---:|---:|---:|---:|"]
+        eager = {r["variant"]: r for r in result["rows"] if r["kind"] == "train"}
+        for label in MODE_VARIANTS:
+            if label in eager:
+                out.append(f"| fp32 eager | {label} | {eager[label]['seconds']:.4f} | "
+                           f"{eager[label]['time_ratio']:.3f} | 1.000 | |")
+        for r in result["modes"]:
+            out.append(f"| {r['mode']} | {r['variant']} | {r['seconds']:.4f} | {r['time_ratio']:.3f} "
+                       f"| {r['vs_eager']:.3f} | {r['first_step_seconds']:.1f} |")
+    if result.get("merge_memory"):
+        mm = result["merge_memory"]
+        out += ["", "## Merge memory", "",
+                "`scaleshift.merge` on the SSF model in a fresh process: growth of the peak RSS "
+                "during the call (glibc returns freed memory at once).", "",
+                "| model MB | merged model MB | peak growth MB | growth / model bytes |",
+                "|---:|---:|---:|---:|",
+                f"| {mm['model_mb']:.1f} | {mm['merged_model_mb']:.1f} | {mm['peak_growth_mb']:.1f} "
+                f"| {mm['growth_ratio']:.3f} |"]
+    if result.get("profile"):
+        out += ["", "## Profiles (torch.profiler, one training step)", "",
+                "| variant | self ms | matmul/conv/attention ms | other ms |", "|---|---:|---:|---:|"]
+        for label, p in result["profile"].items():
+            out.append(f"| {label} | {p['self_ms']:.1f} | {p['matmul_conv_attention_ms']:.1f} | "
+                       f"{p['other_ms']:.1f} |")
+    return "\n".join(out) + "\n"

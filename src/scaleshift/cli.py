@@ -190,13 +190,22 @@ def cmd_list(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
+    parts = {x for x in args.parts.split(",") if x}
+    if parts - {"time", "memory", "merge"}:
+        raise ScaleshiftError(f"--parts: unknown {sorted(parts - {'time', 'memory', 'merge'})}; "
+                              f"choose from time, memory, merge")
     result = run_bench(args.model, args.batch_size, args.device, args.rounds, args.model_kwargs,
-                       args.size, args.out, with_memory=not args.no_memory,
+                       args.size, args.out, with_memory="memory" in parts and not args.no_memory,
                        profile=[x for x in (args.profile or "").split(",") if x],
-                       precision=args.precision)
+                       precision=args.precision,
+                       modes=[x for x in (args.modes or "").split(",") if x],
+                       with_time="time" in parts, with_merge="merge" in parts and not args.no_memory,
+                       command=" ".join(["scaleshift", *sys.argv[1:]]))
     print(format_table(result))
     if args.out:
-        print(f"written: {args.out}/bench.json, bench.csv, bench.png")
+        from pathlib import Path
+        written = [n for n in ("bench.json", "bench.csv", "bench.png", "results.md") if (Path(args.out) / n).is_file()]
+        print(f"written: {args.out}/{', '.join(written)}")
     return 0
 
 
@@ -381,7 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None,
                    help="comma-separated trained variants to profile with torch.profiler, e.g. "
                         "ssf,bias,full (writes profile_<variant>.txt under --out)")
-    p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory probes (and the merge's)")
+    p.add_argument("--parts", default="time,memory,merge",
+                   help="what to measure: time (every method's step), memory (peak per method), "
+                        "merge (peak growth of scaleshift.merge, CPU); default all three")
+    p.add_argument("--modes", default=None,
+                   help="also time the full, bias and SSF steps in these modes, interleaved with "
+                        "fp32 eager: bf16, compiled (torch.compile), compiled_bf16")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="bf16: every measured forward under torch.autocast(device, bfloat16)")
     p.set_defaults(func=cmd_bench, model_kwargs={},   # timm kwargs: model_kwargs.img_size=32

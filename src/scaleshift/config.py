@@ -44,7 +44,7 @@ class RunConfig:
     test_limit: int | None = None                         # test on the first N items only (None: all)
     augment: str = "vtab"                                 # vtab | fgvc | cifar | imagenet
     input_size: int | None = None                         # override the backbone's input size
-    # optimisation (SPEC section 4)
+    # optimisation (defaults as in the official SSF training scripts)
     epochs: int = 10
     warmup_epochs: int = 0
     cooldown_epochs: int = 0
@@ -65,6 +65,8 @@ class RunConfig:
     random_erasing: float = 0.0                           # per image, on the batch after mixup
     precision: str = "fp32"                               # fp32 | bf16 (CPU or CUDA) | fp16 (CUDA)
     cache_features: bool = False                          # linear probing on cached features
+    cache_prefix: bool | None = None   # blocks before layers=last:k computed once. null: when training is deterministic; true: or refuse
+    cache_prefix_mb: int = 4096        # prefix cache kept in memory; splits past it go to files in out_dir
     # protocol and bookkeeping
     protocol: str = "clean"                               # clean | official
     test_every_epoch: bool = True   # False: test only the final and the val-selected weights
@@ -122,6 +124,17 @@ class RunConfig:
         if self.cache_features and self.augment != "vtab":
             raise ScaleshiftError("cache_features needs augment=vtab: cached features cannot be "
                                   "augmented")
+        if self.cache_prefix:
+            random = [f"{key}={getattr(self, key)}" for key in ("mixup", "cutmix", "random_erasing")
+                      if getattr(self, key)]
+            if self.augment != "vtab" or random:
+                raise ScaleshiftError(f"cache_prefix=true needs a deterministic training transform "
+                                      f"(augment=vtab, no mixup, cutmix or random erasing), but "
+                                      f"{', '.join(random) or f'augment={self.augment}'} changes the "
+                                      f"images every epoch; drop it or set cache_prefix=false")
+            if self.cache_features:
+                raise ScaleshiftError("cache_features and cache_prefix both cache the frozen "
+                                      "backbone; set one of them")
         if self.precision == "fp16" and self.device == "cpu":
             raise ScaleshiftError("precision=fp16 needs CUDA; use precision=bf16 on CPU")
 
@@ -154,6 +167,7 @@ RANGES = {
     "cooldown_epochs": (0, None, ">= 0"), "workers": (0, None, ">= 0"),
     "train_offset": (0, None, ">= 0"), "train_limit": (1, None, ">= 1"), "test_limit": (1, None, ">= 1"),
     "max_steps_per_epoch": (1, None, ">= 1"), "stop_epoch": (1, None, ">= 1"), "input_size": (1, None, ">= 1 (pixels)"),
+    "cache_prefix_mb": (0, None, ">= 0 (MB)"),
     "lr": (0.0, None, "> 0"), "warmup_lr": (0.0, None, ">= 0"), "min_lr": (0.0, None, ">= 0"),
     "weight_decay": (0.0, None, ">= 0"), "grad_clip": (0.0, None, "> 0 (or null for none)"),
     "label_smoothing": (0.0, 1.0, "in [0, 1)"), "mixup": (0.0, None, ">= 0"),

@@ -56,6 +56,10 @@ from .runs import (ADAPTER, CHECKPOINT, CONFIG, LOCK, MARKER, NAMED, RESULTS, SN
                    all_reduce_sum, autocast_for, dataset_classes, evaluate, is_run_dir, machine_info)
 
 
+# what results.json says about time besides wall_time_s (per stage under the clean protocol)
+TIMING_KEYS = ("train_seconds_per_epoch", "seconds_per_epoch", "prefix_cache")
+
+
 class TrainingDiverged(ScaleshiftError):
     """The loss became NaN or infinite."""
 
@@ -87,6 +91,8 @@ class Trainer:
     start_epoch: int = 0
     lock: Any = None                    # the open, locked out_dir/.lock (rank 0)
     tensorboard: Any = None             # logger=tensorboard: the SummaryWriter (rank 0)
+    prefix_cache: dict | None = None    # cached-prefix training: the cut and what was cached
+    cache_budget: Any = None            # its memory budget (and the files it spilled)
 
     @property
     def total_epochs(self) -> int:
@@ -122,6 +128,8 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
             run_epoch(t, epoch)
         return finish(t, wall_start)
     finally:
+        if t.cache_budget is not None:
+            t.cache_budget.remove_files()
         if t.tensorboard is not None:
             t.tensorboard.close()
         if t.lock is not None:
@@ -151,8 +159,10 @@ def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
     final = stages["retrain"]["final"]
     results = dict(stages["retrain"], protocol="clean", stages={
         "select": dict(train_split=cfg.train_split, val_split=cfg.val_split,
-                       selected=stages["select"]["selected"], run="select"),
-        "retrain": dict(train_split=cfg.retrain_split, epochs=epochs, run="retrain")},
+                       selected=stages["select"]["selected"], run="select",
+                       **{k: stages["select"].get(k) for k in TIMING_KEYS}),
+        "retrain": dict(train_split=cfg.retrain_split, epochs=epochs, run="retrain",
+                        **{k: stages["retrain"].get(k) for k in TIMING_KEYS})},
         selected=dict(final, val_top1=stages["select"]["selected"]["val_top1"]),
         reported=dict(final, weights=ADAPTER), weights={"reported": ADAPTER},
         config=cfg.to_dict())
@@ -277,10 +287,60 @@ def build_data(t: Trainer) -> None:
                                   f"linear probe also trains {sorted(outside)[0]} (the official probe "
                                   f"trains the whole head); set method_options.whole_head=false")
         t.trained = classifier
+    cut = plan_prefix_cache(cfg, t.model)
+    if cut is not None:
+        train_set, val_set, test_set = cache_prefix_splits(t, cut, dict(
+            train=train_set, val=val_set, test=test_set), per_rank)
     t.sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, t.rank, t.world, cfg.seed)
     t.loaders = dict(train=DataLoader(train_set, batch_sampler=t.sampler, num_workers=cfg.workers),
                      val=eval_loader(val_set, per_rank, t.rank, t.world, cfg.workers) if val_set else None,
                      test=eval_loader(test_set, per_rank, t.rank, t.world, cfg.workers) if test_set is not None else None)
+
+
+def plan_prefix_cache(cfg: RunConfig, model: nn.Module) -> int | None:
+    """The block the cached prefix ends at, or None to train on images. cache_prefix=null
+    caches SSF with layers=last:k when that is exact and says why when it is not;
+    cache_prefix=true caches any method whose trainable tensors all sit after a cut, or
+    refuses with the reason."""
+    from .methods.ssf import last_blocks
+    from .prefix_cache import prefix_cut
+    if cfg.cache_prefix is False:
+        return None
+    if cfg.cache_prefix is None and not (
+            cfg.method == "ssf" and last_blocks(config_of(model)["options"]["layers"])):
+        return None
+    random = [f"{key}={getattr(cfg, key)}" for key in ("mixup", "cutmix", "random_erasing")
+              if getattr(cfg, key)]
+    try:
+        if cfg.augment != "vtab" or random:   # cache_prefix=true: refused in RunConfig.validate
+            raise ScaleshiftError(f"{', '.join(random) or f'augment={cfg.augment}'} changes the "
+                                  f"training images every epoch")
+        return prefix_cut(model)
+    except ScaleshiftError as exc:
+        if cfg.cache_prefix:
+            raise
+        say(f"[scaleshift] training on images, the prefix is not cached: {exc}")
+        return None
+
+
+def cache_prefix_splits(t: Trainer, cut: int, splits: dict, batch: int) -> list:
+    """Every split through the frozen prefix once; `t.trained` becomes the suffix."""
+    from .prefix_cache import CACHE_DIR, CacheBudget, Suffix, cache_prefix
+    started = time.time()
+    t.cache_budget = CacheBudget(t.cfg.cache_prefix_mb, t.out / CACHE_DIR, t.rank)
+    cached, info = [], {}
+    for name, dataset in splits.items():
+        if dataset is None:
+            cached.append(None)
+            continue
+        data, info[name] = cache_prefix(t.model, dataset, cut, batch, t.device, t.autocast,
+                                        t.cache_budget, name, t.cfg.workers)
+        cached.append(data)
+    t.trained = Suffix(t.model, cut)
+    t.prefix_cache = dict(cut=cut, blocks=len(t.model.blocks), cached_blocks=cut,
+                          trained_blocks=len(t.model.blocks) - cut, splits=info,
+                          seconds=round(time.time() - started, 2))
+    return cached
 
 
 def build_optimisation(t: Trainer) -> None:
@@ -317,6 +377,10 @@ def announce(t: Trainer) -> None:
         f"{trainable_parameters(t.model):,} trainable of {total_parameters(t.model):,}; "
         f"{len(t.sets['train'])} train, {tested}, {t.world} process(es), "
         f"epochs {t.start_epoch + 1}..{t.total_epochs}")
+    if t.prefix_cache is not None:
+        c = t.prefix_cache
+        say(f"[scaleshift] prefix cached: blocks 0-{c['cut'] - 1} ran once per sample "
+            f"({c['seconds']:.1f}s), each epoch trains blocks {c['cut']}-{c['blocks'] - 1}, norm, head")
 
 
 def run_epoch(t: Trainer, epoch: int) -> None:
@@ -325,6 +389,7 @@ def run_epoch(t: Trainer, epoch: int) -> None:
     cfg = t.cfg
     t.scheduler.step(epoch)
     t.sampler.set_epoch(epoch)
+    started = time.time()
     row = dict(epoch=epoch + 1, **train_one_epoch(t, epoch))
     if t.loaders["val"] is not None:
         row.update(prefixed("val", evaluate(t.eval_model, t.loaders["val"], t.device, t.autocast,
@@ -332,6 +397,7 @@ def run_epoch(t: Trainer, epoch: int) -> None:
     if t.loaders["test"] is not None and (cfg.test_every_epoch or epoch + 1 == t.total_epochs):
         row.update(prefixed("test", evaluate(t.eval_model, t.loaders["test"], t.device, t.autocast,
                                              t.world, desc="test")))
+    row["epoch_seconds"] = time.time() - started   # training + this epoch's evaluation
     # keep the weights of the epochs summarize() will pick: selected (best val, ties -> the
     # later epoch) and best (best test when tested every epoch, ties -> the earlier epoch)
     if "val_top1" in row and row["val_top1"] >= max((r["val_top1"] for r in t.history), default=-1.0):
@@ -343,7 +409,8 @@ def run_epoch(t: Trainer, epoch: int) -> None:
     if t.rank == 0:
         say(f"epoch {epoch + 1}/{t.total_epochs} train_loss {row['train_loss']:.4f} "
             + (f"val_top1 {row['val_top1']:.2f} " if "val_top1" in row else "")
-            + (f"test_top1 {row['test_top1']:.2f}" if "test_top1" in row else ""))
+            + (f"test_top1 {row['test_top1']:.2f} " if "test_top1" in row else "")
+            + f"{row['epoch_seconds']:.1f}s")
         save_checkpoint(t, epoch + 1)
         write_logs(t.out, t.history)
         if t.tensorboard is not None:
@@ -466,6 +533,7 @@ def finish(t: Trainer, wall_start: float) -> dict:
                    model_identity=identity_of(model),
                    trainable_params=trainable_parameters(model), total_params=total_parameters(model),
                    epochs=t.total_epochs, wall_time_s=round(time.time() - wall_start, 2),
+                   **epoch_times(t.history), prefix_cache=t.prefix_cache,
                    peak_memory_mb=round(peak_memory_mb(t.device), 1), world_size=t.world,
                    machine=machine_info(), config=cfg.to_dict())
     if t.rank == 0:
@@ -485,6 +553,15 @@ def finish(t: Trainer, wall_start: float) -> dict:
     if t.world > 1:
         dist.barrier()
     return results
+
+
+def epoch_times(history: list[dict]) -> dict:
+    """Median seconds per epoch: training only, and training + evaluation (the epoch's wall
+    time; one-off costs such as the prefix cache are not in it)."""
+    def median(key):
+        values = [row[key] for row in history if key in row]
+        return round(float(np.median(values)), 3) if values else None
+    return dict(train_seconds_per_epoch=median("seconds"), seconds_per_epoch=median("epoch_seconds"))
 
 
 def class_names_of(dataset: Dataset, num_classes: int) -> list[str] | None:

@@ -16,6 +16,7 @@ from .adapter_files import resolve_dir
 from .errors import ScaleshiftError
 from .extras import require
 from .io import atomic_path, save_safetensors, write_json
+from .merge import assign_state
 from .models import identity_of, plain_model
 from .profiles import input_size_of
 from .runs import load_run, merged_state
@@ -46,8 +47,9 @@ def export_safetensors(run_dir: str | Path, out: str | Path | None = None,
     out = _default_out(run_dir, out, "merged.safetensors")
     state = {k: v.contiguous() for k, v in state.items()}
     identity = meta["base_model"]
-    plain = plain_model(identity, meta["num_classes"])
-    plain.load_state_dict(state, strict=True)        # the merged file is the plain architecture
+    with torch.device("meta"):   # the check holds the merged tensors themselves, no second copy
+        plain = plain_model(identity, meta["num_classes"])
+    assign_state(plain, state)                       # strict: the merged file is the plain architecture
     header = dict(timm_model=identity["architecture"], timm_kwargs=json.dumps(identity["kwargs"]),
                   num_classes=str(meta["num_classes"]), method=meta["method"],
                   base_model=json.dumps(identity))

@@ -52,7 +52,10 @@ def split_state(model: nn.Module, plain_keys: set[str]) -> tuple[dict, dict]:
 
 
 def merge_with_report(model: nn.Module) -> tuple[nn.Module, list[dict]]:
-    """A new model with the method folded in, and what could not be folded (kept as is)."""
+    """A new model with the method folded in, and what could not be folded (kept as is). Peak
+    memory grows by about one model: the plain architecture is built on the meta device and
+    takes the merged tensors themselves (load_state_dict(assign=True)); only the tensors that
+    would otherwise be shared with `model` are copied."""
     config = config_of(model)
     if config is None:
         raise ScaleshiftError("this model has no scaleshift method applied; nothing to merge")
@@ -60,9 +63,8 @@ def merge_with_report(model: nn.Module) -> tuple[nn.Module, list[dict]]:
     if identity is None:
         raise ScaleshiftError(f"cannot merge a {type(model).__name__}: it was not built by timm "
                               f"or transformers, so there is no plain architecture to merge into")
-    plain = plain_model(identity, num_classes_of(model))
-    reference = next(model.parameters())
-    plain.to(device=reference.device, dtype=reference.dtype)
+    with torch.device("meta"):
+        plain = plain_model(identity, num_classes_of(model))
     if hasattr(model, "pretrained_cfg"):   # timm's data config (transformers models have none)
         plain.pretrained_cfg = model.pretrained_cfg
     attach_identity(plain, identity)
@@ -72,8 +74,36 @@ def merge_with_report(model: nn.Module) -> tuple[nn.Module, list[dict]]:
         if non_mergeable:
             plain = _keep_unfolded(plain, model, state, config, {d["module"] for d in non_mergeable})
         else:
-            plain.load_state_dict(state, strict=True)
+            assign_state(plain, state, buffers_from=model)
     return plain.train(model.training), non_mergeable
+
+
+def assign_state(module: nn.Module, state: dict[str, torch.Tensor],
+                 buffers_from: nn.Module | None = None) -> nn.Module:
+    """Make `state` the tensors of `module` (built on the meta device), strictly: every key and
+    shape must match. A tensor that shares memory with `buffers_from` is copied first, so that
+    the two models never write into each other. Buffers no state dict holds (non-persistent:
+    e.g. relative position indices) are copied from `buffers_from` under the same plain name;
+    without it they stay on the meta device (enough for a strict-load check)."""
+    shared = set()
+    if buffers_from is not None:
+        shared = {t.untyped_storage().data_ptr() for t in buffers_from.state_dict().values()
+                  if t.device.type != "meta"}
+    copies: dict[int, torch.Tensor] = {}   # one copy per tensor, so tied keys stay tied
+    owned = {}
+    for key, value in state.items():
+        if value.untyped_storage().data_ptr() in shared:
+            value = copies.setdefault(id(value), value.clone())
+        owned[key] = value
+    module.load_state_dict(owned, strict=True, assign=True)
+    if buffers_from is not None:
+        source = {plain_key(n): b for n, b in buffers_from.named_buffers()}
+        for name, buffer in list(module.named_buffers()):
+            if buffer.is_meta and plain_key(name) in source:
+                owner_name, _, leaf = name.rpartition(".")
+                owner = module.get_submodule(owner_name) if owner_name else module
+                owner._buffers[leaf] = source[plain_key(name)].clone()
+    return module
 
 
 def _keep_unfolded(plain: nn.Module, model: nn.Module, state: dict, config: dict,
@@ -85,8 +115,8 @@ def _keep_unfolded(plain: nn.Module, model: nn.Module, state: dict, config: dict
         if name not in keep:
             replace_module(plain, name, module.base_layer)
     source = model.state_dict()
-    plain.load_state_dict({k: state[plain_key(k)] if plain_key(k) in state else source[k]
-                           for k in plain.state_dict()}, strict=True)
+    assign_state(plain, {k: state[plain_key(k)] if plain_key(k) in state else source[k]
+                         for k in plain.state_dict()}, buffers_from=model)
     for param in plain.parameters():
         param.requires_grad_(True)
     return plain

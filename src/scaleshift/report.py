@@ -28,7 +28,7 @@ VTAB_GROUPS = {
 VTAB = [t for tasks in VTAB_GROUPS.values() for t in tasks]
 METHOD_LABEL = {"full": "Full", "linear": "Linear", "adapter": "Adapter", "bias": "Bias",
                 "vpt_shallow": "VPT-Shallow", "vpt_deep": "VPT-Deep", "ssf": "SSF", "lora": "LoRA"}
-# SPEC section 7 (top-1 %, params in M)
+# the results the SSF paper reports (Lian et al., NeurIPS 2022; top-1 %, params in M)
 PAPER_FGVC = {  # CUB, NABirds, Flowers, Dogs, Cars, mean, params
     "full": [87.3, 82.7, 98.8, 89.4, 84.5, 88.54, 85.98],
     "linear": [85.3, 75.9, 97.9, 86.2, 51.3, 79.32, 0.18],

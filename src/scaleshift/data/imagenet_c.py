@@ -19,7 +19,7 @@ from .base import DatasetSpec, ImageFiles, layout_error
 from .imagenet import imagenet_wnids, wnid_samples
 
 SEVERITIES = (1, 2, 3, 4, 5)
-ALEXNET_ERRORS = {   # AlexNet mean top-1 error over the 5 severities (SPEC §6)
+ALEXNET_ERRORS = {   # AlexNet mean top-1 error over the 5 severities (Hendrycks & Dietterich, ICLR 2019)
     "gaussian_noise": 0.886428, "shot_noise": 0.894468, "impulse_noise": 0.922640,
     "defocus_blur": 0.819880, "glass_blur": 0.826268, "motion_blur": 0.785948,
     "zoom_blur": 0.798360, "snow": 0.866816, "frost": 0.826572, "fog": 0.819324,
