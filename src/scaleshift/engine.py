@@ -633,7 +633,19 @@ def open_tensorboard(t: Trainer):
     if t.cfg.logger != "tensorboard" or t.rank != 0:
         return None
     from torch.utils.tensorboard import SummaryWriter   # its package: checked in setup_process
-    return SummaryWriter(str(t.out / "tensorboard"), purge_step=t.start_epoch * t.steps_per_epoch + 1)
+    from torch.utils.tensorboard.summary import hparams
+    writer = SummaryWriter(str(t.out / "tensorboard"), purge_step=t.start_epoch * t.steps_per_epoch + 1)
+    # the HPARAMS tab: every config key (a mapping or null as its JSON), and as metrics the
+    # scalars log_epoch writes under those tags
+    values = {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+              for key, value in t.cfg.to_dict().items()}
+    values["trainable_params"] = trainable_parameters(t.model)
+    for summary in hparams(values, dict.fromkeys(HPARAM_METRICS, 0.0)):
+        writer.file_writer.add_summary(summary)
+    return writer
+
+
+HPARAM_METRICS = ("val/top1", "test/top1", "train/loss")
 
 
 def log_epoch(writer, row: dict, step: int) -> None:
