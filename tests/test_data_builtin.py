@@ -111,10 +111,37 @@ def test_digits_splits():
         train=1200, test=597, train800=800, val200=200, train800val200=1000)
 
 
+def test_the_shipped_digits_equal_scikit_learns_and_need_no_extra(monkeypatch):
+    from scaleshift.data import builtin
+    images, labels = builtin.load_digits()
+    assert images.shape == (1797, 8, 8) and np.bincount(labels).tolist() == \
+        [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    reference = sklearn_datasets.load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+    builtin.load_digits.cache_clear()
+    for module in ("sklearn", "sklearn.datasets"):
+        monkeypatch.setitem(sys.modules, module, None)
+    test = build_dataset("digits", split="test")   # read again, scikit-learn blocked
+    assert len(test) == 597 and test[0][0].size == (32, 32)
+
+
+def test_a_changed_digits_file_is_refused(tmp_path, monkeypatch):
+    from scaleshift.data import builtin
+    changed = tmp_path / "digits.csv.gz"
+    changed.write_bytes(gzip.compress(gzip.decompress(builtin.DIGITS_FILE.read_bytes())
+                                      .replace(b"0,0,5,13", b"0,0,5,14", 1)))
+    monkeypatch.setattr(builtin, "DIGITS_FILE", changed)
+    builtin.load_digits.cache_clear()
+    with pytest.raises(ScaleshiftError, match="pinned sha256"):
+        builtin.load_digits()
+    builtin.load_digits.cache_clear()
+
+
 def test_corruptions_grow_with_severity():
-    from sklearn.datasets import load_digits
+    from scaleshift.data.builtin import load_digits
     images = [np.asarray(Image.fromarray(np.uint8(x * 255 / 16)).resize((28, 28), Image.BICUBIC))
-              for x in load_digits().images[:30]]                # smooth 28x28, like fashion
+              for x in load_digits()[0][:30]]                # smooth 28x28, like fashion
     for name in FASHION_CORRUPTIONS:
         change = []
         for severity in range(1, 6):

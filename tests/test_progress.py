@@ -186,3 +186,24 @@ def test_report_draws_training_curves(tmp_path):
         [json.loads(line)["train_loss"] for line in (tmp_path / "ssf" / "log.jsonl").read_text().splitlines()]
     with pytest.raises(ScaleshiftError, match="no log.jsonl"):
         load_logs([tmp_path / "rep"])
+
+
+def test_tensorboard_gets_the_runs_hparams(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "epochs=1", "max_steps_per_epoch=2", "lr=0.002",
+                 f"out_dir={out}", "logger=tensorboard"]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    session = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert session.hparams["lr"].number_value == 0.002
+    assert session.hparams["method"].string_value == "ssf"
+    assert session.hparams["dataset"].string_value == "digits"
+    assert json.loads(session.hparams["model_kwargs"].string_value)["depth"] >= 1
+    assert session.hparams["trainable_params"].number_value == \
+        json.loads((out / "results.json").read_text())["trainable_params"]
+    assert {m.name.tag for m in experiment.metric_infos} == {"val/top1", "test/top1", "train/loss"}

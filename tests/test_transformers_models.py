@@ -213,3 +213,49 @@ def test_a_record_naming_no_transformers_model_class_is_refused():
     identity = dict(identity_of(build("vit")), architecture="AutoConfig")
     with pytest.raises(scaleshift.ScaleshiftError, match="has no model class 'AutoConfig'"):
         plain_model(identity)
+
+
+def trainer_for(model, output_dir, **args):
+    """The Hugging Face Trainer on 8 random images, 2 steps, CPU, nothing reported."""
+    pytest.importorskip("accelerate")
+    data = [{"pixel_values": x, "labels": i % 5} for i, x in enumerate(images(8, seed=3))]
+    arguments = tf.TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=4,
+                                     num_train_epochs=1, learning_rate=0.05, use_cpu=True,
+                                     report_to=[], logging_strategy="no", **args)
+    return tf.Trainer(model=model, args=arguments, train_dataset=data)
+
+
+def test_trainer_save_model_writes_the_merged_model_that_from_pretrained_loads(tmp_path):
+    model = build("vit")
+    scaleshift.apply(model, "ssf")
+    trainer = trainer_for(model, tmp_path / "out", save_strategy="no")
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    model.eval()
+    with torch.no_grad():
+        expected = model(images()).logits
+    loaded, info = tf.ViTForImageClassification.from_pretrained(tmp_path / "saved",
+                                                                output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not any(".base_layer." in k or k.endswith((".scale", ".shift")) for k in loaded.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(images()).logits, expected, atol=1e-5, rtol=1e-5)
+    # trained, not the backbone's initial head: the round trip cannot pass on untouched weights
+    assert not torch.allclose(expected, build("vit")(images()).logits, atol=1e-3)
+    # the state dict a Trainer passes under FSDP / DeepSpeed (the wrapped keys) merges the same way
+    model.save_pretrained(tmp_path / "given", state_dict=model.state_dict())
+    again = tf.ViTForImageClassification.from_pretrained(tmp_path / "given").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(images()).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_loading_a_merged_checkpoint_back_into_the_training_model_is_refused(tmp_path):
+    model = build("vit")
+    scaleshift.apply(model, "ssf")
+    trainer_for(model, tmp_path / "out", save_strategy="steps", save_steps=1).train()
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    assert (checkpoint / "config.json").is_file()
+    fresh = build("vit")
+    scaleshift.apply(fresh, "ssf")
+    with pytest.raises(scaleshift.ScaleshiftError, match="merged plain model"):
+        trainer_for(fresh, tmp_path / "out").train(resume_from_checkpoint=str(checkpoint))

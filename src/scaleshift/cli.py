@@ -124,16 +124,20 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from .io import write_text
-    from .report import build_tables, load_results, plot_curves, to_csv, to_markdown
+    from .report import build_tables, load_logs, load_results, plot_curves, to_csv, to_markdown
     tables = build_tables(load_results(args.run_dirs))
+    logs = load_logs(args.run_dirs) if args.out else None   # every input read before any write
     markdown = to_markdown(tables)
     print(markdown)
     if args.out:
         out = Path(args.out)
         for name, text in (("report.md", markdown), ("report.csv", to_csv(tables))):
             write_text(out / name, text)
-        plot_curves(args.run_dirs, out / "curves.png")
-        print(f"written: {out / 'report.md'}, {out / 'report.csv'}, {out / 'curves.png'}")
+        drawn_with = plot_curves(logs, out / "curves.png")
+        note = "" if drawn_with == "matplotlib" else (
+            " (drawn with Pillow: matplotlib is not installed; pip install 'scaleshift[plots]' "
+            "for matplotlib's figure)")
+        print(f"written: {out / 'report.md'}, {out / 'report.csv'}, {out / 'curves.png'}{note}")
     return 0
 
 

@@ -47,6 +47,7 @@ class RunConfig:
     # optimisation (defaults as in the official SSF training scripts)
     epochs: int = 10
     warmup_epochs: int = 0
+    sched_on_updates: bool = False   # true: warm-up + cosine advance every optimizer update (timm's --sched-on-updates); false: once per epoch, as the official recipes
     cooldown_epochs: int = 0
     batch_size: int = 32                                  # global, across all processes
     accum_steps: int = 1

@@ -344,13 +344,19 @@ def cache_prefix_splits(t: Trainer, cut: int, splits: dict, batch: int) -> list:
 
 
 def build_optimisation(t: Trainer) -> None:
-    """timm's AdamW (no weight decay on 1-D parameters), cosine schedule per epoch with
-    warmup, Mixup/CutMix or label smoothing, AMP scaler, DDP and EMA."""
+    """timm's AdamW (no weight decay on 1-D parameters), cosine schedule with warmup (per
+    epoch, or per update with sched_on_updates), Mixup/CutMix or label smoothing, AMP scaler,
+    DDP and EMA."""
     cfg = t.cfg
     t.optimizer = timm.optim.create_optimizer_v2(t.trained, opt=cfg.opt, lr=cfg.lr,
                                                  weight_decay=cfg.weight_decay)
-    t.scheduler = CosineLRScheduler(t.optimizer, t_initial=cfg.epochs, lr_min=cfg.min_lr,
-                                    warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr)
+    # timm's own switch: counted in optimizer updates, the scheduler ignores step(epoch) and
+    # follows step_update(n); counted in epochs, the reverse. The loop calls both.
+    per_epoch = t.steps_per_epoch if cfg.sched_on_updates else 1
+    t.scheduler = CosineLRScheduler(t.optimizer, t_initial=cfg.epochs * per_epoch, lr_min=cfg.min_lr,
+                                    warmup_t=cfg.warmup_epochs * per_epoch,
+                                    warmup_lr_init=cfg.warmup_lr,
+                                    t_in_epochs=not cfg.sched_on_updates)
     if cfg.mixup > 0 or cfg.cutmix > 0:
         t.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
                         label_smoothing=cfg.label_smoothing, num_classes=t.num_classes)
@@ -438,6 +444,7 @@ def train_one_epoch(t: Trainer, epoch: int) -> dict:
         if not all_finite(batch_loss, t.world):   # every rank must agree before stepping
             raise TrainingDiverged(divergence_message(t, batch_loss, epoch, step))
         optimizer_step(t, params)
+        t.scheduler.step_update(epoch * steps + step + 1)
         loss_sum += batch_loss * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{batch_loss:.4f}", lr=f"{t.optimizer.param_groups[0]['lr']:.2e}",
@@ -703,7 +710,19 @@ def open_tensorboard(t: Trainer):
     if t.cfg.logger != "tensorboard" or t.rank != 0:
         return None
     from torch.utils.tensorboard import SummaryWriter   # its package: checked in setup_process
-    return SummaryWriter(str(t.out / "tensorboard"), purge_step=t.start_epoch * t.steps_per_epoch + 1)
+    from torch.utils.tensorboard.summary import hparams
+    writer = SummaryWriter(str(t.out / "tensorboard"), purge_step=t.start_epoch * t.steps_per_epoch + 1)
+    # the HPARAMS tab: every config key (a mapping or null as its JSON), and as metrics the
+    # scalars log_epoch writes under those tags
+    values = {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+              for key, value in t.cfg.to_dict().items()}
+    values["trainable_params"] = trainable_parameters(t.model)
+    for summary in hparams(values, dict.fromkeys(HPARAM_METRICS, 0.0)):
+        writer.file_writer.add_summary(summary)
+    return writer
+
+
+HPARAM_METRICS = ("val/top1", "test/top1", "train/loss")
 
 
 def log_epoch(writer, row: dict, step: int) -> None:

@@ -1,6 +1,8 @@
 """`scaleshift report RUN_DIRS...`: results.json files -> the paper's table shapes, with the
 paper's numbers side by side (Markdown + CSV), and the runs' log.jsonl files -> training curves
-(curves.png: train loss and val / test top-1 against the epoch, one colour per run).
+(curves.png: train loss and val / test top-1 against the epoch, one colour per run; drawn with
+Pillow where matplotlib is not installed). A mean column averages only the tasks every row of its
+table has, and a note under the table names them and what was left out.
 
 Benchmarks are recognised by dataset: FGVC (Table 3: five datasets, mean, Params), VTAB-1k
 (Table 4: 19 tasks, group means, 19-task mean, Params), CIFAR-100 / ImageNet (Table 5: one
@@ -16,7 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import ScaleshiftError
-from .io import figure, save_png
+from .extras import require
+from .io import atomic_path, figure, save_png
 
 FGVC = ["cub2011", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars"]
 VTAB_GROUPS = {
@@ -81,9 +84,28 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def _table(title: str, header: list[str], rows: list[list]) -> dict:
+def _table(title: str, header: list[str], rows: list[list], notes: list[str] = ()) -> dict:
     return dict(title=title, header=header, rows=[[c if isinstance(c, str) else _fmt(c) for c in r]
-                                                  for r in rows])
+                                                  for r in rows], notes=list(notes))
+
+
+def _label(model: str, method: str) -> str:
+    return f"{METHOD_LABEL.get(method, method)} ({model})"
+
+
+def _shared(grouped: dict, tasks: list[str]) -> tuple[list[str], str]:
+    """The tasks every row has, in table order, and the note that says what each mean covers
+    and which tasks it leaves out (and which rows have them), so that means compare."""
+    shared = [t for t in tasks if all(t in per for per in grouped.values())]
+    left_out = [t for t in tasks if t not in shared and any(t in per for per in grouped.values())]
+    if not shared:
+        return [], "mean: none, no task is in every row"
+    note = f"mean: over the {len(shared)} task(s) every row has ({', '.join(shared)})"
+    if left_out:
+        note += "; left out: " + "; ".join(
+            f"{t} (only {', '.join(_label(*key) for key, per in grouped.items() if t in per)})"
+            for t in left_out)
+    return shared, note
 
 
 def _by_method(results: list[dict]) -> dict:
@@ -101,30 +123,37 @@ def build_tables(results: list[dict]) -> list[dict]:
     table5 = [r for r in results if r["dataset"] in ("cifar100", "imagenet")]
     other = [r for r in results if r not in fgvc + vtab + table5]
     if fgvc:
-        rows = []
-        for (model, method), per in _by_method(fgvc).items():
+        rows, grouped = [], _by_method(fgvc)
+        shared, note = _shared(grouped, FGVC)
+        for (model, method), per in grouped.items():
             accs = [per[d]["top1"] if d in per else None for d in FGVC]
-            rows.append([f"{METHOD_LABEL.get(method, method)} ({model})", *accs,
-                         _mean([a for a in accs if a is not None]),
+            rows.append([_label(model, method), *accs, _mean([per[d]["top1"] for d in shared]),
                          _mean([r["params"] for r in per.values()])])
-            if method in PAPER_FGVC:
-                rows.append([f"paper: {METHOD_LABEL[method]}", *PAPER_FGVC[method]])
+            if method in PAPER_FGVC:   # the paper's mean over the same datasets
+                paper = dict(zip(FGVC, PAPER_FGVC[method]))
+                rows.append([f"paper: {METHOD_LABEL[method]}", *paper.values(),
+                             _mean([paper[d] for d in shared]), PAPER_FGVC[method][-1]])
         tables.append(_table(f"FGVC (Table 3), top-1 %, protocol {protocols}",
-                             ["method", *FGVC, "mean", "params (M)"], rows))
+                             ["method", *FGVC, f"mean ({len(shared)})", "params (M)"], rows, [note]))
     if vtab:
-        rows = []
-        for (model, method), per in _by_method(vtab).items():
+        rows, grouped = [], _by_method(vtab)
+        shared, note = _shared(grouped, VTAB)
+        notes = [note]
+        for (model, method), per in grouped.items():
             accs = [per[t]["top1"] if t in per else None for t in VTAB]
-            groups = [_mean([per[t]["top1"] for t in tasks if t in per]) for tasks in VTAB_GROUPS.values()]
-            rows.append([f"{METHOD_LABEL.get(method, method)} ({model})", *accs, *groups,
-                         _mean([a for a in accs if a is not None]),
+            groups = [_mean([per[t]["top1"] for t in tasks if t in shared])
+                      for tasks in VTAB_GROUPS.values()]
+            rows.append([_label(model, method), *accs, *groups,
+                         _mean([per[t]["top1"] for t in shared]),
                          _mean([r["params"] for r in per.values()])])
-            if method in PAPER_VTAB_MEAN:
+            if method in PAPER_VTAB_MEAN and len(shared) == len(VTAB):
                 rows.append([f"paper: {METHOD_LABEL[method]}", *([None] * (len(VTAB) + 3)),
                              PAPER_VTAB_MEAN[method], None])
+        if len(shared) < len(VTAB) and any(m in PAPER_VTAB_MEAN for _, m in grouped):
+            notes.append("the paper's rows are left out: it gives the mean over all 19 tasks only")
         tables.append(_table(f"VTAB-1k (Table 4), top-1 %, protocol {protocols}",
                              ["method", *VTAB, "natural", "specialized", "structured",
-                              "mean (19)", "params (M)"], rows))
+                              f"mean ({len(shared)})", "params (M)"], rows, notes))
     if table5:
         columns = sorted({(r["dataset"], r["model"]) for r in table5})
         rows = []
@@ -143,14 +172,15 @@ def build_tables(results: list[dict]) -> list[dict]:
                              ["method", *[f"{d} {m}" for d, m in columns]], rows))
     if other:
         datasets = list(dict.fromkeys(r["dataset"] for r in other))
-        rows = []
-        for (model, method), per in _by_method(other).items():
+        rows, grouped = [], _by_method(other)
+        shared, note = _shared(grouped, datasets)
+        for (model, method), per in grouped.items():
             accs = [per[d]["top1"] if d in per else None for d in datasets]
-            rows.append([f"{METHOD_LABEL.get(method, method)} ({model})", *accs,
-                         _mean([a for a in accs if a is not None]),
+            rows.append([_label(model, method), *accs, _mean([per[d]["top1"] for d in shared]),
                          _mean([r["params"] for r in per.values()])])
         tables.append(_table(f"Results, top-1 %, protocol {protocols}",
-                             ["method", *datasets, "mean", "params (M)"], rows))
+                             ["method", *datasets, f"mean ({len(shared)})", "params (M)"], rows,
+                             [note]))
     return tables
 
 
@@ -161,6 +191,7 @@ def to_markdown(tables: list[dict]) -> str:
                   "|" + "---|" * len(t["header"])]
         parts += ["| " + " | ".join(row + [""] * (len(t["header"]) - len(row))) + " |"
                   for row in t["rows"]]
+        parts += ["", *t.get("notes", ())] if t.get("notes") else []
         parts.append("")
     return "\n".join(parts)
 
@@ -203,8 +234,79 @@ def curves_figure(logs: list[tuple[str, list[dict]]]):
     return fig
 
 
-def plot_curves(run_dirs: list[str | Path], path: str | Path) -> None:
-    save_png(curves_figure(load_logs(run_dirs)), path)
+# matplotlib's default colour cycle, for the Pillow drawing
+COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def curves_image(logs: list[tuple[str, list[dict]]], panel: tuple[int, int] = (560, 420)):
+    """The two panels of curves_figure drawn with Pillow (a core dependency), for an install
+    without matplotlib: val as lines through their points, test as open squares, the axis
+    ranges as labels, one colour per run and a legend under each panel."""
+    from PIL import Image, ImageDraw
+    width, height = panel
+    legend = 14 * (2 * len(logs) + 1)
+    image = Image.new("RGB", (2 * width, height + legend), "white")
+    draw = ImageDraw.Draw(image)
+    series = [[], []]   # per panel: (label, colour, points, dashed)
+    for index, (label, rows) in enumerate(logs):
+        colour = COLOURS[index % len(COLOURS)]
+        series[0].append((label, colour, [(r["epoch"], r["train_loss"]) for r in rows], False))
+        for split in ("val", "test"):
+            points = [(r["epoch"], r[f"{split}_top1"]) for r in rows if f"{split}_top1" in r]
+            if points:
+                series[1].append((f"{label} {split}", colour, points, split == "test"))
+    titles = ("train loss", "top-1 % (val: line, test: squares)")
+    for number, (title, lines) in enumerate(zip(titles, series)):
+        left, top, right, bottom = number * width + 60, 30, (number + 1) * width - 20, height - 40
+        draw.text((left, 8), title, fill="black")
+        draw.rectangle((left, top, right, bottom), outline="black")
+        points = [p for _, _, pts, _ in lines for p in pts]
+        if not points:
+            continue
+        (x0, x1), (y0, y1) = ((min(v), max(v)) for v in zip(*points))
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+
+        def at(x, y):
+            return (left + (x - x0) / (x1 - x0) * (right - left),
+                    bottom - (y - y0) / (y1 - y0) * (bottom - top))
+        draw.text((left, bottom + 6), f"epoch {x0:g}", fill="black")
+        draw.text((right - 60, bottom + 6), f"epoch {x1:g}", fill="black")
+        draw.text((left - 55, top), f"{y1:.3g}", fill="black")
+        draw.text((left - 55, bottom - 10), f"{y0:.3g}", fill="black")
+        for row, (label, colour, pts, dashed) in enumerate(lines):
+            xy = [at(x, y) for x, y in pts]
+            if len(xy) > 1 and not dashed:
+                draw.line(xy, fill=colour, width=2)
+            for x, y in xy:
+                box = (x - 3, y - 3, x + 3, y + 3)
+                draw.rectangle(box, outline=colour) if dashed else draw.ellipse(box, fill=colour)
+            ly = height + 4 + 14 * row
+            if dashed:
+                draw.rectangle((left + 7, ly + 3, left + 13, ly + 9), outline=colour)
+            else:
+                draw.line((left, ly + 6, left + 20, ly + 6), fill=colour, width=2)
+            draw.text((left + 26, ly), label, fill="black")
+    return image
+
+
+def plot_curves(logs: list[tuple[str, list[dict]]], path: str | Path) -> str:
+    """curves.png of load_logs' runs: with matplotlib when it is installed, else drawn with
+    Pillow. Returns which."""
+    if has_matplotlib():
+        save_png(curves_figure(logs), path)
+        return "matplotlib"
+    with atomic_path(path) as tmp:
+        curves_image(logs).save(tmp, format="PNG")
+    return "pillow"
+
+
+def has_matplotlib() -> bool:
+    try:
+        require("matplotlib", "the report's curves")
+        return True
+    except ScaleshiftError:
+        return False
 
 
 def to_csv(tables: list[dict]) -> str:
@@ -214,5 +316,6 @@ def to_csv(tables: list[dict]) -> str:
         writer.writerow([t["title"]])
         writer.writerow(t["header"])
         writer.writerows(t["rows"])
+        writer.writerows([note] for note in t.get("notes", ()))
         writer.writerow([])
     return buffer.getvalue()

@@ -175,6 +175,9 @@ def apply(model: nn.Module, method: str = "ssf", **options) -> nn.Module:
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
     setattr(model, CONFIG_ATTR, dict(method=impl.name, options=opts))
+    if is_transformers_model(model):   # Trainer.save_model / save_pretrained: the merged model
+        from ..transformers_save import save_merged_on_save_pretrained
+        save_merged_on_save_pretrained(model)
     return model
 
 
