@@ -40,7 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mini_repro import execute, mean_std, result  # noqa: E402
 
-from scaleshift.io import write_json, write_text  # noqa: E402
+from scaleshift.extras import require  # noqa: E402
+from scaleshift.io import atomic_path, write_json, write_text  # noqa: E402
 from scaleshift.runs import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +186,12 @@ def last_k_supported() -> bool:
         return False
 
 
+def ablation_seeds(p: dict, table: str) -> list[int]:
+    """First-k (6a) and last-k (6e) rows get every seed: they are the accuracy/time Pareto
+    comparison, where one seed would not separate the settings; the other rows get fewer."""
+    return p["seeds"] if table in ("6a", "6e") else p["ablation_seeds"]
+
+
 def ablation_key(label: str) -> str:
     return "ssf_" + label.replace(" ", "_").replace("/", "").replace(":", "")
 
@@ -208,7 +215,7 @@ def plan(p: dict, runs: Path) -> dict:
         chosen = choice(runs, p, "d", task, ablation_key(label), point)
         if chosen:
             planned.update(retrain_runs(p, "d", task, ablation_key(label), chosen,
-                                        p["ablation_seeds"], options))
+                                        ablation_seeds(p, table), options))
     return planned
 
 
@@ -225,33 +232,43 @@ def top1(r: dict) -> float:
 
 
 def experiment_a(p: dict, runs: Path) -> tuple[list[str], dict]:
+    """Table 3/4 in shape. The means (groups, suite) cover the tasks every method has finished,
+    so a partial reproduction compares methods on the same tasks and says which."""
     tasks = p["tasks"]
-    groups = [g for g in GROUPS if any(t in GROUPS[g] for t in tasks)]
+    found = {key: {t: seed_results(runs, p, "a", t, key, grid_points(p, key), p["seeds"]) for t in tasks}
+             for key in p["methods"]}
+    complete = [t for t in tasks if all(found[key][t] is not None for key in p["methods"])]
+    groups = [g for g in GROUPS if any(t in GROUPS[g] for t in complete)]
+    left_out = [t for t in tasks if t not in complete]
     lines = [f"## (a) 1k suite (VTAB-1k protocol), top-1 % on test (first {p['test_limit']} test "
              f"images), clean protocol, mean ± std over seeds {p['seeds']}", "",
-             "| method | " + " | ".join(tasks) + " | " + " | ".join(groups) + " | mean | params (M) |",
+             *([f"Group and suite means over the tasks every method has finished: {', '.join(complete) or 'none yet'}"
+                f" (pending: {', '.join(left_out)}).", ""] if left_out else []),
+             "| " + " | ".join(["method", *tasks, *groups, "mean", "params (M)"]) + " |",
              "|---" + "|---:" * (len(tasks) + len(groups) + 2) + "|"]
     data, pending, choices = {}, [], {}
+    seeds = range(len(p["seeds"]))
     for key in p["methods"]:
         points = grid_points(p, key)
-        per_task = {t: seed_results(runs, p, "a", t, key, points, p["seeds"]) for t in tasks}
         for t in tasks:
             choices[f"{key}/{t}"] = choice(runs, p, "a", t, key, points)
-        if any(v is None for v in per_task.values()):
+        done = {t: rs for t, rs in found[key].items() if rs is not None}
+        if len(done) < len(tasks):
             pending.append(key)
+        if not done:
             continue
-        scores = {t: [top1(r) for r in rs] for t, rs in per_task.items()}
-        seeds = range(len(p["seeds"]))
-        task_means = [statistics.mean(scores[t][s] for t in tasks) for s in seeds]
-        group_means = {g: [statistics.mean(scores[t][s] for t in GROUPS[g] if t in tasks) for s in seeds]
+        scores = {t: [top1(r) for r in rs] for t, rs in done.items()}
+        task_means = [statistics.mean(scores[t][s] for t in complete) for s in seeds] if complete else []
+        group_means = {g: [statistics.mean(scores[t][s] for t in GROUPS[g] if t in complete) for s in seeds]
                        for g in groups}
-        params = {t: rs[0]["trainable_params"] for t, rs in per_task.items()}
+        params = {t: rs[0]["trainable_params"] for t, rs in done.items()}
         mean_params = statistics.mean(params.values()) / 1e6
-        lines.append(f"| {key} | " + " | ".join(mean_std(scores[t]) for t in tasks) + " | "
-                     + " | ".join(mean_std(group_means[g]) for g in groups)
-                     + f" | {mean_std(task_means)} | {mean_params:.3f} |")
+        cells = [key, *(mean_std(scores[t]) if t in scores else "pending" for t in tasks),
+                 *(mean_std(group_means[g]) for g in groups),
+                 mean_std(task_means) if task_means else "", f"{mean_params:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
         data[key] = dict(per_task=scores, groups=group_means, mean=task_means, params=params,
-                         total_params=per_task[tasks[0]][0]["total_params"])
+                         total_params=next(iter(done.values()))[0]["total_params"])
     lines += ["", *pending_lines(pending),
               "Params: trainable parameters in millions, mean over tasks (the head has one row per "
               "class). Grid choices (on val200 with seed 0: grid point, epochs, val200 top-1 of the "
@@ -262,31 +279,33 @@ def experiment_a(p: dict, runs: Path) -> tuple[list[str], dict]:
         lines.append(f"| {key} | " + " | ".join(
             f"{point_label(c).replace('_', ', ')}, {c['epoch']} ep, {c['val_top1']:.1f}" if c else "pending"
             for c in cells) + " |")
-    return lines + [""], dict(results=data, grid=choices)
+    return lines + [""], dict(results=data, grid=choices, tasks_in_mean=complete)
 
 
 def pending_lines(what: list[str]) -> list[str]:
     return [f"Pending (rerun the command to continue): {', '.join(what)}.", ""] if what else []
 
 
-def experiment_d(p: dict, runs: Path, a: dict) -> tuple[list[str], dict]:
+def experiment_d(p: dict, runs: Path, a: dict, out: Path) -> tuple[list[str], dict]:
     task = p["ablation_task"]
     if task is None:
         return [], {}
     ssf = a.get("results", {}).get("ssf")
-    seeds = p["ablation_seeds"]
     lines = [f"## (d) Paper Table 6 on {task}: SSF settings at SSF's chosen lr, epochs chosen on "
-             f"val200 per setting, top-1 % on test (mean ± std over seeds {seeds}); (e) SSF in the "
-             f"last k blocks, seconds per training epoch (train800val200, median over seeds)", "",
+             f"val200 per setting, top-1 % on test (mean ± std over seeds {p['seeds']} for 6a and 6e, "
+             f"{p['ablation_seeds']} for 6b-6d); (e) SSF in the last k blocks (the frozen prefix "
+             f"computed once and cached), seconds per training epoch (train800val200, median over "
+             f"seeds)", "",
              "| table | setting | top-1 | params (M) | s / epoch |", "|---|---|---:|---:|---:|"]
     data, pending = {}, []
     chosen = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
     if ssf and chosen:
         full_runs = seed_results(runs, p, "a", task, "ssf", grid_points(p, "ssf"), p["seeds"])
-        base = [top1(r) for r in full_runs if r["config"]["seed"] in seeds] if full_runs else []
+        base = [top1(r) for r in full_runs] if full_runs else []
         lines.append(f"| 6a-e | SSF, all 12 blocks (the (a) runs) | {mean_std(base)} | "
                      f"{ssf['params'][task] / 1e6:.3f} | {epoch_seconds(full_runs)} |")
-        data["all blocks"] = base
+        data["all blocks"] = dict(top1=base, seeds=p["seeds"], params=ssf["params"][task],
+                                  epoch_seconds=epoch_seconds_list(full_runs))
     lin = a.get("results", {}).get("linear")
     if lin:
         lines.append(f"| 6a | 0 blocks (linear probing, the (a) runs) | {mean_std(lin['per_task'][task])} | "
@@ -294,16 +313,55 @@ def experiment_d(p: dict, runs: Path, a: dict) -> tuple[list[str], dict]:
     for table, label, options in ablation_settings(p):
         key = ablation_key(label)
         point = [dict(lr=chosen["lr"])] if chosen else []
-        found = seed_results(runs, p, "d", task, key, point, seeds, options) if chosen else None
+        found = (seed_results(runs, p, "d", task, key, point, ablation_seeds(p, table), options)
+                 if chosen else None)
         if found is None:
             pending.append(f"{table} {label}")
             continue
-        data[f"{table} {label}"] = dict(top1=[top1(r) for r in found],
+        data[f"{table} {label}"] = dict(top1=[top1(r) for r in found], seeds=[r["config"]["seed"] for r in found],
                                         params=found[0]["trainable_params"],
                                         epoch_seconds=epoch_seconds_list(found))
         lines.append(f"| {table} | {label} | {mean_std(data[f'{table} {label}']['top1'])} | "
                      f"{found[0]['trainable_params'] / 1e6:.3f} | {epoch_seconds(found)} |")
+    lines += pareto(data, out / "pareto_first_last_k.png")
     return lines + [""] + pending_lines(pending), data
+
+
+def pareto(data: dict, path: Path) -> list[str]:
+    """Accuracy against seconds per training epoch for SSF in all, the first k and the last k
+    blocks: the rows that keep >= 99% of all-blocks top-1, and the plot."""
+    rows = {label: row for label, row in data.items()
+            if (label == "all blocks" or label.split()[0] in ("6a", "6e")) and row.get("epoch_seconds")}
+    if "all blocks" not in rows or len(rows) < 2:
+        return []
+    base = rows["all blocks"]
+    base_top1, base_secs = statistics.mean(base["top1"]), statistics.median(base["epoch_seconds"])
+    lines = ["", "Accuracy against training time (SSF in all blocks = 1):", "",
+             "| setting | top-1 / all blocks | s per epoch / all blocks | >= 99% at <= 0.35x |",
+             "|---|---:|---:|---|"]
+    points = {}
+    for label, row in rows.items():
+        acc = statistics.mean(row["top1"]) / base_top1
+        secs = statistics.median(row["epoch_seconds"]) / base_secs
+        points[label] = (secs, 100 * acc)
+        lines.append(f"| {label} | {acc:.3f} | {secs:.2f} | {'yes' if acc >= 0.99 and secs <= 0.35 else 'no'} |")
+    plt = require("matplotlib.pyplot", "the Pareto plot")
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, (x, y) in points.items():
+        marker = "o" if label.startswith("6e") else "s" if label.startswith("6a") else "*"
+        ax.scatter([x], [y], marker=marker, s=60)
+        ax.annotate(label.removeprefix("6a ").removeprefix("6e "), (x, y), fontsize=7,
+                    xytext=(4, 2), textcoords="offset points")
+    ax.axvline(0.35, ls=":", c="grey")
+    ax.axhline(99, ls=":", c="grey")
+    ax.set_xlabel("seconds per training epoch / SSF in all blocks")
+    ax.set_ylabel("top-1, % of SSF in all blocks")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return lines + ["", f"![accuracy against time]({path.name})"]
 
 
 def epoch_seconds_list(found: list[dict] | None) -> list[float]:
@@ -486,7 +544,7 @@ def ablation_values(source: str, data: dict | None = None) -> dict[str, list[flo
 def claims(data: dict) -> list[str]:
     """Each claim of the paper, held or not, side by side for the real ViT (this runner's data),
     EfficientNet-Lite0 (benchmarks/real_repro.py) and the embedded ViT (benchmarks/mini_repro.py)."""
-    vit = {k: v["mean"] for k, v in data["a"].get("results", {}).items()}
+    vit = {k: v["mean"] for k, v in data["a"].get("results", {}).items() if v["mean"]}
     sources = {"real ViT-S/14": vit, "EfficientNet-Lite0": suite_means("lite0"),
                "embedded ViT (4 blocks)": suite_means("embedded")}
     lite_ablation = dict(ablation_values("lite0"), **{"all blocks": suite_means("lite0").get("ssf")})
@@ -543,7 +601,8 @@ def claims(data: dict) -> list[str]:
              "4-block ViT pretrained here, one seed; its first-k rows are 1/2/3 of 4 blocks). 'held': the "
              "difference exceeds the larger seed standard deviation (> 0 with one seed); 'level': within it; "
              "'not held': below it. Each cell gives the two means compared (top-1 %; for robustness "
-             "the mCEs, full first).", "",
+             "the mCEs, full first). The real ViT's suite means cover "
+             + (", ".join(data["a"].get("tasks_in_mean") or []) or "no finished task yet") + ".", "",
              "| claim of the paper | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {claim} | " + " | ".join(cells) + " |" for claim, cells in rows]
     fig5 = data.get("figures") or {}
@@ -581,6 +640,14 @@ def main() -> int:
         if not todo:
             break
         execute(runs, todo, args.jobs, BASE)
+        write_tables(p, runs, out, args, only, started)   # each finished stage is in the tables
+    header, sections = write_tables(p, runs, out, args, only, started)
+    print("\n".join(header + sections))
+    return 0
+
+
+def write_tables(p: dict, runs: Path, out: Path, args, only: set, started: float) -> tuple[list, list]:
+    """results.md, claims.md (full preset) and results.json from the finished runs."""
     planned = plan(p, runs)
     finished = sum(result(runs, name) is not None for name in planned)
     sections, data = [], {}
@@ -589,7 +656,7 @@ def main() -> int:
     if "c" in only:
         lines, data["c"] = experiment_c(p, runs)
         sections += lines
-    lines, data["d"] = experiment_d(p, runs, data["a"])
+    lines, data["d"] = experiment_d(p, runs, data["a"], out)
     sections += lines
     if "figures" in only:
         lines, data["figures"] = figures(p, runs, out)
@@ -615,8 +682,7 @@ def main() -> int:
                                           epochs=EPOCHS, methods=METHODS, ablations=ABLATIONS, base=BASE,
                                           machine=machine, data=data, runs=len(planned), finished=finished,
                                           run_seconds=round(run_seconds, 1)))
-    print("\n".join(header + sections))
-    return 0
+    return header, sections
 
 
 if __name__ == "__main__":
