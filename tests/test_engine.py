@@ -200,3 +200,14 @@ def test_testing_only_the_selected_and_final_weights_matches_testing_every_epoch
     once = json.loads((tmp_path / "once" / "results.json").read_text())
     assert once["selected"] == every["selected"] and once["final"] == every["final"]
     assert once["best"] is None
+
+
+def test_a_checkpoint_from_before_a_new_key_resumes_when_the_key_holds_its_default():
+    from scaleshift.config import make_config
+    from scaleshift.engine import config_changes, config_fingerprint
+    expected = config_fingerprint(make_config(dict(model="scaleshift_vit32", dataset="digits", method="ssf",
+                                                      protocol="official")))
+    older = {k: v for k, v in expected.items() if k != "sched_on_updates"}   # written before the key existed
+    assert config_changes(older, expected) == []
+    assert config_changes(older, dict(expected, sched_on_updates=True)) == ["sched_on_updates"]
+    assert config_changes(dict(expected, lr=0.5), expected) == ["lr"]

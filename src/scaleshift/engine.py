@@ -774,6 +774,16 @@ def config_fingerprint(cfg: RunConfig) -> dict:
     return data
 
 
+def config_changes(saved: dict, expected: dict) -> list[str]:
+    """Keys whose values differ. A key the checkpoint lacks (added by a later scaleshift) is
+    unchanged when it holds its default: that default is what the version that wrote it did."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(RunConfig)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    return sorted(k for k in {*saved, *expected}
+                  if saved.get(k, defaults.get(k)) != expected.get(k, defaults.get(k)))
+
+
 def load_state_into(model: nn.Module, state: dict) -> None:
     current = adapter_state(model)
     with torch.no_grad():
@@ -798,8 +808,8 @@ def load_checkpoint(t: Trainer) -> tuple[int, list]:
         raise ScaleshiftError(f"--resume: no checkpoint at {path}; start without --resume")
     state = torch.load(path, map_location="cpu", weights_only=True)
     expected = config_fingerprint(t.cfg)
-    if state["config"] != expected:
-        changed = sorted(k for k in state["config"] if state["config"][k] != expected.get(k))
+    changed = config_changes(state["config"], expected)
+    if changed:
         raise ScaleshiftError(f"--resume: the config differs from the checkpoint's in {changed}; "
                               f"resume with the same recipe and overrides")
     load_state_into(t.trained, state["trainable"])
