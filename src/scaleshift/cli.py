@@ -94,11 +94,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import load_recipe
+    from .config import check_environment, load_recipe
     from .engine import train
     cfg = load_recipe(args.recipe, args.overrides)   # every error surfaces before any work
+    check_environment(cfg)                           # data paths, weights file, optional packages
     if args.validate_only:
-        print(f"{args.recipe or 'defaults'}: valid")
+        print(f"{args.recipe or 'defaults'}: valid (config, data paths and optional packages)")
         return 0
     train(cfg, resume=args.resume)
     return 0
@@ -288,6 +289,7 @@ TRAIN_EXAMPLES = """\
 examples:
   # one run: a packaged recipe with overrides
   scaleshift train builtin/digits_ssf epochs=20 lr=1e-3 method=bias out_dir=runs/digits_bias
+  scaleshift train builtin/digits_ssf --epochs 20 --lr=1e-3 --out-dir runs/digits_ssf
   # continue after a crash or a kill: the same recipe and overrides, plus --resume
   scaleshift train builtin/digits_ssf epochs=20 lr=1e-3 method=bias out_dir=runs/digits_bias --resume
   # 4 processes on one machine (batch_size stays the global batch)
@@ -343,13 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a recipe: scaleshift train RECIPE key=value ...",
                        description="Train from a recipe: a packaged recipe name (`scaleshift list\n"
                        "recipes`, e.g. vtab/dtd_ssf) or a YAML file (a real path wins), then\n"
-                       "KEY=VALUE overrides, before or after the flags. An unknown key or a wrong\n"
-                       "type is an error before any work.",
+                       "overrides as KEY=VALUE, --KEY VALUE or --KEY=VALUE, before or after the\n"
+                       "flags. An unknown key (with the closest ones named), a wrong type, a\n"
+                       "missing data_root or weights file, or a missing optional package the run\n"
+                       "needs is an error before any work.",
                        epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", help="packaged recipe name or YAML file (omit to use the "
                    "defaults)")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
-    p.add_argument("--validate-only", action="store_true", help="check the config and stop")
+    p.add_argument("--validate-only", action="store_true",
+                   help="check the config, its data and weights paths and the optional packages it "
+                        "needs, then stop")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a finished run (its adapter, or merged)")
     p.add_argument("run_dir")
@@ -425,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Flags through argparse; every bare KEY=VALUE (wherever it stands) through the one option
     grammar: config overrides for `train`, the subcommand's own flags or mapping otherwise."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((i for i, t in enumerate(argv) if not t.startswith("-")), None)
+    if command is not None and argv[command] == "train":   # --key value for every config key
+        from .config import flags_to_assignments
+        train = next(a for a in parser._actions
+                     if isinstance(a, argparse._SubParsersAction)).choices["train"]
+        own = {o for a in train._actions for o in a.option_strings}
+        argv[command + 1:] = flags_to_assignments(argv[command + 1:], own)
     args, extras = parser.parse_known_args(argv)
     unknown = [e for e in extras if not is_assignment(e)]
     if unknown:
