@@ -115,9 +115,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .export import export_safetensors
-    report = export_safetensors(args.run_dir, args.out, args.weights)   # checks a strict load
+    from .export import export_safetensors, export_timm
+    fmt = args.format or ("safetensors" if str(args.out or "").endswith(".safetensors") else "timm")
+    export = export_timm if fmt == "timm" else export_safetensors
+    report = export(args.run_dir, args.out, args.weights)   # checks a strict load
     print(f"merged into plain timm weights ({report['tensors']} tensors): {report['path']}")
+    if fmt == "timm":
+        print(f"load it with {report['load_with']}")
     return 0
 
 
@@ -206,8 +210,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_onnx, export_safetensors
-    if args.format == "safetensors":
+    from .export import export_onnx, export_safetensors, export_timm
+    if args.format == "timm":
+        report = export_timm(args.run_dir, args.out, args.weights)
+    elif args.format == "safetensors":
         report = export_safetensors(args.run_dir, args.out, args.weights)
     else:
         report = export_onnx(args.run_dir, args.out, weights=args.weights)
@@ -364,9 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     weights_arg(p)
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("merge", help="fold a run's adapter into plain weights (merged.safetensors)")
+    p = sub.add_parser("merge", help="fold a run's adapter into plain weights: timm's folder "
+                       "(RUN/merged: config.json with class names and eval transform + "
+                       "model.safetensors, loads with timm.create_model('local-dir:RUN/merged'))")
     p.add_argument("run_dir")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="folder (or a .safetensors file: the bare weights)")
+    p.add_argument("--format", choices=("timm", "safetensors"), default=None,
+                   help="timm: the folder (default); safetensors: one file (the default for an "
+                        "--out ending in .safetensors)")
     weights_arg(p)
     p.set_defaults(func=cmd_merge)
     p = sub.add_parser("report", help="tables in the paper's shape from run directories")
@@ -396,9 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: every measured forward under torch.autocast(device, bfloat16)")
     p.set_defaults(func=cmd_bench, model_kwargs={},   # timm kwargs: model_kwargs.img_size=32
                    required=("model", "batch_size"))
-    p = sub.add_parser("export", help="merged plain weights (safetensors) or an ONNX graph, checked")
+    p = sub.add_parser("export", help="merged plain weights (timm's folder, safetensors) or an "
+                       "ONNX graph (class names and eval transform in its metadata_props), checked")
     p.add_argument("run_dir")
-    p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
+    p.add_argument("--format", choices=("safetensors", "timm", "onnx"), default="safetensors")
     p.add_argument("--out", default=None)
     weights_arg(p)
     p.set_defaults(func=cmd_export)
