@@ -106,11 +106,23 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .runs import evaluate_run
-    metrics = evaluate_run(args.run_dir, merged=args.merged, split=args.split,
-                           weights=args.weights, device=args.device)
-    print(json.dumps(dict(run=args.run_dir, merged=args.merged, weights=args.weights or "reported",
-                          **metrics)))
+    from pathlib import Path
+
+    from .adapter_files import resolve_dir
+    from .runs import CONFIG, evaluate_artifact, evaluate_run
+    source = args.run_dir
+    is_file = Path(source).is_file()
+    if not is_file and (resolve_dir(source, "run") / CONFIG).is_file():
+        metrics = evaluate_run(source, merged=args.merged, split=args.split, weights=args.weights,
+                               device=args.device, dataset=args.dataset, data_root=args.data_root)
+        print(json.dumps(dict(run=source, merged=args.merged, weights=args.weights or "reported",
+                              **metrics)))
+        return 0
+    if args.merged or args.weights:
+        raise ScaleshiftError("--merged and --weights choose among a run folder's weights; "
+                              f"{source} is not a run folder")
+    metrics = evaluate_artifact(source, args.dataset, args.data_root, args.split, args.device)
+    print(json.dumps(dict(artifact=source, dataset=args.dataset, **metrics)))
     return 0
 
 
@@ -221,12 +233,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_predict_artifact(args) -> int:
+    from .artifacts import format_csv, format_table, image_files, load_artifact, predict
+    from .runs import parse_device
+    device = parse_device(args.device)
+    paths = image_files(args.images)                 # every image found before any model
+    artifact = load_artifact(args.model, args.input_size)
+    rows = predict(artifact, paths, args.top_k, device)
+    print(json.dumps(rows, indent=1) if args.json else format_csv(rows) if args.csv
+          else format_table(rows))
+    return 0
+
+
 def cmd_predict(args) -> int:
+    from .data.images import check_top_k
+    args.top_k = check_top_k(args.top_k)
+    if bool(args.model) == bool(args.adapters):
+        raise ScaleshiftError("predict takes --model ARTIFACT (a run, an adapter, a merged model, "
+                              "an ONNX file) or --adapters A1,A2 (many tasks on one backbone)")
+    if args.json and args.csv:
+        raise ScaleshiftError("choose one of --json and --csv")
+    if args.model:
+        return cmd_predict_artifact(args)
     from .adapter_files import read_adapter_config, resolve_dir, serving_transform
-    from .data.images import check_top_k, read_image_for_predict
+    from .data.images import read_image_for_predict
     from .multitask import MultiTaskModel
     from .runs import parse_device
-    args.top_k = check_top_k(args.top_k)
     device = parse_device(args.device)
     sources = [d for d in args.adapters.split(",") if d]
     pictures = [read_image_for_predict(path) for path in args.images]   # fail before any model
@@ -363,8 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the config, its data and weights paths and the optional packages it "
                         "needs, then stop")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a finished run (its adapter, or merged)")
-    p.add_argument("run_dir")
+    p = sub.add_parser("eval", help="evaluate a run (its adapter, or merged) or any artifact "
+                       "(adapter, merged folder or file, ONNX file) on a dataset")
+    p.add_argument("run_dir", metavar="ARTIFACT", help="a run folder (or Hub repo id); or an "
+                   "adapter, merged folder, .safetensors or .onnx file with --dataset")
+    p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the run's")
+    p.add_argument("--data-root", default=None, help="the dataset's folder instead of the run's")
     p.add_argument("--merged", action="store_true", help="evaluate the merged plain model")
     p.add_argument("--split", default=None, help="default: the run's test split")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -414,16 +450,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     weights_arg(p)
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("predict", help="one batch, many SSF tasks on one backbone")
+    p = sub.add_parser("predict", help="top-k classes of images from any artifact (--model), or "
+                       "many SSF tasks on one backbone in one batch (--adapters)")
+    p.add_argument("--model", default=None, help="a run folder, an adapter of any method, a merged "
+                   "folder or .safetensors file, or an .onnx file (output: a table; --json, --csv)")
     p.add_argument("--adapters", help="comma-separated SSF adapters: directories or Hugging Face "
-                   "Hub repo ids (required)")
+                   "Hub repo ids (output: JSON)")
+    p.add_argument("--json", action="store_true", help="with --model: JSON instead of the table")
+    p.add_argument("--csv", action="store_true", help="with --model: CSV (image,rank,label,index,p)")
     p.add_argument("--pretrained", default=None, help="backbone weights file the adapters were trained on")
     p.add_argument("--input-size", type=int, default=None,
                    help="override the input size of the adapters' recorded eval transform")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("images", nargs="+")
-    p.set_defaults(func=cmd_predict, required=("adapters",))
+    p.add_argument("images", nargs="+", help="image files or folders of them")
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("adapters", help="size of each adapter against its full model")
     p.add_argument("directories", nargs="+", help="adapter directories or Hugging Face Hub repo ids")
     p.add_argument("--json", action="store_true")
