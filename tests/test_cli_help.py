@@ -53,12 +53,12 @@ def test_train_help_is_generated_from_the_dataclass(monkeypatch):
     assert ">= 1, a hint no one copied" in key_lines(config.describe_keys())["epochs"]
 
 
-def test_train_help_examples_are_three_valid_commands(capsys, tmp_path):
+def test_train_help_examples_are_four_valid_commands(capsys, tmp_path):
     text = train_help(capsys)
     examples = [line.strip() for line in text.split("examples:")[1].splitlines()
                 if line.strip() and not line.strip().startswith("#")]
-    assert len(examples) == 3
-    assert examples[1].endswith("--resume") and examples[2].startswith("torchrun ")
+    assert len(examples) == 4 and "--epochs 20" in examples[1]   # key=value and --key value
+    assert examples[2].endswith("--resume") and examples[3].startswith("torchrun ")
     for example in examples:
         argv = shlex.split(example)
         argv = argv[argv.index("scaleshift.cli") + 1:] if argv[0] == "torchrun" else argv[1:]

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import scaleshift
-from scaleshift.adapter_files import (CONFIG_NAME, FORMAT, WEIGHTS_NAME, adapter_state,
+from scaleshift.adapter_files import (CONFIG_NAME, FORMAT, RECORD_NAME, WEIGHTS_NAME, adapter_state,
                                       backbone_fingerprint, backbone_for, read_adapter_config)
 from scaleshift.cli import main
 from scaleshift.config import make_config
@@ -81,13 +81,13 @@ def test_a_trained_lora_adapter_loads_with_peft_and_gives_the_same_logits(lora_r
                                               for m in ("attn.qkv", "mlp.fc1", "mlp.fc2"))
     assert all(k.startswith("base_model.model.") and ".default." not in k
                for k in load_file(str(adapter / WEIGHTS_NAME)))
+    assert "scaleshift" not in config and config["base_model_name_or_path"] == str(backbone_file)
+    base = plain_vit(10, backbone_file)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert peft.PeftConfig.from_pretrained(str(adapter)).peft_type == "LORA"
-        peft_model = peft.PeftModel.from_pretrained(plain_vit(10, backbone_file), str(adapter)).eval()
-    # the only field PEFT does not know is scaleshift's own block, which it drops
-    unexpected = [str(w.message) for w in caught if "Unexpected keyword" in str(w.message)]
-    assert all("['scaleshift']" in m for m in unexpected)
+        peft_model = peft.PeftModel.from_pretrained(base, str(adapter)).eval()
+    assert [str(w.message) for w in caught] == []
     _, ours = load_run(lora_run)
     x = images()
     with torch.no_grad():
@@ -98,7 +98,7 @@ def test_a_trained_lora_adapter_loads_with_peft_and_gives_the_same_logits(lora_r
 
 def test_every_adapter_records_base_model_method_classes_and_eval_transform(lora_run, backbone_file):
     meta = read_adapter_config(lora_run / "adapter")
-    assert meta["format_version"] == 3 and meta["loadable_by_peft"] is True
+    assert meta["format_version"] == 4 and meta["loadable_by_peft"] is True
     assert meta["method"] == "lora" and meta["options"]["rank"] == 4
     assert meta["class_names"] == [str(d) for d in range(10)]     # the digits dataset's names
     assert meta["base_model"]["source"] == "file"
@@ -106,6 +106,59 @@ def test_every_adapter_records_base_model_method_classes_and_eval_transform(lora
     _, model = load_run(lora_run)
     assert meta["eval_transform"] == eval_transform_config("vtab", model, 32)
     assert meta["eval_transform"]["input_size"] == [3, 32, 32]
+
+
+def test_peft_loads_a_scaleshift_lora_adapter_without_a_warning_or_log(tmp_path, caplog):
+    """adapter_config.json is PEFT's own LoraConfig; scaleshift's record sits in a file PEFT
+    does not read. Nothing warns, through `warnings` or PEFT's logger."""
+    import logging
+    model = scaleshift.apply(scaleshift.create_model("vit_tiny_patch16_224", 4, seed=0, **KWARGS),
+                             "lora", rank=2)
+    perturb_trainable(model)
+    scaleshift.save_adapter(model, tmp_path / "a", class_names=list("abcd"))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        CONFIG_NAME, WEIGHTS_NAME, RECORD_NAME]
+    base = timm.create_model("vit_tiny_patch16_224", num_classes=4, **KWARGS)
+    base.load_state_dict(scaleshift.create_model("vit_tiny_patch16_224", 4, seed=0,
+                                                 **KWARGS).state_dict())
+    caplog.set_level(logging.DEBUG, logger="peft")
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    x = images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), model.eval()(x), atol=1e-5, rtol=0)
+    meta = read_adapter_config(tmp_path / "a")
+    assert meta["class_names"] == list("abcd") and meta["method"] == "lora"
+
+
+def test_base_model_name_or_path_comes_from_the_identity_record():
+    from scaleshift.adapter_files import base_model_name_or_path
+    hub = dict(name="vit_tiny_patch16_224.augreg_in21k", architecture="vit_tiny_patch16_224",
+               source="hub", tag="augreg_in21k")
+    assert base_model_name_or_path(hub) == "timm/vit_tiny_patch16_224.augreg_in21k"
+    assert base_model_name_or_path(dict(hub, name="hf-hub:org/x", tag=None)) == "org/x"
+    assert base_model_name_or_path(dict(hub, source="file", weights_file="/w.safetensors")) \
+        == "/w.safetensors"
+    assert base_model_name_or_path(dict(hub, source="random")) is None
+    assert base_model_name_or_path(None) is None
+
+
+def test_a_format_3_lora_adapter_still_loads(tmp_path):
+    """Format 3 kept a LoRA adapter's record in a block of adapter_config.json."""
+    model = scaleshift.apply(make_model("vit"), "lora", rank=2)
+    perturb_trainable(model)
+    directory = scaleshift.save_adapter(model, tmp_path / "a")
+    record = json.loads((directory / RECORD_NAME).read_text())
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    (directory / CONFIG_NAME).write_text(json.dumps({**config, "scaleshift": dict(record, format_version=3)}))
+    (directory / RECORD_NAME).unlink()
+    x = images(2)
+    with torch.no_grad():
+        loaded = scaleshift.load_adapter(make_model("vit"), directory).eval()(x)
+        torch.testing.assert_close(loaded, model.eval()(x))
 
 
 def test_lora_norm_statistics_travel_to_peft(tmp_path):

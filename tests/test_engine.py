@@ -51,7 +51,7 @@ def test_train_eval_merge_eval_gives_the_same_accuracy(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "run"), "--weights", "final"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(results["final"]["top1"])
     assert main(["merge", str(tmp_path / "run")]) == 0
-    assert (tmp_path / "run" / "merged.safetensors").is_file()
+    assert (tmp_path / "run" / "merged" / "model.safetensors").is_file()   # timm's folder
     assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]) == 0
     table = (tmp_path / "rep" / "report.md").read_text()
     assert "digits" in table and "SSF (vit_tiny_patch16_224)" in table and "protocol clean" in table

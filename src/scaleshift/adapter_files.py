@@ -1,11 +1,13 @@
 """Adapter files: adapter_config.json + adapter_model.safetensors holding only what training
 changed (the method's parameters, the head, and norm running statistics).
 
-adapter_config.json carries scaleshift's record in a "scaleshift" block, which PEFT ignores: the
-method and its options, the backbone's identity record, the class names, the eval transform,
-checksums. A LoRA adapter is also a PEFT adapter (a LoraConfig beside the block, PEFT's tensor
-names): `peft.PeftModel.from_pretrained(timm_model, directory)` loads it. The other methods
-have no PEFT equivalent; their files claim no peft_type (block: "loadable_by_peft": false).
+scaleshift's record: the method and its options, the backbone's identity record, the class
+names, the eval transform, checksums. A LoRA adapter is also a PEFT adapter: adapter_config.json
+is PEFT's LoraConfig alone (base_model_name_or_path from the identity record), PEFT's tensor
+names, and the record in scaleshift_adapter.json beside it, a file PEFT does not read, so
+`peft.PeftModel.from_pretrained(timm_model, directory)` loads it without a warning. The other
+methods have no PEFT equivalent; their adapter_config.json holds the record in a "scaleshift"
+block and claims no peft_type ("loadable_by_peft": false).
 
 An adapter is named by a local directory or a Hugging Face Hub repo id ("org/name"), fetched by
 huggingface_hub's snapshot_download (offline, HF_HUB_OFFLINE=1: from the Hub cache).
@@ -30,8 +32,10 @@ from .models import HUB_REPO_ID, build_model, describe, identity_of, num_classes
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+RECORD_NAME = "scaleshift_adapter.json"   # the record of an adapter PEFT loads (PEFT's config clean)
 FORMAT = "scaleshift-adapter"
-FORMAT_VERSION = 3       # 1, 2: scaleshift's record at the top level, scaleshift's tensor names
+FORMAT_VERSION = 4       # 1, 2: scaleshift's record at the top level, scaleshift's tensor names;
+#                          3: a LoRA adapter's record in a block of adapter_config.json
 BLOCK = "scaleshift"
 HUB_ADAPTER = re.compile(f"(hf-hub:)?({HUB_REPO_ID})")
 
@@ -103,6 +107,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, *,
     peft_fields, file_state, peft_only = impl.to_peft(model, config["options"], state) \
         if impl.peft_type else ({}, state, [])
     identity = identity_of(model)
+    if peft_fields:
+        peft_fields["base_model_name_or_path"] = base_model_name_or_path(identity)
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         save_file(file_state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})   # as PEFT writes
@@ -117,13 +123,48 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, *,
             tensors={k: list(v.shape) for k, v in file_state.items()},
             peft_only_tensors=peft_only,   # frozen parts of PEFT's modules_to_save
             weights_sha256=file_sha256(tmp / WEIGHTS_NAME))
-        (tmp / CONFIG_NAME).write_text(json.dumps({**peft_fields, BLOCK: record}, indent=2) + "\n")
+        if peft_fields:   # PEFT's config as PEFT writes it; the record where PEFT does not look
+            (tmp / CONFIG_NAME).write_text(json.dumps(peft_fields, indent=2) + "\n")
+            (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        else:
+            (tmp / CONFIG_NAME).write_text(json.dumps({BLOCK: record}, indent=2) + "\n")
     return directory
+
+
+def base_model_name_or_path(identity: dict | None) -> str | None:
+    """What PEFT's base_model_name_or_path names for a backbone: its Hub repo id (timm's
+    pretrained weights, an hf-hub: model, a transformers checkpoint name) or its weights file;
+    None for random or unknown weights."""
+    if not identity:
+        return None
+    name = identity.get("name") or ""
+    if identity.get("library") == "transformers":
+        return name if name and name != identity.get("architecture") else None
+    if identity.get("source") == "file":
+        return identity.get("weights_file")
+    if identity.get("source") != "hub":
+        return None
+    if name.startswith("hf-hub:"):
+        return name.removeprefix("hf-hub:")
+    import timm.models
+    tag = identity.get("tag")
+    cfg = timm.models.get_pretrained_cfg(f"{identity['architecture']}.{tag}" if tag else name)
+    return getattr(cfg, "hf_hub_id", None) or None
 
 
 def read_adapter_config(source: str | os.PathLike) -> dict:
     """scaleshift's record of an adapter (a directory or a Hub repo id), in any format version."""
     return _read_config(resolve_dir(source))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ScaleshiftError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ScaleshiftError(f"{path} is not a scaleshift adapter config (not a JSON object)")
+    return raw
 
 
 def _read_config(directory: Path) -> dict:
@@ -132,13 +173,11 @@ def _read_config(directory: Path) -> dict:
         if not path.is_file():
             raise ScaleshiftError(f"{path} not found: an adapter directory holds {CONFIG_NAME} "
                                   f"and {WEIGHTS_NAME} (written by scaleshift.save_adapter)")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ScaleshiftError(f"{config_path} is not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ScaleshiftError(f"{config_path} is not a scaleshift adapter config (not a JSON object)")
-    if isinstance(raw.get(BLOCK), dict):
+    raw = _read_json(config_path)
+    if (directory / RECORD_NAME).is_file():          # format 4: a PEFT adapter's record beside it
+        config_path = directory / RECORD_NAME
+        meta = _read_json(config_path)
+    elif isinstance(raw.get(BLOCK), dict):
         meta = dict(raw[BLOCK])
     elif raw.get("format") == FORMAT:     # format 1 and 2: the record at the top level
         meta = dict(raw, loadable_by_peft=False, class_names=None, eval_transform=None)

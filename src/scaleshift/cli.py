@@ -94,29 +94,46 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import load_recipe
+    from .config import check_environment, load_recipe
     from .engine import train
     cfg = load_recipe(args.recipe, args.overrides)   # every error surfaces before any work
+    check_environment(cfg)                           # data paths, weights file, optional packages
     if args.validate_only:
-        print(f"{args.recipe or 'defaults'}: valid")
+        print(f"{args.recipe or 'defaults'}: valid (config, data paths and optional packages)")
         return 0
     train(cfg, resume=args.resume)
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .runs import evaluate_run
-    metrics = evaluate_run(args.run_dir, merged=args.merged, split=args.split,
-                           weights=args.weights, device=args.device)
-    print(json.dumps(dict(run=args.run_dir, merged=args.merged, weights=args.weights or "reported",
-                          **metrics)))
+    from pathlib import Path
+
+    from .adapter_files import resolve_dir
+    from .runs import CONFIG, evaluate_artifact, evaluate_run
+    source = args.run_dir
+    is_file = Path(source).is_file()
+    if not is_file and (resolve_dir(source, "run") / CONFIG).is_file():
+        metrics = evaluate_run(source, merged=args.merged, split=args.split, weights=args.weights,
+                               device=args.device, dataset=args.dataset, data_root=args.data_root)
+        print(json.dumps(dict(run=source, merged=args.merged, weights=args.weights or "reported",
+                              **metrics)))
+        return 0
+    if args.merged or args.weights:
+        raise ScaleshiftError("--merged and --weights choose among a run folder's weights; "
+                              f"{source} is not a run folder")
+    metrics = evaluate_artifact(source, args.dataset, args.data_root, args.split, args.device)
+    print(json.dumps(dict(artifact=source, dataset=args.dataset, **metrics)))
     return 0
 
 
 def cmd_merge(args) -> int:
-    from .export import export_safetensors
-    report = export_safetensors(args.run_dir, args.out, args.weights)   # checks a strict load
+    from .export import export_safetensors, export_timm
+    fmt = args.format or ("safetensors" if str(args.out or "").endswith(".safetensors") else "timm")
+    export = export_timm if fmt == "timm" else export_safetensors
+    report = export(args.run_dir, args.out, args.weights)   # checks a strict load
     print(f"merged into plain timm weights ({report['tensors']} tensors): {report['path']}")
+    if fmt == "timm":
+        print(f"load it with {report['load_with']}")
     return 0
 
 
@@ -214,8 +231,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_onnx, export_safetensors
-    if args.format == "safetensors":
+    from .export import export_onnx, export_safetensors, export_timm
+    if args.format == "timm":
+        report = export_timm(args.run_dir, args.out, args.weights)
+    elif args.format == "safetensors":
         report = export_safetensors(args.run_dir, args.out, args.weights)
     else:
         report = export_onnx(args.run_dir, args.out, weights=args.weights)
@@ -223,12 +242,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_predict_artifact(args) -> int:
+    from .artifacts import format_csv, format_table, image_files, load_artifact, predict
+    from .runs import parse_device
+    device = parse_device(args.device)
+    paths = image_files(args.images)                 # every image found before any model
+    artifact = load_artifact(args.model, args.input_size)
+    rows = predict(artifact, paths, args.top_k, device)
+    print(json.dumps(rows, indent=1) if args.json else format_csv(rows) if args.csv
+          else format_table(rows))
+    return 0
+
+
 def cmd_predict(args) -> int:
+    from .data.images import check_top_k
+    args.top_k = check_top_k(args.top_k)
+    if bool(args.model) == bool(args.adapters):
+        raise ScaleshiftError("predict takes --model ARTIFACT (a run, an adapter, a merged model, "
+                              "an ONNX file) or --adapters A1,A2 (many tasks on one backbone)")
+    if args.json and args.csv:
+        raise ScaleshiftError("choose one of --json and --csv")
+    if args.model:
+        return cmd_predict_artifact(args)
     from .adapter_files import read_adapter_config, resolve_dir, serving_transform
-    from .data.images import check_top_k, read_image_for_predict
+    from .data.images import read_image_for_predict
     from .multitask import MultiTaskModel
     from .runs import parse_device
-    args.top_k = check_top_k(args.top_k)
     device = parse_device(args.device)
     sources = [d for d in args.adapters.split(",") if d]
     pictures = [read_image_for_predict(path) for path in args.images]   # fail before any model
@@ -297,6 +336,7 @@ TRAIN_EXAMPLES = """\
 examples:
   # one run: a packaged recipe with overrides
   scaleshift train builtin/digits_ssf epochs=20 lr=1e-3 method=bias out_dir=runs/digits_bias
+  scaleshift train builtin/digits_ssf --epochs 20 --lr=1e-3 --out-dir runs/digits_ssf
   # continue after a crash or a kill: the same recipe and overrides, plus --resume
   scaleshift train builtin/digits_ssf epochs=20 lr=1e-3 method=bias out_dir=runs/digits_bias --resume
   # 4 processes on one machine (batch_size stays the global batch)
@@ -352,24 +392,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a recipe: scaleshift train RECIPE key=value ...",
                        description="Train from a recipe: a packaged recipe name (`scaleshift list\n"
                        "recipes`, e.g. vtab/dtd_ssf) or a YAML file (a real path wins), then\n"
-                       "KEY=VALUE overrides, before or after the flags. An unknown key or a wrong\n"
-                       "type is an error before any work.",
+                       "overrides as KEY=VALUE, --KEY VALUE or --KEY=VALUE, before or after the\n"
+                       "flags. An unknown key (with the closest ones named), a wrong type, a\n"
+                       "missing data_root or weights file, or a missing optional package the run\n"
+                       "needs is an error before any work.",
                        epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", help="packaged recipe name or YAML file (omit to use the "
                    "defaults)")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
-    p.add_argument("--validate-only", action="store_true", help="check the config and stop")
+    p.add_argument("--validate-only", action="store_true",
+                   help="check the config, its data and weights paths and the optional packages it "
+                        "needs, then stop")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a finished run (its adapter, or merged)")
-    p.add_argument("run_dir")
+    p = sub.add_parser("eval", help="evaluate a run (its adapter, or merged) or any artifact "
+                       "(adapter, merged folder or file, ONNX file) on a dataset")
+    p.add_argument("run_dir", metavar="ARTIFACT", help="a run folder (or Hub repo id); or an "
+                   "adapter, merged folder, .safetensors or .onnx file with --dataset")
+    p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the run's")
+    p.add_argument("--data-root", default=None, help="the dataset's folder instead of the run's")
     p.add_argument("--merged", action="store_true", help="evaluate the merged plain model")
     p.add_argument("--split", default=None, help="default: the run's test split")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     weights_arg(p)
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("merge", help="fold a run's adapter into plain weights (merged.safetensors)")
+    p = sub.add_parser("merge", help="fold a run's adapter into plain weights: timm's folder "
+                       "(RUN/merged: config.json with class names and eval transform + "
+                       "model.safetensors, loads with timm.create_model('local-dir:RUN/merged'))")
     p.add_argument("run_dir")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="folder (or a .safetensors file: the bare weights)")
+    p.add_argument("--format", choices=("timm", "safetensors"), default=None,
+                   help="timm: the folder (default); safetensors: one file (the default for an "
+                        "--out ending in .safetensors)")
     weights_arg(p)
     p.set_defaults(func=cmd_merge)
     p = sub.add_parser("report", help="tables in the paper's shape from run directories")
@@ -405,22 +458,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: every measured forward under torch.autocast(device, bfloat16)")
     p.set_defaults(func=cmd_bench, model_kwargs={},   # timm kwargs: model_kwargs.img_size=32
                    required=("model", "batch_size"))
-    p = sub.add_parser("export", help="merged plain weights (safetensors) or an ONNX graph, checked")
+    p = sub.add_parser("export", help="merged plain weights (timm's folder, safetensors) or an "
+                       "ONNX graph (class names and eval transform in its metadata_props), checked")
     p.add_argument("run_dir")
-    p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
+    p.add_argument("--format", choices=("safetensors", "timm", "onnx"), default="safetensors")
     p.add_argument("--out", default=None)
     weights_arg(p)
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("predict", help="one batch, many SSF tasks on one backbone")
+    p = sub.add_parser("predict", help="top-k classes of images from any artifact (--model), or "
+                       "many SSF tasks on one backbone in one batch (--adapters)")
+    p.add_argument("--model", default=None, help="a run folder, an adapter of any method, a merged "
+                   "folder or .safetensors file, or an .onnx file (output: a table; --json, --csv)")
     p.add_argument("--adapters", help="comma-separated SSF adapters: directories or Hugging Face "
-                   "Hub repo ids (required)")
+                   "Hub repo ids (output: JSON)")
+    p.add_argument("--json", action="store_true", help="with --model: JSON instead of the table")
+    p.add_argument("--csv", action="store_true", help="with --model: CSV (image,rank,label,index,p)")
     p.add_argument("--pretrained", default=None, help="backbone weights file the adapters were trained on")
     p.add_argument("--input-size", type=int, default=None,
                    help="override the input size of the adapters' recorded eval transform")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("images", nargs="+")
-    p.set_defaults(func=cmd_predict, required=("adapters",))
+    p.add_argument("images", nargs="+", help="image files or folders of them")
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("adapters", help="size of each adapter against its full model")
     p.add_argument("directories", nargs="+", help="adapter directories or Hugging Face Hub repo ids")
     p.add_argument("--json", action="store_true")
@@ -440,6 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Flags through argparse; every bare KEY=VALUE (wherever it stands) through the one option
     grammar: config overrides for `train`, the subcommand's own flags or mapping otherwise."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((i for i, t in enumerate(argv) if not t.startswith("-")), None)
+    if command is not None and argv[command] == "train":   # --key value for every config key
+        from .config import flags_to_assignments
+        train = next(a for a in parser._actions
+                     if isinstance(a, argparse._SubParsersAction)).choices["train"]
+        own = {o for a in train._actions for o in a.option_strings}
+        argv[command + 1:] = flags_to_assignments(argv[command + 1:], own)
     args, extras = parser.parse_known_args(argv)
     unknown = [e for e in extras if not is_assignment(e)]
     if unknown:

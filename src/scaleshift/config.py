@@ -275,12 +275,22 @@ def _coerce(key: str, value: Any) -> Any:
     raise ScaleshiftError(f"{key} must be {names}, got {value!r} ({type(value).__name__})")
 
 
+def unknown_keys_error(keys: list[str]) -> ScaleshiftError:
+    """Unknown config key(s), each with the closest valid keys (difflib)."""
+    parts = []
+    for key in keys:
+        close = difflib.get_close_matches(key, sorted(FIELDS), n=3, cutoff=0.6)
+        parts.append(f"{key!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    return ScaleshiftError(f"unknown config key {', '.join(parts)}; every key is listed by "
+                           f"`scaleshift train --help`")
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`key=value` (value parsed as YAML); `a.b=value` sets a key inside a mapping field."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for path, value in parse_assignments(list(overrides)):
         if path[0] not in FIELDS:
-            raise ScaleshiftError(f"unknown config key {path[0]!r}; valid keys: {', '.join(sorted(FIELDS))}")
+            raise unknown_keys_error([path[0]])
         if len(path) > 1 and _HINTS[path[0]] is not dict:
             raise ScaleshiftError(f"{path[0]} is not a mapping; use {path[0]}=value")
         set_path(data, path, value)
@@ -290,8 +300,59 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def make_config(data: dict) -> RunConfig:
     unknown = sorted(set(data) - FIELDS)
     if unknown:
-        raise ScaleshiftError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(FIELDS))}")
+        raise unknown_keys_error(unknown)
     return RunConfig(**{k: _coerce(k, v) for k, v in data.items()}).validate()
+
+
+def flags_to_assignments(tokens: list[str], own_flags: set[str]) -> list[str]:
+    """`--key value` and `--key=value` (dashes or underscores) -> `key=value`, for every
+    config key; `own_flags` (the command's own, e.g. --resume) and other tokens pass through.
+    A bool key given alone (`--cache-features`) is true."""
+    out, rest = [], list(tokens)
+    while rest:
+        token = rest.pop(0)
+        if token == "--":
+            return out + [token, *rest]
+        if not token.startswith("--") or token.partition("=")[0] in own_flags:
+            out.append(token)
+            continue
+        key, sep, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not sep:
+            if rest and not rest[0].startswith("--"):
+                value = rest.pop(0)
+            elif key in FIELDS and _HINTS[key] is bool:
+                value = "true"
+            else:
+                raise ScaleshiftError(f"--{key.replace('_', '-')} needs a value: give --{key} "
+                                      f"VALUE, --{key}=VALUE or {key}=VALUE")
+        out.append(f"{key}={value}")
+    return out
+
+
+def check_environment(cfg: RunConfig) -> None:
+    """What `train --validate-only` checks beyond the values (and train before any work): the
+    data and weights paths exist, and every optional package the run needs imports."""
+    from .data import get_dataset_spec
+    from .extras import require
+    spec = get_dataset_spec(cfg.dataset)
+    if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
+        raise ScaleshiftError(f"data_root {cfg.data_root} is not an existing folder; set "
+                              f"data_root= to the folder holding {spec.name} "
+                              f"(layout: `scaleshift datasets`)")
+    if spec.needs_root and cfg.data_root is None:
+        raise ScaleshiftError(f"dataset {spec.name} needs data_root=FOLDER (layout: "
+                              f"`scaleshift datasets`)")
+    if isinstance(cfg.pretrained, str) and not Path(cfg.pretrained).exists():
+        raise ScaleshiftError(f"pretrained={cfg.pretrained}: no such file; give the backbone's "
+                              f"weights file, pretrained=true (timm's weights) or false")
+    needs = [(module, f"dataset {spec.name}") for module in spec.extras]
+    if cfg.method == "lora":
+        needs.append(("peft", "method=lora"))
+    if cfg.logger == "tensorboard":
+        needs.append(("tensorboard", "logger=tensorboard"))
+    for module, purpose in needs:
+        require(module, purpose)
 
 
 RECIPE_SUFFIX = ".yaml"

@@ -1,7 +1,13 @@
-"""Deployment: merged plain weights (safetensors) and ONNX graphs, each checked on export.
+"""Deployment: merged plain weights (timm's folder or a bare safetensors file) and ONNX
+graphs, each checked on export.
 
+    scaleshift export runs/digits_ssf --format timm          # timm.create_model("local-dir:...")
     scaleshift export runs/digits_ssf --format safetensors   # loads with timm alone, strict
     scaleshift export runs/digits_ssf --format onnx          # op counts == the plain backbone's
+
+Every export carries the class names and the eval transform: timm's config.json (label_names,
+pretrained_cfg), the safetensors header, the ONNX graph's metadata_props. An --out that exists
+and was not written by scaleshift is refused, never replaced.
 """
 from __future__ import annotations
 
@@ -12,14 +18,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .adapter_files import resolve_dir
+from .adapter_files import BLOCK, read_adapter_config, resolve_dir
 from .errors import ScaleshiftError
 from .extras import require
-from .io import atomic_path, save_safetensors, write_json
+from .io import atomic_dir, atomic_path, save_safetensors, write_json
 from .merge import assign_state
 from .models import identity_of, plain_model
 from .profiles import input_size_of
-from .runs import load_run, merged_state
+from .runs import load_run, merged_state, weights_dir
+
+TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"   # timm's folder format
 
 
 def _default_out(run_dir, out, name: str) -> Path:
@@ -30,6 +38,69 @@ def _default_out(run_dir, out, name: str) -> Path:
         raise ScaleshiftError(f"{run_dir} is a Hub repo (read from the Hub cache); pass --out "
                               f"to say where the export goes")
     return Path(run_dir) / name
+
+
+def _refuse_foreign(out: Path) -> None:
+    """An existing --out is replaced only when scaleshift wrote it (its record inside)."""
+    if not out.exists():
+        return
+    ours = False
+    try:
+        if out.is_dir():
+            ours = BLOCK in json.loads((out / TIMM_CONFIG).read_text())
+        elif out.suffix == ".onnx":
+            onnx = require("onnx", "ONNX export")
+            model = onnx.load(str(out), load_external_data=False)
+            ours = any(p.key == BLOCK for p in model.metadata_props)
+        else:
+            from safetensors import safe_open
+            with safe_open(str(out), framework="pt") as f:
+                ours = "method" in (f.metadata() or {})
+    except Exception:   # unreadable, foreign: not ours
+        ours = False
+    if not ours:
+        raise ScaleshiftError(f"{out} exists and was not written by scaleshift; pass another "
+                              f"--out (nothing was written)")
+
+
+def export_record(meta: dict) -> dict:
+    """What every export carries besides the weights: the class names, the eval transform and
+    where the weights came from (the adapter's record)."""
+    identity = meta["base_model"]
+    return dict(class_names=meta.get("class_names"), eval_transform=meta.get("eval_transform"),
+                architecture=identity["architecture"], kwargs=identity["kwargs"],
+                num_classes=meta["num_classes"], method=meta["method"], base_model=identity)
+
+
+def export_timm(run_dir: str | Path, out: str | Path | None = None,
+                weights: str | None = None) -> dict:
+    """The merged run in timm's folder format (timm's own save_config_for_hf): config.json
+    with the architecture, num_classes, label_names, model_args and a pretrained_cfg holding the
+    eval transform, plus model.safetensors; `timm.create_model("local-dir:OUT")` loads it."""
+    from timm.models._hub import save_config_for_hf
+    _, meta, state = merged_state(run_dir, weights)
+    out = _default_out(run_dir, out, "merged")
+    _refuse_foreign(out)
+    identity = meta["base_model"]
+    if identity.get("library") == "transformers":
+        raise ScaleshiftError("timm's folder format holds timm models; a transformers model's "
+                              "merged form is written by its save_pretrained")
+    with torch.device("meta"):   # the merged tensors themselves, no second copy
+        plain = plain_model(identity, meta["num_classes"])
+    assign_state(plain, state)                       # strict: the merged file is the plain architecture
+    record = export_record(meta)
+    transform = record["eval_transform"] or {}
+    data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in transform.items()}
+    model_config = {BLOCK: record}
+    if record["class_names"]:
+        model_config["label_names"] = record["class_names"]
+    with atomic_dir(out) as tmp:
+        save_safetensors({k: v.contiguous() for k, v in plain.state_dict().items()},
+                         tmp / TIMM_WEIGHTS, {"format": "pt"})
+        save_config_for_hf(plain, str(tmp / TIMM_CONFIG), model_config=model_config,
+                           model_args=identity["kwargs"] or None, data_config=data_config)
+    return dict(path=str(out), files=[TIMM_CONFIG, TIMM_WEIGHTS], tensors=len(state),
+                load_with=f'timm.create_model("local-dir:{out}", pretrained=True)', strict_load=True)
 
 
 def _input(model: nn.Module, cfg, batch: int = 1) -> torch.Tensor:
@@ -45,6 +116,7 @@ def export_safetensors(run_dir: str | Path, out: str | Path | None = None,
     plain timm architecture's state dict (checked with a strict load)."""
     _, meta, state = merged_state(run_dir, weights)
     out = _default_out(run_dir, out, "merged.safetensors")
+    _refuse_foreign(out)
     state = {k: v.contiguous() for k, v in state.items()}
     identity = meta["base_model"]
     with torch.device("meta"):   # the check holds the merged tensors themselves, no second copy
@@ -52,7 +124,9 @@ def export_safetensors(run_dir: str | Path, out: str | Path | None = None,
     assign_state(plain, state)                       # strict: the merged file is the plain architecture
     header = dict(timm_model=identity["architecture"], timm_kwargs=json.dumps(identity["kwargs"]),
                   num_classes=str(meta["num_classes"]), method=meta["method"],
-                  base_model=json.dumps(identity))
+                  base_model=json.dumps(identity),
+                  class_names=json.dumps(meta.get("class_names")),
+                  eval_transform=json.dumps(meta.get("eval_transform")))
     save_safetensors(state, out, header)
     return dict(path=str(out), tensors=len(state), bytes=out.stat().st_size, strict_load=True)
 
@@ -63,12 +137,20 @@ def onnx_op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in graph.node).items()))
 
 
-def _to_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+def _to_onnx(model: nn.Module, x: torch.Tensor, path: Path, record: dict | None = None) -> None:
+    """`record`: written into the graph's metadata_props, one JSON value per key (class_names,
+    eval_transform, ...) and the whole record under "scaleshift"."""
     model.eval()
     with atomic_path(path) as tmp:
         torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17, dynamo=False)
+        if record is not None:
+            onnx = require("onnx", "ONNX export")
+            graph = onnx.load(str(tmp))
+            props = {k: json.dumps(v) for k, v in record.items()}
+            onnx.helper.set_model_props(graph, {**props, BLOCK: json.dumps(record)})
+            onnx.save(graph, str(tmp))
 
 
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: float = 1e-4,
@@ -80,9 +162,11 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: f
         require(module, "ONNX export")
     onnxruntime = require("onnxruntime", "the ONNX parity check")
     cfg, merged = load_run(run_dir, merged=True, weights=weights)
+    meta = read_adapter_config(weights_dir(resolve_dir(run_dir, "run"), weights))
     out = _default_out(run_dir, out, "merged.onnx")
+    _refuse_foreign(out)
     x = _input(merged, cfg)
-    _to_onnx(merged, x, out)
+    _to_onnx(merged, x, out, export_record(meta))
     # the plain timm architecture with the same weights (the exporter folds identical
     # initializers into Identity nodes, so the reference must hold the same values)
     plain = plain_model(identity_of(merged), merged.num_classes)

@@ -8,6 +8,7 @@ int, 1e-3 a number, true a bool, [a, b] a list), dotted keys reaching into mappi
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 from typing import Any
 
@@ -71,7 +72,9 @@ def assign_flags(parser: argparse.ArgumentParser, args: argparse.Namespace,
         if action is None:
             if rest is None:
                 valid = ", ".join(sorted(actions)) or "none"
-                raise ScaleshiftError(f"unknown option {'.'.join(path)!r} for "
+                close = difflib.get_close_matches(path[0], sorted(actions), n=3)
+                hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+                raise ScaleshiftError(f"unknown option {'.'.join(path)!r}{hint} for "
                                       f"`{parser.prog}`; valid keys: {valid}")
             target = getattr(args, rest)
             set_path(target, path, value)

@@ -155,16 +155,59 @@ def eval_dataset(cfg: RunConfig, model: nn.Module, split: str) -> Dataset:
                          **cfg.dataset_options)
 
 
+def _check_classes(dataset: Dataset, name: str, classes: int | None, what) -> None:
+    if classes is not None and len(dataset.classes) != classes:
+        raise ScaleshiftError(f"{name} has {len(dataset.classes)} classes but {what} has "
+                              f"{classes}; evaluate it on a dataset with the classes it was trained on")
+
+
+def _check_data_root(data_root: str | None) -> None:
+    if data_root is not None and not Path(data_root).is_dir():
+        raise ScaleshiftError(f"data_root {data_root} is not an existing folder; pass the "
+                              f"dataset's folder (layout: `scaleshift datasets`)")
+
+
 def evaluate_run(run_dir: str | Path, merged: bool = False, split: str | None = None,
-                 weights: str | None = None, device: str = "cpu") -> dict:
-    """Rebuild a finished run's model from its adapter (merged or not) and evaluate it."""
+                 weights: str | None = None, device: str = "cpu", dataset: str | None = None,
+                 data_root: str | None = None) -> dict:
+    """Rebuild a finished run's model from its adapter (merged or not) and evaluate it, on the
+    run's data or on `dataset` / `data_root` (the run's transform either way)."""
+    import dataclasses
+    _check_data_root(data_root)
     cfg, model = load_run(run_dir, merged, weights)
+    if dataset is not None or data_root is not None:
+        cfg = dataclasses.replace(cfg, dataset=dataset or cfg.dataset,
+                                  data_root=cfg.data_root if data_root is None else data_root,
+                                  dataset_options={} if dataset else cfg.dataset_options)
     split = split or cfg.test_split
     if split is None:
         raise ScaleshiftError(f"{run_dir} has no test split; pass --split NAME")
-    loader = DataLoader(eval_dataset(cfg, model, split), batch_size=cfg.batch_size, shuffle=False)
+    data = eval_dataset(cfg, model, split)
+    _check_classes(data, cfg.dataset, getattr(model, "num_classes", None), f"the run {run_dir}")
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False)
     target = parse_device(device)
     return evaluate(model.to(target), loader, target, autocast_for(cfg.precision, target))
+
+
+def evaluate_artifact(source: str | Path, dataset: str | None, data_root: str | None = None,
+                      split: str | None = None, device: str = "cpu", batch_size: int = 32) -> dict:
+    """Evaluate any artifact (an adapter, a merged folder or file, an ONNX file) on `dataset`
+    through its own recorded eval transform."""
+    from .artifacts import KINDS, OnnxModule, load_artifact
+    from .data import build_dataset
+    if not Path(source).exists():
+        raise ScaleshiftError(f"{source} not found; pass {KINDS}")
+    if dataset is None:
+        raise ScaleshiftError(f"{source} is not a run folder, so it names no data: pass "
+                              f"dataset=NAME (and data_root=FOLDER, split=NAME) to evaluate it")
+    _check_data_root(data_root)
+    artifact = load_artifact(source)
+    data = build_dataset(dataset, root=data_root, split=split or "test", transform=artifact.transform)
+    classes = len(artifact.class_names) if artifact.class_names else getattr(artifact.model, "num_classes", None)
+    _check_classes(data, dataset, classes, source)
+    target = torch.device("cpu") if isinstance(artifact.model, OnnxModule) else parse_device(device)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    return evaluate(artifact.model.to(target), loader, target, nullcontext)
 
 
 def parse_device(name: str) -> torch.device:

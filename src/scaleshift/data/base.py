@@ -49,6 +49,7 @@ class DatasetSpec:
     # splits a given tree provides (FGVC: VPT json or official protocol); default: `splits`
     splits_for: Callable[[Path | None], tuple[str, ...]] | None = field(default=None,
                                                                         compare=False)
+    extras: tuple[str, ...] = ()    # optional modules building it imports (scaleshift.extras)
 
     def resolve_split(self, split: str) -> str:
         split = self.split_aliases.get(split, split)

@@ -466,7 +466,8 @@ SPECS = [
                 "the fashion-mnist test set (files as for fashion_mnist) under corruptions:\n  "
                 + ", ".join(FASHION_CORRUPTIONS) + "\nsplits: clean, <corruption>/<severity 1..5>",
                 "builtin", build_fashion_mnist_c, needs_root=False,
-                description="fashion-mnist test set x 10 corruptions x 5 severities (for mCE)"),
+                description="fashion-mnist test set x 10 corruptions x 5 severities (for mCE)",
+                extras=("scipy",)),
     DatasetSpec("pretrain_fractal", FRACTAL_CLASSES, ("train", "val"),
                 f"built in: formula-driven IFS fractals, {FRACTAL_CLASSES} classes, "
                 f"{FRACTAL_SIZE}x{FRACTAL_SIZE}, train {FRACTAL_SIZES['train']} / val "

@@ -158,6 +158,6 @@ SPECS = [
                 f"stratified test set of 1,049 (elpv_split.json)\n" + PROTOCOL_TEXT,
                 "builtin", partial(build_elpv, task), needs_root=False,
                 description=f"elpv {_WHAT[target]} at {HIRES} px ({INSTALL})",
-                split_aliases=PROTOCOL_ALIASES)
+                split_aliases=PROTOCOL_ALIASES, extras=(MODULE,))
     for task, (target, classes) in TASKS.items()
 ]

@@ -233,6 +233,12 @@ def _layout(images, long_side) -> str:
             + PROTOCOL_TEXT)
 
 
+def _extras(images) -> tuple[str, ...]:
+    """The optional modules drawing these images imports (scikit-learn's photos, scikit-image's)."""
+    return tuple(m for m, used in (("sklearn", any(i in SKLEARN_PHOTOS for i in images)),
+                                   ("skimage", any(i not in SKLEARN_PHOTOS for i in images))) if used)
+
+
 SPECS = [
     DatasetSpec(task, len(images), PROTOCOL_SPLITS, _layout(images, long_side), "builtin",
                 partial(build_patch_task, task), needs_root=False,
@@ -240,7 +246,7 @@ SPECS = [
                              "patch_photos": "which photo a patch is from (VTAB natural)",
                              "patch_medical": "which medical image a patch is from "
                                               "(VTAB specialized)"}[task],
-                split_aliases=PROTOCOL_ALIASES)
+                split_aliases=PROTOCOL_ALIASES, extras=_extras(images))
     for task, (images, long_side) in PATCH_TASKS.items()
 ] + [
     DatasetSpec("faces", 2, PROTOCOL_SPLITS,
@@ -248,7 +254,7 @@ SPECS = [
                 "crops;\nsource images split 65/10/25 per class into train/val/test pools\n"
                 + PROTOCOL_TEXT, "builtin", build_faces, needs_root=False,
                 description="face vs non-face crops (lfw_subset)",
-                split_aliases=PROTOCOL_ALIASES),
+                split_aliases=PROTOCOL_ALIASES, extras=("skimage",)),
 ]
 
 
@@ -273,12 +279,13 @@ _HIRES_WHAT = {
 SPECS += [
     DatasetSpec(task, len(class_names(cfg)), PROTOCOL_SPLITS, _hires_layout(cfg), "builtin",
                 partial(build_hires_patch_task, task), needs_root=False,
-                description=_HIRES_WHAT[task], split_aliases=PROTOCOL_ALIASES)
+                description=_HIRES_WHAT[task], split_aliases=PROTOCOL_ALIASES,
+                extras=_extras(cfg["images"]))
     for task, cfg in HIRES_PATCH_TASKS.items()
 ] + [
     DatasetSpec(f"faces_{HIRES}", 2, PROTOCOL_SPLITS,
                 f"the faces task (same crops and splits) shown at {HIRES}x{HIRES}\n"
                 + PROTOCOL_TEXT, "builtin", partial(build_faces, size=HIRES), needs_root=False,
                 description=f"face vs non-face crops (lfw_subset) at {HIRES} px",
-                split_aliases=PROTOCOL_ALIASES),
+                split_aliases=PROTOCOL_ALIASES, extras=("skimage",)),
 ]
