@@ -662,7 +662,8 @@ def write_tables(p: dict, runs: Path, out: Path, args, only: set, started: float
         lines, data["figures"] = figures(p, runs, out)
         sections += lines
     run_seconds = sum((result(runs, name) or {}).get("wall_time_s", 0) for name in planned)
-    partial = f" (PARTIAL: {finished} of {len(planned)} planned runs finished)" if finished < len(planned) else ""
+    partial = (f" (PARTIAL: {finished} of the {len(planned)} runs planned so far finished; retraining and "
+               f"ablation runs join the plan as their grids finish)") if finished < len(planned) else ""
     machine = machine_info()
     from scaleshift.backbones import dinov2_focus
     header = [f"# The paper's comparison on a real pretrained ViT: {MODEL}, preset {args.preset}{partial}", "",
