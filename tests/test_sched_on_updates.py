@@ -59,7 +59,11 @@ def test_sched_on_updates_resumes_exactly_after_a_kill(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "scaleshift.cli", "train", *args, "--resume"],
                              capture_output=True, text=True, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    lrs(tmp_path, "straight", "sched_on_updates=true", epochs=4)
+    # the uninterrupted run in a fresh process too: the same thread set-up as the killed one
+    straight_args = [*TINY, "epochs=4", "sched_on_updates=true", f"out_dir={tmp_path / 'straight'}"]
+    straight_run = subprocess.run([sys.executable, "-m", "scaleshift.cli", "train", *straight_args],
+                                  capture_output=True, text=True, cwd=ROOT)
+    assert straight_run.returncode == 0, straight_run.stderr[-2000:]
     killed, straight = ([json.loads(row) for row in (tmp_path / name / "log.jsonl").read_text()
                          .splitlines()] for name in ("killed", "straight"))
     assert [row["epoch"] for row in killed] == [1, 2, 3, 4]

@@ -152,8 +152,8 @@ def test_constant_init_is_the_identity():
 @pytest.mark.parametrize("options, message", [
     (dict(rank=4), "unknown option"),
     (dict(init="gaussian"), "must be one of"),
-    (dict(layers="two"), "must be a int"),
-    (dict(layers=-1), ">= 0"),
+    (dict(layers="two"), "takes k .* or last:k"),
+    (dict(layers=-1), "takes k .* or last:k"),
     (dict(exclude="mlp,heads"), "not allowed"),
     (dict(scale="maybe"), "must be a bool"),
     (dict(scale=False, shift=False), "nothing to train"),
