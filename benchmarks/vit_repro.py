@@ -23,7 +23,8 @@ val200 after every epoch; the (point, epoch) with the best val200 top-1 wins (ti
 grid point, then the earlier epoch). Every seed then retrains from scratch on train800val200 with
 that point for that many epochs of the same schedule and is tested once (the clean protocol).
 The ablations of (d) and (e) train at SSF's chosen lr and choose their epoch the same way. Every
-run keeps its own directory under --runs, so an interrupted invocation resumes where it stopped.
+run keeps its own directory under --runs, so an interrupted invocation resumes where it stopped,
+and its results.json is recorded under OUT/runs/ (small, committed), so a fresh clone resumes too.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mini_repro import execute, mean_std, result  # noqa: E402
+import mini_repro  # noqa: E402
+from mini_repro import execute, mean_std  # noqa: E402
 
 from scaleshift.extras import require  # noqa: E402
 from scaleshift.io import atomic_path, write_json, write_text  # noqa: E402
@@ -99,6 +101,31 @@ PRESETS = {
                  last_k=LAST_K, ablation_seeds=[0], robustness_task="patch_textures_zoom_96",
                  c_images=100, figure_task="patch_textures_zoom_96"),
 }
+
+
+# Where finished runs are recorded beside the tables (set by main): a run's results.json with its
+# per-epoch seconds, small enough to commit, so the reproduction resumes on a fresh clone whose run
+# directories are gone. Only (c) and the figures need a run's weights; they retrain what is missing.
+RECORDS: Path | None = None
+
+
+def result(runs: Path, name: str) -> dict | None:
+    """A finished run's results.json (with `epoch_seconds`, from its log) from its directory,
+    else from its record; None while it is pending. A run directory's result is recorded."""
+    found = mini_repro.result(runs, name)
+    record = RECORDS / f"{name}.json" if RECORDS else None
+    if found is not None:
+        log = runs / name / "log.jsonl"
+        found["epoch_seconds"] = [row["seconds"] for row in map(json.loads, log.read_text().splitlines())
+                                  if "seconds" in row] if log.is_file() else []
+        if record and not record.is_file():
+            write_json(record, found)
+        return found
+    return json.loads(record.read_text()) if record and record.is_file() else None
+
+
+def has_weights(runs: Path, name: str) -> bool:
+    return mini_repro.result(runs, name) is not None
 
 
 def group_of(task: str) -> str:
@@ -367,13 +394,7 @@ def pareto(data: dict, path: Path) -> list[str]:
 def epoch_seconds_list(found: list[dict] | None) -> list[float]:
     """Seconds per training epoch of each run (the training loop of each log.jsonl row, evaluation
     excluded), median over its epochs."""
-    out = []
-    for r in found or []:
-        log = Path(r["config"]["out_dir"], "log.jsonl")
-        secs = [row["seconds"] for row in map(json.loads, log.read_text().splitlines()) if "seconds" in row]
-        if secs:
-            out.append(statistics.median(secs))
-    return out
+    return [statistics.median(r["epoch_seconds"]) for r in found or [] if r.get("epoch_seconds")]
 
 
 def epoch_seconds(found: list[dict] | None) -> str:
@@ -424,7 +445,7 @@ def experiment_c(p: dict, runs: Path) -> tuple[list[str], dict]:
     done = {}
     for key in p["methods"]:
         found = seed_results(runs, p, "a", task, key, grid_points(p, key), p["seeds"])
-        if found:
+        if found and all(Path(r["config"]["out_dir"], "results.json").is_file() for r in found):
             done[key] = [Path(r["config"]["out_dir"]) for r in found]
     if "full" not in done:
         return [f"## (c) Robustness: pending (needs the (a) runs on {task}, full fine-tuning at least)", ""], {}
@@ -477,8 +498,9 @@ def figures(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
     run_of = {}
     for key in p["methods"]:
         found = seed_results(runs, p, "a", task, key, grid_points(p, key), p["seeds"])
-        if found:
-            run_of[key] = Path(next(r for r in found if r["config"]["seed"] == seed)["config"]["out_dir"])
+        run = Path(next(r for r in found if r["config"]["seed"] == seed)["config"]["out_dir"]) if found else None
+        if run and (run / "results.json").is_file():
+            run_of[key] = run
     if not {"full", "ssf"} <= set(run_of):
         return [], {}
     hist_file, cka_file = out / "fig4_weights.json", out / "fig5_similarity.json"
@@ -634,6 +656,8 @@ def main() -> int:
         p.update(ablation_task=None)
     runs = Path(args.runs or ROOT / "runs" / "vit" / args.preset)
     out = Path(args.out or ROOT / "results" / "vit" / f"repro_{args.preset}")
+    global RECORDS
+    RECORDS = out / "runs"
     started = time.time()
     while not args.tables_only:
         todo = first_stage({name: run for name, run in plan(p, runs).items() if result(runs, name) is None})
@@ -641,9 +665,27 @@ def main() -> int:
             break
         execute(runs, todo, args.jobs, BASE)
         write_tables(p, runs, out, args, only, started)   # each finished stage is in the tables
+    rebuild = {} if args.tables_only else weights_needed(p, runs, only)
+    if rebuild:
+        print(f"retraining {len(rebuild)} recorded runs whose weights (c) or the figures need", flush=True)
+        execute(runs, rebuild, args.jobs, BASE)
     header, sections = write_tables(p, runs, out, args, only, started)
     print("\n".join(header + sections))
     return 0
+
+
+def weights_needed(p: dict, runs: Path, only: set) -> dict:
+    """The recorded (a) runs that (c) or the figures need the weights of but whose directories
+    are gone (a fresh clone): retrained with the same configuration and seed."""
+    tasks = ({p["robustness_task"]} if "c" in only else set()) | ({p["figure_task"]} if "figures" in only else set())
+    needed = {}
+    for task in tasks - {None}:
+        for key in p["methods"]:
+            chosen = choice(runs, p, "a", task, key, grid_points(p, key))
+            if chosen:
+                needed.update({name: run for name, run in retrain_runs(p, "a", task, key, chosen, p["seeds"]).items()
+                               if result(runs, name) is not None and not has_weights(runs, name)})
+    return needed
 
 
 def write_tables(p: dict, runs: Path, out: Path, args, only: set, started: float) -> tuple[list, list]:
