@@ -234,9 +234,18 @@ def plan(p: dict, runs: Path) -> dict:
             chosen = choice(runs, p, "a", task, key, points)
             if chosen:
                 planned.update(retrain_runs(p, "a", task, key, chosen, p["seeds"]))
-    task = p["ablation_task"]
-    ssf = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf")) if task else None
-    for _, label, options in ablation_settings(p) if ssf else []:
+        if task == p["ablation_task"]:   # Table 6 and last-k right after their task's (a) runs
+            planned.update(ablation_runs(p, runs, task))
+    if p["ablation_task"] and p["ablation_task"] not in p["tasks"]:
+        planned.update(ablation_runs(p, runs, p["ablation_task"]))
+    return planned
+
+
+def ablation_runs(p: dict, runs: Path, task: str) -> dict:
+    """(d) and (e): every SSF setting at SSF's chosen lr, once that choice exists."""
+    planned = {}
+    ssf = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
+    for table, label, options in ablation_settings(p) if ssf else []:
         point = [dict(lr=ssf["lr"])]
         planned.update(selection_runs(p, "d", task, ablation_key(label), point, options))
         chosen = choice(runs, p, "d", task, ablation_key(label), point)
@@ -247,8 +256,8 @@ def plan(p: dict, runs: Path) -> dict:
 
 
 def first_stage(todo: dict) -> dict:
-    """The pending runs of the first unfinished stage (a task of (a) in the preset's order, then
-    the ablations): one task is finished, all methods and seeds, before the next one starts, so an
+    """The pending runs of the first unfinished stage (a task of (a) in the preset's order, the
+    ablations after their task): one task is finished, all methods and seeds, before the next one starts, so an
     interrupted reproduction leaves whole rows rather than scattered grid points."""
     stages = list(dict.fromkeys("/".join(name.split("/")[:2]) for name in todo))
     return {name: run for name, run in todo.items() if name.startswith(stages[0] + "/")} if stages else {}
