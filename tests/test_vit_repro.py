@@ -75,3 +75,38 @@ def test_one_task_is_finished_before_the_next_starts():
 ])
 def test_claims_are_worded_from_the_seed_spread(a, b, word):
     assert vit_repro.verdict(a, b).startswith(word + " (")
+
+
+def test_finished_runs_are_recorded_so_a_fresh_clone_resumes_and_retrains_only_weights(tmp_path, monkeypatch):
+    runs, records = tmp_path / "runs", tmp_path / "out" / "runs"
+    monkeypatch.setattr(vit_repro, "RECORDS", records)
+    task = FULL["ablation_task"]
+    points = vit_repro.grid_points(FULL, "ssf")
+    names = list(vit_repro.selection_runs(FULL, "a", task, "ssf", points))
+    for i, name in enumerate(names):
+        finish(runs, name, val_top1=60.0 + i, epoch=2)
+        (runs / name / "log.jsonl").write_text('{"epoch": 1, "seconds": 3.0}\n{"epoch": 2, "seconds": 5.0}\n')
+    assert all(vit_repro.result(runs, n)["epoch_seconds"] == [3.0, 5.0] for n in names)
+    assert all((records / f"{n}.json").is_file() for n in names)
+    chosen = vit_repro.choice(runs, FULL, "a", task, "ssf", points)
+    for name in vit_repro.retrain_runs(FULL, "a", task, "ssf", chosen, FULL["seeds"]):
+        finish(runs, name, top1=70.0)
+        vit_repro.result(runs, name)
+    planned_before = vit_repro.plan(FULL, runs)
+    fresh = tmp_path / "fresh_clone_runs"       # the run directories are gone, the records stay
+    assert vit_repro.plan(FULL, fresh) == planned_before
+    assert all(vit_repro.result(fresh, n) is not None for n in names)
+    assert vit_repro.choice(fresh, FULL, "a", task, "ssf", points) == chosen
+    # only (c) and the figures need weights: the recorded seed runs of their task are retrained
+    rebuild = vit_repro.weights_needed(FULL, fresh, {"a", "c"})
+    assert sorted(rebuild) == sorted(vit_repro.retrain_runs(FULL, "a", task, "ssf", chosen, FULL["seeds"]))
+    assert vit_repro.weights_needed(FULL, runs, {"a", "c"}) == {}
+    assert vit_repro.weights_needed(FULL, fresh, {"a"}) == {}
+
+
+def test_table6_follows_its_task_before_the_next_task_starts(tmp_path):
+    task = FULL["ablation_task"]
+    for i, name in enumerate(vit_repro.selection_runs(FULL, "a", task, "ssf", vit_repro.grid_points(FULL, "ssf"))):
+        finish(tmp_path, name, val_top1=70.0 + i, epoch=3)
+    stages = list(dict.fromkeys("/".join(n.split("/")[:2]) for n in vit_repro.plan(FULL, tmp_path)))
+    assert stages.index(f"d/{task}") == stages.index(f"a/{task}") + 1
