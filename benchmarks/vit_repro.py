@@ -223,29 +223,40 @@ def ablation_key(label: str) -> str:
     return "ssf_" + label.replace(" ", "_").replace("/", "").replace(":", "")
 
 
+PARETO_TABLES = ("6a", "6e")
+
+
 def plan(p: dict, runs: Path) -> dict:
     """Every run whose configuration is known now: selection runs at once, retraining once its
-    grid is finished, ablations once SSF's lr is chosen. Called again after each round."""
+    grid is finished, ablations once SSF's lr is chosen. Called again after each round. On the
+    ablation task SSF comes first and the first-k / last-k rows (the Pareto comparison) follow it
+    at once; the other Table 6 rows follow the task's other methods."""
     planned = {}
     for task in p["tasks"]:
-        for key in p["methods"]:
+        ablating = task == p["ablation_task"]
+        for key in sorted(p["methods"], key=lambda k: not (ablating and k == "ssf")):
             points = grid_points(p, key)
             planned.update(selection_runs(p, "a", task, key, points))
             chosen = choice(runs, p, "a", task, key, points)
             if chosen:
                 planned.update(retrain_runs(p, "a", task, key, chosen, p["seeds"]))
-        if task == p["ablation_task"]:   # Table 6 and last-k right after their task's (a) runs
+            if ablating and key == "ssf":
+                planned.update(ablation_runs(p, runs, task, PARETO_TABLES))
+        if ablating:
             planned.update(ablation_runs(p, runs, task))
     if p["ablation_task"] and p["ablation_task"] not in p["tasks"]:
         planned.update(ablation_runs(p, runs, p["ablation_task"]))
     return planned
 
 
-def ablation_runs(p: dict, runs: Path, task: str) -> dict:
-    """(d) and (e): every SSF setting at SSF's chosen lr, once that choice exists."""
+def ablation_runs(p: dict, runs: Path, task: str, tables: tuple[str, ...] | None = None) -> dict:
+    """(d) and (e) (only `tables` if given): every SSF setting at SSF's chosen lr, once that
+    choice exists."""
     planned = {}
     ssf = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
     for table, label, options in ablation_settings(p) if ssf else []:
+        if tables is not None and table not in tables:
+            continue
         point = [dict(lr=ssf["lr"])]
         planned.update(selection_runs(p, "d", task, ablation_key(label), point, options))
         chosen = choice(runs, p, "d", task, ablation_key(label), point)
@@ -255,12 +266,25 @@ def ablation_runs(p: dict, runs: Path, task: str) -> dict:
     return planned
 
 
-def first_stage(todo: dict) -> dict:
-    """The pending runs of the first unfinished stage (a task of (a) in the preset's order, the
-    ablations after their task): one task is finished, all methods and seeds, before the next one starts, so an
-    interrupted reproduction leaves whole rows rather than scattered grid points."""
-    stages = list(dict.fromkeys("/".join(name.split("/")[:2]) for name in todo))
-    return {name: run for name, run in todo.items() if name.startswith(stages[0] + "/")} if stages else {}
+def stage_of(p: dict, name: str) -> str:
+    """A run's stage: its experiment and task; on the ablation task SSF's (a) runs and the
+    Pareto rows are stages of their own, so they finish first."""
+    exp, task, key = name.split("/")[:3]
+    if task == p["ablation_task"]:
+        if exp == "a" and key == "ssf":
+            return f"a/{task}/ssf"
+        if exp == "d" and key in {ablation_key(label) for table, label, _ in ablation_settings(p)
+                                  if table in PARETO_TABLES}:
+            return f"d/{task}/pareto"
+    return f"{exp}/{task}"
+
+
+def first_stage(p: dict, todo: dict) -> dict:
+    """The pending runs of the first unfinished stage in the plan's order (a task of (a), its
+    ablations after it): one task is finished, all methods and seeds, before the next one starts,
+    so an interrupted reproduction leaves whole rows rather than scattered grid points."""
+    stages = list(dict.fromkeys(stage_of(p, name) for name in todo))
+    return {name: run for name, run in todo.items() if stage_of(p, name) == stages[0]} if stages else {}
 
 
 def top1(r: dict) -> float:
@@ -669,7 +693,7 @@ def main() -> int:
     RECORDS = out / "runs"
     started = time.time()
     while not args.tables_only:
-        todo = first_stage({name: run for name, run in plan(p, runs).items() if result(runs, name) is None})
+        todo = first_stage(p, {name: run for name, run in plan(p, runs).items() if result(runs, name) is None})
         if not todo:
             break
         execute(runs, todo, args.jobs, BASE)

@@ -62,9 +62,9 @@ def test_ablations_wait_for_ssfs_choice_and_train_ssf_with_their_options(tmp_pat
 
 def test_one_task_is_finished_before_the_next_starts():
     todo = {"a/t1/ssf/x": 1, "a/t2/ssf/x": 2, "a/t1/full/x": 3, "d/t1/ssf_y/x": 4}
-    assert vit_repro.first_stage(todo) == {"a/t1/ssf/x": 1, "a/t1/full/x": 3}
-    assert vit_repro.first_stage({"d/t1/ssf_y/x": 4}) == {"d/t1/ssf_y/x": 4}
-    assert vit_repro.first_stage({}) == {}
+    assert vit_repro.first_stage(FULL, todo) == {"a/t1/ssf/x": 1, "a/t1/full/x": 3}
+    assert vit_repro.first_stage(FULL, {"d/t1/ssf_y/x": 4}) == {"d/t1/ssf_y/x": 4}
+    assert vit_repro.first_stage(FULL, {}) == {}
 
 
 @pytest.mark.parametrize("a, b, word", [
@@ -104,9 +104,16 @@ def test_finished_runs_are_recorded_so_a_fresh_clone_resumes_and_retrains_only_w
     assert vit_repro.weights_needed(FULL, fresh, {"a"}) == {}
 
 
-def test_table6_follows_its_task_before_the_next_task_starts(tmp_path):
+def test_on_the_ablation_task_ssf_then_the_pareto_rows_come_first_then_the_rest_of_table6(tmp_path):
     task = FULL["ablation_task"]
+    planned = vit_repro.plan(FULL, tmp_path)
+    assert vit_repro.stage_of(FULL, next(iter(planned))) == f"a/{task}/ssf"
+    assert set(vit_repro.first_stage(FULL, planned)) == set(
+        vit_repro.selection_runs(FULL, "a", task, "ssf", vit_repro.grid_points(FULL, "ssf")))
     for i, name in enumerate(vit_repro.selection_runs(FULL, "a", task, "ssf", vit_repro.grid_points(FULL, "ssf"))):
         finish(tmp_path, name, val_top1=70.0 + i, epoch=3)
-    stages = list(dict.fromkeys("/".join(n.split("/")[:2]) for n in vit_repro.plan(FULL, tmp_path)))
-    assert stages.index(f"d/{task}") == stages.index(f"a/{task}") + 1
+    stages = list(dict.fromkeys(vit_repro.stage_of(FULL, n) for n in vit_repro.plan(FULL, tmp_path)))
+    assert stages[:4] == [f"a/{task}/ssf", f"d/{task}/pareto", f"a/{task}", f"d/{task}"]
+    pareto = [n for n in vit_repro.plan(FULL, tmp_path) if vit_repro.stage_of(FULL, n) == f"d/{task}/pareto"]
+    assert {n.split("/")[2] for n in pareto} == {
+        vit_repro.ablation_key(label) for table, label, _ in vit_repro.ablation_settings(FULL) if table in ("6a", "6e")}
