@@ -7,15 +7,26 @@ model=vit_base_patch16_224 method=ssf layers=4`, `scaleshift bench --model M mod
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
 import torch
 
-from .errors import ScaleshiftError
+from .errors import Interrupted, ScaleshiftError
 from .options import assign_flags, is_assignment, parse_assignments
 
 MERGE_TOLERANCE = 1e-5
+# a file system refusing a write or a path: one line naming the path and what to do
+FILE_SYSTEM_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or write elsewhere (nothing was half-written)",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.EACCES: "no permission: choose a location you can write to",
+    errno.EPERM: "no permission: choose a location you can write to",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EISDIR: "that path is a folder where a file is needed: choose another path",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+}
 
 
 def _params_row(model_name: str, method: str, num_classes: int, opts: dict) -> dict:
@@ -545,6 +556,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:   # output piped into `head` and cut short
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        hint = FILE_SYSTEM_HINTS.get(exc.errno)
+        if hint is None:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"scaleshift: error: {where}{exc.strerror or exc}; {hint}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"scaleshift: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("scaleshift: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
