@@ -9,9 +9,10 @@ from pathlib import Path
 from ..errors import ScaleshiftError
 
 
-def inside(root: Path, relative: str, where: str) -> Path:
-    """root / relative, refused unless it resolves (links followed) inside root."""
-    path = Path(root) / relative
+def inside(root: Path, relative: str, where: str, base: Path | None = None) -> Path:
+    """base / relative (base: root by default, or the image folder in it), refused unless it
+    resolves (links followed) inside root."""
+    path = Path(base or root) / relative
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):

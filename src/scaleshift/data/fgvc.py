@@ -114,7 +114,7 @@ def _vpt_samples(name, root, split, num_classes):
         raise ScaleshiftError(f"{root}: {len(ids)} distinct class ids in "
                               f"{', '.join(f'{s}.json' for s in annos)}, expected {num_classes}")
     cont = {v: i for i, v in enumerate(ids)}
-    return [(inside(root, str(image_root.relative_to(root) / rel), f"{root / f'{s}.json'} [{rel!r}]"),
+    return [(inside(root, rel, f"{root / f'{s}.json'} [{rel!r}]", image_root),
              cont[v]) for s in wanted for rel, v in annos[s].items()], len(ids)
 
 
@@ -145,7 +145,7 @@ def _cub_like_samples(name, root, split, num_classes):
         raise ScaleshiftError(f"{root / 'image_class_labels.txt'}: {count} distinct classes, "
                               f"expected {num_classes}")
     want_train = split == "train"
-    samples = [(inside(root, f"images/{paths[i]}", f"{root / 'images.txt'}:{lines[i]}"), mapped[i])
+    samples = [(inside(root, paths[i], f"{root / 'images.txt'}:{lines[i]}", root / "images"), mapped[i])
                for i in paths if is_train[i] == want_train]
     return samples, num_classes or count
 
@@ -190,7 +190,7 @@ def _dogs_samples(name, root, split, num_classes):
         raise ScaleshiftError(f"{path}: entry {bad[0] + 1} ({files[bad[0]]}) has label "
                               f"{labels[bad[0]] + 1}, outside 1..{num_classes or 120} "
                               f"({len(bad)} such entries)")
-    return [(inside(root, f"Images/{f}", f"{path} (entry {n})"), y)
+    return [(inside(root, f, f"{path} (entry {n})", root / "Images"), y)
             for n, (f, y) in enumerate(zip(files, labels), 1)], num_classes or 120
 
 
