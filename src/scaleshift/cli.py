@@ -358,7 +358,8 @@ examples:
 
 def train_epilog() -> str:
     from .config import describe_keys
-    return (f"config keys (KEY=VALUE; a.b=VALUE sets one key of a mapping; values are YAML):\n"
+    return (f"config keys (KEY=VALUE; a.b=VALUE sets one key of a mapping; values are YAML, "
+            f"out_dir, data_root and pretrained paths are taken as written):\n"
             f"{describe_keys()}\n\n{TRAIN_EXAMPLES}")
 
 
