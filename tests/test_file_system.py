@@ -143,3 +143,18 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_exits_130(tmp_path):
     assert "interrupted" in line and str(out / "checkpoint.pt") in line and "--resume" in line
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] >= 1 and len(state["history"]) == state["epoch"]
+
+
+def test_a_refused_training_removes_only_what_it_wrote(tmp_path, monkeypatch):
+    """A file put into the (empty) out_dir by someone else while the training starts stays."""
+    import scaleshift.engine as engine
+    from scaleshift.errors import ScaleshiftError
+    out = tmp_path / "empty"
+    out.mkdir()
+
+    def refuse(t):
+        (out / "notes.txt").write_text("mine")
+        raise ScaleshiftError("refused on purpose")
+    monkeypatch.setattr(engine, "build_data", refuse)
+    assert main(["train", *TINY, "epochs=1", f"out_dir={out}"]) == 2
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]

@@ -251,15 +251,21 @@ class Claim:
         self.lock.close()
 
     def undo(self) -> None:
-        """Remove what this claim created: the folder's contents when it was new or empty
-        (all of them are this process's: it held the lock), the folders it made."""
+        """Remove what this training wrote before its first checkpoint, by name (a file
+        someone else put into the folder meanwhile stays), then the folders it made, if empty."""
+        from .prefix_cache import CACHE_DIR
         if not self.fresh:
             return
-        for child in self.out.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
+        for name in (CONFIG, SNAPSHOTS, "tensorboard", CACHE_DIR, "select", "retrain", MARKER, LOCK):
+            path = self.out / name
+            if path.is_dir() and not path.is_symlink():
+                if name in ("select", "retrain"):   # a stage's own claim removed its files
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
             else:
-                child.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
         for folder in self.made:   # deepest first
             with contextlib.suppress(OSError):
                 folder.rmdir()
