@@ -174,7 +174,7 @@ CASES = [
          "images.txt:2: '../../secret.png' leads outside"),
     Case("cub-label-out-of-range", cub_official("a.png", 201),
          ["datasets", "check", "cub2011", "--root", "{tmp}/cub", "--split", "train"],
-         "image_class_labels.txt:2: image id 2 has label 201, outside 1..200"),
+         "image_class_labels.txt:2: image id 2 has label 201, out of range 1..200"),
     Case("check-names-the-missing-class", folder_with_unreadable_class,
          ["datasets", "check", "image_folder", "--root", "{tmp}/ds"],
          "no readable image in class b (unreadable: {tmp}/ds/train/b/0.png"),

@@ -157,7 +157,7 @@ def _check_one_based(labels: dict[str, int], classes: int, label_file: Path) -> 
     if bad:
         line = dict(zip(labels, line_numbers(label_file)))[bad[0]]
         raise ScaleshiftError(f"{label_file}:{line}: image id {bad[0]} has label {labels[bad[0]]}, "
-                              f"outside 1..{classes} ({len(bad)} such lines)")
+                              f"out of range 1..{classes} ({len(bad)} such lines)")
 
 
 def _mat_strings(array) -> list[str]:
@@ -188,7 +188,7 @@ def _dogs_samples(name, root, split, num_classes):
     bad = [n for n, y in enumerate(labels) if not 0 <= y < (num_classes or 120)]
     if bad:
         raise ScaleshiftError(f"{path}: entry {bad[0] + 1} ({files[bad[0]]}) has label "
-                              f"{labels[bad[0]] + 1}, outside 1..{num_classes or 120} "
+                              f"{labels[bad[0]] + 1}, out of range 1..{num_classes or 120} "
                               f"({len(bad)} such entries)")
     return [(inside(root, f, f"{path} (entry {n})", root / "Images"), y)
             for n, (f, y) in enumerate(zip(files, labels), 1)], num_classes or 120
