@@ -43,7 +43,9 @@ def test_merge_writes_timm_folder_that_timm_loads_with_the_same_logits(ssf_run, 
         torch.testing.assert_close(theirs(images()), ours.eval()(images()), atol=1e-5, rtol=1e-5)
     data = timm.data.resolve_data_config(model=theirs)
     assert data["input_size"] == (3, 32, 32) and data["crop_mode"] == "squash"
-    assert main(["merge", str(ssf_run)]) == 0                       # its own folder: replaced
+    assert main(["merge", str(ssf_run)]) == 2                       # its own folder: kept ...
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["merge", str(ssf_run), "--overwrite"]) == 0        # ... unless asked to replace it
 
 
 def test_export_refuses_an_out_scaleshift_did_not_write(ssf_run, tmp_path, capsys):

@@ -7,15 +7,26 @@ model=vit_base_patch16_224 method=ssf layers=4`, `scaleshift bench --model M mod
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
 import torch
 
-from .errors import ScaleshiftError
+from .errors import Interrupted, ScaleshiftError
 from .options import assign_flags, is_assignment, parse_assignments
 
 MERGE_TOLERANCE = 1e-5
+# a file system refusing a write or a path: one line naming the path and what to do
+FILE_SYSTEM_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or write elsewhere (nothing was half-written)",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.EACCES: "no permission: choose a location you can write to",
+    errno.EPERM: "no permission: choose a location you can write to",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EISDIR: "that path is a folder where a file is needed: choose another path",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+}
 
 
 def _params_row(model_name: str, method: str, num_classes: int, opts: dict) -> dict:
@@ -130,7 +141,7 @@ def cmd_merge(args) -> int:
     from .export import export_safetensors, export_timm
     fmt = args.format or ("safetensors" if str(args.out or "").endswith(".safetensors") else "timm")
     export = export_timm if fmt == "timm" else export_safetensors
-    report = export(args.run_dir, args.out, args.weights)   # checks a strict load
+    report = export(args.run_dir, args.out, args.weights, overwrite=args.overwrite)   # checks a strict load
     print(f"merged into plain timm weights ({report['tensors']} tensors): {report['path']}")
     if fmt == "timm":
         print(f"load it with {report['load_with']}")
@@ -141,13 +152,15 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from .io import write_text
-    from .report import build_tables, load_logs, load_results, plot_curves, to_csv, to_markdown
+    from .report import (build_tables, claim_report_dir, load_logs, load_results, plot_curves,
+                         to_csv, to_markdown)
     tables = build_tables(load_results(args.run_dirs))
     logs = load_logs(args.run_dirs) if args.out else None   # every input read before any write
     markdown = to_markdown(tables)
     print(markdown)
     if args.out:
         out = Path(args.out)
+        claim_report_dir(out, args.overwrite)
         for name, text in (("report.md", markdown), ("report.csv", to_csv(tables))):
             write_text(out / name, text)
         drawn_with = plot_curves(logs, out / "curves.png")
@@ -233,11 +246,11 @@ def cmd_bench(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_onnx, export_safetensors, export_timm
     if args.format == "timm":
-        report = export_timm(args.run_dir, args.out, args.weights)
+        report = export_timm(args.run_dir, args.out, args.weights, overwrite=args.overwrite)
     elif args.format == "safetensors":
-        report = export_safetensors(args.run_dir, args.out, args.weights)
+        report = export_safetensors(args.run_dir, args.out, args.weights, overwrite=args.overwrite)
     else:
-        report = export_onnx(args.run_dir, args.out, weights=args.weights)
+        report = export_onnx(args.run_dir, args.out, weights=args.weights, overwrite=args.overwrite)
     print(json.dumps(report, indent=1))
     return 0
 
@@ -345,8 +358,15 @@ examples:
 
 def train_epilog() -> str:
     from .config import describe_keys
-    return (f"config keys (KEY=VALUE; a.b=VALUE sets one key of a mapping; values are YAML):\n"
+    return (f"config keys (KEY=VALUE; a.b=VALUE sets one key of a mapping; values are YAML, "
+            f"out_dir, data_root and pretrained paths are taken as written):\n"
             f"{describe_keys()}\n\n{TRAIN_EXAMPLES}")
+
+
+def overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out that scaleshift wrote (a file or folder it did "
+                        "not write is never replaced)")
 
 
 def weights_arg(p: argparse.ArgumentParser) -> None:
@@ -424,11 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timm: the folder (default); safetensors: one file (the default for an "
                         "--out ending in .safetensors)")
     weights_arg(p)
+    overwrite_arg(p)
     p.set_defaults(func=cmd_merge)
     p = sub.add_parser("report", help="tables in the paper's shape from run directories")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", default=None,
                    help="directory for report.md, report.csv and curves.png (training curves)")
+    overwrite_arg(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="recipes, methods, models, datasets")
     p.add_argument("what", nargs="?", default="all",
@@ -464,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("safetensors", "timm", "onnx"), default="safetensors")
     p.add_argument("--out", default=None)
     weights_arg(p)
+    overwrite_arg(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("predict", help="top-k classes of images from any artifact (--model), or "
                        "many SSF tasks on one backbone in one batch (--adapters)")
@@ -545,6 +568,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:   # output piped into `head` and cut short
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        hint = FILE_SYSTEM_HINTS.get(exc.errno)
+        if hint is None:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"scaleshift: error: {where}{exc.strerror or exc}; {hint}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"scaleshift: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("scaleshift: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

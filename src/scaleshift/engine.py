@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import fcntl
 import io
 import json
@@ -46,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from .adapter_files import adapter_state, save_adapter
 from .config import RunConfig
 from .data import eval_transform_config, skipped_counts
-from .errors import ScaleshiftError
+from .errors import Interrupted, ScaleshiftError
 from .extras import require
 from .io import atomic_dir, atomic_path, write_json, write_text
 from .methods import apply, config_of, total_parameters, trainable_parameters
@@ -89,7 +90,7 @@ class Trainer:
     ema: Any = None
     history: list = field(default_factory=list)
     start_epoch: int = 0
-    lock: Any = None                    # the open, locked out_dir/.lock (rank 0)
+    lock: Any = None                    # the Claim: the open, locked out_dir/.lock (rank 0)
     tensorboard: Any = None             # logger=tensorboard: the SummaryWriter (rank 0)
     prefix_cache: dict | None = None    # cached-prefix training: the cut and what was cached
     cache_budget: Any = None            # its memory budget (and the files it spilled)
@@ -127,13 +128,35 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         for epoch in range(t.start_epoch, t.total_epochs):
             run_epoch(t, epoch)
         return finish(t, wall_start)
+    except KeyboardInterrupt:
+        raise Interrupted(f"training interrupted; {checkpoint_state(t.out)}") from None
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise ScaleshiftError(f"the disk is full (writing {exc.filename or t.out}); nothing was "
+                              f"half-written: {checkpoint_state(t.out)} after freeing space") from None
     finally:
         if t.cache_budget is not None:
             t.cache_budget.remove_files()
         if t.tensorboard is not None:
             t.tensorboard.close()
         if t.lock is not None:
+            if not (t.out / CHECKPOINT).exists():
+                t.lock.undo()   # ended before its first checkpoint: leave no trace
             t.lock.close()   # closing the file releases the lock
+
+
+def checkpoint_state(out: Path) -> str:
+    """Where an interrupted run stands: its last complete checkpoint and how to continue."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return "it ended before its first checkpoint, so there is nothing to resume: run the command again"
+    try:
+        epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+    except Exception:   # unreadable: say where it is without its epoch
+        epoch = "?"
+    return (f"the last complete checkpoint is {path} (epoch {epoch}); continue with the same "
+            f"command plus --resume")
 
 
 def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
@@ -153,8 +176,14 @@ def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
                                       retrain_split=None, protocol="official", stop_epoch=epochs,
                                       test_every_epoch=False, out_dir=str(out / "retrain"))
         stages["retrain"] = run_stage(retrain, resume)
+    except KeyboardInterrupt:
+        raise Interrupted(f"training interrupted; {checkpoint_state(out / 'retrain')}"
+                          if (out / "retrain" / CHECKPOINT).is_file() else
+                          f"training interrupted; {checkpoint_state(out / 'select')}") from None
     finally:
         if claim is not None:
+            if not any((out / stage / CHECKPOINT).exists() for stage in ("select", "retrain")):
+                claim.undo()
             claim.close()
     final = stages["retrain"]["final"]
     results = dict(stages["retrain"], protocol="clean", stages={
@@ -211,14 +240,45 @@ def setup_process(cfg: RunConfig, resume: bool) -> Trainer:
     return t
 
 
-def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()):
+class Claim:
+    """The open, locked out_dir/.lock of a training, and what claiming the folder created, so
+    that a training refused before its first checkpoint can remove exactly that."""
+
+    def __init__(self, out: Path, lock, fresh: bool, made: list[Path]):
+        self.out, self.lock, self.fresh, self.made = out, lock, fresh, made
+
+    def close(self) -> None:
+        self.lock.close()
+
+    def undo(self) -> None:
+        """Remove what this training wrote before its first checkpoint, by name (a file
+        someone else put into the folder meanwhile stays), then the folders it made, if empty."""
+        from .prefix_cache import CACHE_DIR
+        if not self.fresh:
+            return
+        for name in (CONFIG, SNAPSHOTS, "tensorboard", CACHE_DIR, "select", "retrain", MARKER, LOCK):
+            path = self.out / name
+            if path.is_dir() and not path.is_symlink():
+                if name in ("select", "retrain"):   # a stage's own claim removed its files
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for folder in self.made:   # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()) -> Claim | None:
     """Refuse a non-empty folder that is not a scaleshift run (nothing in it is touched) and a
     run that already holds one of the files in `refuse` (a run to --resume), then create the
     run directory and lock it for this process: a second training into it is refused at once
     with the PID that holds it; a killed process's lock is released by the kernel, so the next
-    run takes it over. Returns the open lock file. Only rank 0 checks and writes: another rank
-    checking while rank 0 creates the folder could see it half-made and refuse it; a refusal
-    on rank 0 ends the whole torchrun job."""
+    run takes it over. Returns the Claim (the open lock file). Only rank 0 checks and writes:
+    another rank checking while rank 0 creates the folder could see it half-made and refuse it;
+    a refusal on rank 0 ends the whole torchrun job."""
     if rank != 0:
         return None
     if out.exists() and not out.is_dir():
@@ -229,9 +289,20 @@ def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()):
     if any((out / name).exists() for name in refuse):
         raise ScaleshiftError(f"{out} already holds a run; pass --resume to continue it or "
                               f"choose another out_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()   # first, so a folder scaleshift made is always known as a run
-    lock = open(out / LOCK, "a+")
+    fresh = not out.is_dir() or not any(out.iterdir())
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).touch()   # first, so a folder scaleshift made is always known as a run
+        lock = open(out / LOCK, "a+")
+    except OSError as exc:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                (folder / MARKER).unlink(missing_ok=True)
+                folder.rmdir()
+        raise ScaleshiftError(f"cannot create the run folder {out}: {exc.strerror or exc}"
+                              f"{f' ({exc.filename})' if exc.filename else ''}; choose a writable "
+                              f"out_dir") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -244,7 +315,7 @@ def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()):
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
     lock.flush()
-    return lock
+    return Claim(out, lock, fresh, made)
 
 
 def build_model(t: Trainer) -> None:
@@ -579,8 +650,8 @@ def class_names_of(dataset: Dataset, num_classes: int) -> list[str] | None:
 
 def save_snapshot(t: Trainer, name: str) -> None:
     if t.rank == 0:
-        with atomic_path(t.out / SNAPSHOTS / f"{name}.pt") as tmp:
-            torch.save(detached(adapter_state(t.eval_model)), tmp)
+        with atomic_path(t.out / SNAPSHOTS / f"{name}.pt") as tmp, open(tmp, "wb") as f:
+            torch.save(detached(adapter_state(t.eval_model)), f)
 
 
 def load_snapshot(t: Trainer, name: str) -> dict:
@@ -798,8 +869,10 @@ def save_checkpoint(t: Trainer, epoch: int) -> None:
         optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
         ema=detached(t.ema.module.state_dict()) if t.ema is not None else None,
         scaler=t.scaler.state_dict() if t.scaler else None)
-    with atomic_path(t.out / CHECKPOINT) as tmp:
-        torch.save(state, tmp)
+    # through a file object: a full disk then raises OSError(ENOSPC) rather than torch's
+    # RuntimeError, and atomic_path removes the partial file (the previous checkpoint stays)
+    with atomic_path(t.out / CHECKPOINT) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(t: Trainer) -> tuple[int, list]:

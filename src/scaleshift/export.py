@@ -7,11 +7,12 @@ graphs, each checked on export.
 
 Every export carries the class names and the eval transform: timm's config.json (label_names,
 pretrained_cfg), the safetensors header, the ONNX graph's metadata_props. An --out that exists
-and was not written by scaleshift is refused, never replaced.
+is refused; with --overwrite it is replaced only when scaleshift wrote it, a user's file never.
 """
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -40,27 +41,37 @@ def _default_out(run_dir, out, name: str) -> Path:
     return Path(run_dir) / name
 
 
-def _refuse_foreign(out: Path) -> None:
-    """An existing --out is replaced only when scaleshift wrote it (its record inside)."""
-    if not out.exists():
-        return
-    ours = False
+def _written_by_scaleshift(out: Path) -> bool:
+    """Whether `out` is an export scaleshift wrote: its record in timm's config.json, in the
+    ONNX graph's metadata_props, in the safetensors header; or an ONNX check report."""
     try:
         if out.is_dir():
-            ours = BLOCK in json.loads((out / TIMM_CONFIG).read_text())
-        elif out.suffix == ".onnx":
+            return (BLOCK in json.loads((out / TIMM_CONFIG).read_text())
+                    and {p.name for p in out.iterdir()} <= {TIMM_CONFIG, TIMM_WEIGHTS})
+        if out.suffix == ".onnx":
             onnx = require("onnx", "ONNX export")
             model = onnx.load(str(out), load_external_data=False)
-            ours = any(p.key == BLOCK for p in model.metadata_props)
-        else:
-            from safetensors import safe_open
-            with safe_open(str(out), framework="pt") as f:
-                ours = "method" in (f.metadata() or {})
+            return any(p.key == BLOCK for p in model.metadata_props)
+        if out.suffix == ".json":
+            return {"op_counts", "same_ops_as_plain", "parity"} <= set(json.loads(out.read_text()))
+        from safetensors import safe_open
+        with safe_open(str(out), framework="pt") as f:
+            return {"method", "timm_model"} <= set(f.metadata() or {})
     except Exception:   # unreadable, foreign: not ours
-        ours = False
-    if not ours:
-        raise ScaleshiftError(f"{out} exists and was not written by scaleshift; pass another "
-                              f"--out (nothing was written)")
+        return False
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """An existing file or non-empty folder at `out` is refused; with --overwrite it is
+    replaced only when scaleshift wrote it. A user's file is never replaced."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not _written_by_scaleshift(out):
+        raise ScaleshiftError(f"{out} exists and was not written by scaleshift; it is never "
+                              f"replaced: pass another --out (nothing was written)")
+    if not overwrite:
+        raise ScaleshiftError(f"{out} exists (an earlier export); pass --overwrite to replace it "
+                              f"or another --out (nothing was written)")
 
 
 def export_record(meta: dict) -> dict:
@@ -73,14 +84,14 @@ def export_record(meta: dict) -> dict:
 
 
 def export_timm(run_dir: str | Path, out: str | Path | None = None,
-                weights: str | None = None) -> dict:
+                weights: str | None = None, overwrite: bool = False) -> dict:
     """The merged run in timm's folder format (timm's own save_config_for_hf): config.json
     with the architecture, num_classes, label_names, model_args and a pretrained_cfg holding the
     eval transform, plus model.safetensors; `timm.create_model("local-dir:OUT")` loads it."""
     from timm.models._hub import save_config_for_hf
     _, meta, state = merged_state(run_dir, weights)
     out = _default_out(run_dir, out, "merged")
-    _refuse_foreign(out)
+    check_target(out, overwrite)
     identity = meta["base_model"]
     if identity.get("library") == "transformers":
         raise ScaleshiftError("timm's folder format holds timm models; a transformers model's "
@@ -111,12 +122,12 @@ def _input(model: nn.Module, cfg, batch: int = 1) -> torch.Tensor:
 
 
 def export_safetensors(run_dir: str | Path, out: str | Path | None = None,
-                       weights: str | None = None) -> dict:
+                weights: str | None = None, overwrite: bool = False) -> dict:
     """The run's adapter folded into its backbone's weights by the pure merge, saved as the
     plain timm architecture's state dict (checked with a strict load)."""
     _, meta, state = merged_state(run_dir, weights)
     out = _default_out(run_dir, out, "merged.safetensors")
-    _refuse_foreign(out)
+    check_target(out, overwrite)
     state = {k: v.contiguous() for k, v in state.items()}
     identity = meta["base_model"]
     with torch.device("meta"):   # the check holds the merged tensors themselves, no second copy
@@ -154,7 +165,7 @@ def _to_onnx(model: nn.Module, x: torch.Tensor, path: Path, record: dict | None 
 
 
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: float = 1e-4,
-                weights: str | None = None) -> dict:
+                weights: str | None = None, overwrite: bool = False) -> dict:
     """Merged model -> ONNX with a dynamic batch axis; checks that its operator counts equal
     the plain backbone's export and that onnxruntime reproduces PyTorch within `tolerance` at
     batch 1 and batch 8."""
@@ -164,17 +175,18 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: f
     cfg, merged = load_run(run_dir, merged=True, weights=weights)
     meta = read_adapter_config(weights_dir(resolve_dir(run_dir, "run"), weights))
     out = _default_out(run_dir, out, "merged.onnx")
-    _refuse_foreign(out)
+    for target in (out, out.with_suffix(".json")):   # the graph and its check report
+        check_target(target, overwrite)
     x = _input(merged, cfg)
     _to_onnx(merged, x, out, export_record(meta))
     # the plain timm architecture with the same weights (the exporter folds identical
     # initializers into Identity nodes, so the reference must hold the same values)
     plain = plain_model(identity_of(merged), merged.num_classes)
     plain.load_state_dict(merged.state_dict(), strict=True)
-    plain_path = out.with_name(out.stem + ".plain_reference.onnx")
-    _to_onnx(plain, x, plain_path)
-    ops, plain_ops = onnx_op_counts(out), onnx_op_counts(plain_path)
-    plain_path.unlink()
+    with tempfile.TemporaryDirectory() as scratch:   # nothing of it next to the user's files
+        plain_path = Path(scratch) / "plain_reference.onnx"
+        _to_onnx(plain, x, plain_path)
+        ops, plain_ops = onnx_op_counts(out), onnx_op_counts(plain_path)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     diffs = {}
     for batch in (1, 8):

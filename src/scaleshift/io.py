@@ -110,6 +110,12 @@ def cache_dir(kind: str) -> Path:
     ~/.cache/scaleshift/kind."""
     root = os.environ.get("SCALESHIFT_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "scaleshift"
+    blocking = next((p for p in (base / kind, *(base / kind).parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        from .errors import ScaleshiftError
+        source = "SCALESHIFT_CACHE" if root else "the cache folder"
+        raise ScaleshiftError(f"{source} {base}: {blocking} is a file, not a folder; set "
+                              f"SCALESHIFT_CACHE to a folder scaleshift may write to")
     return base / kind
 
 

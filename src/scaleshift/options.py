@@ -23,11 +23,20 @@ def is_assignment(token: str) -> bool:
     return bool(_ASSIGNMENT.match(token))
 
 
+# keys whose values are paths: taken as written, never read as YAML (a '#' or a newline in a
+# folder name stays in it); pretrained=true/false still chooses timm's weights or none
+PATH_KEYS = ("out_dir", "data_root", "pretrained", "out")
+
+
 def parse_assignment(item: str) -> tuple[tuple[str, ...], Any]:
-    """'a.b=1e-3' -> (('a', 'b'), '1e-3' as YAML reads it)."""
+    """'a.b=1e-3' -> (('a', 'b'), '1e-3' as YAML reads it); a path key's value as written."""
     key, sep, raw = item.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ScaleshiftError(f"{item!r} is not key=value (e.g. lr=1e-3 or method_options.layers=4)")
+    if key.replace("-", "_") in PATH_KEYS:
+        if key.replace("-", "_") == "pretrained" and raw.lower() in ("true", "false"):
+            return ("pretrained",), raw.lower() == "true"
+        return (key.replace("-", "_"),), raw
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:

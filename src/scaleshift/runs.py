@@ -54,6 +54,8 @@ def weights_dir(run_dir: str | Path, weights: str | None = None) -> Path:
     """The adapter directory of a run's weights: the reported ones by default, or by name
     (final, selected, best, final_without_ema), as results.json lists them."""
     run_dir = Path(run_dir)
+    if not (run_dir / RESULTS).is_file() and not (run_dir / ADAPTER).is_dir():
+        raise ScaleshiftError(unfinished(run_dir))
     if weights in (None, "reported"):
         return run_dir / ADAPTER
     results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).is_file() else {}
@@ -62,6 +64,14 @@ def weights_dir(run_dir: str | Path, weights: str | None = None) -> Path:
         raise ScaleshiftError(f"{run_dir} has no weights named {weights!r}; it has "
                               f"{', '.join(sorted(named)) or 'only the reported ones'}")
     return run_dir / named[weights]
+
+
+def unfinished(run_dir: Path) -> str:
+    """What to say about a run folder whose training has not finished (no results, no adapter)."""
+    command = f"scaleshift train {run_dir / CONFIG} out_dir={run_dir}"
+    resume = (f"finish it with `{command} --resume`" if (run_dir / CHECKPOINT).is_file() else
+              f"it has no checkpoint yet: train it again with `{command}`")
+    return f"{run_dir} is an unfinished run (no {RESULTS}, no {ADAPTER}/): {resume}"
 
 
 def read_config(run_dir: str | Path) -> RunConfig:

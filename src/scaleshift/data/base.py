@@ -104,11 +104,14 @@ def parse_label(text: str, where: str) -> int:
         raise ScaleshiftError(f"{where}: label {text!r} is not an integer") from None
 
 
-def check_labels(labels: Sequence[int], num_classes: int, where: str) -> None:
-    bad = [label for label in labels if not 0 <= label < num_classes]
+def check_labels(labels: Sequence[int], num_classes: int, where: str,
+                 entries: Sequence[str] | None = None) -> None:
+    """Every label in [0, num_classes); `entries` names each label's line or entry."""
+    bad = [i for i, label in enumerate(labels) if not 0 <= label < num_classes]
     if bad:
-        raise ScaleshiftError(f"{where}: label {bad[0]} out of range [0, {num_classes}) "
-                              f"({len(bad)} labels out of range)")
+        entry = f" ({entries[bad[0]]})" if entries is not None else ""
+        raise ScaleshiftError(f"{where}{entry}: label {labels[bad[0]]} out of range "
+                              f"[0, {num_classes}) ({len(bad)} labels out of range)")
 
 
 def natural_key(text: str) -> list:

@@ -52,9 +52,12 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
     seen: set[int] = set()
     files: dict[str, set[str]] = {}
     num_classes = None
+    unreadable_by_label: dict[int, list[str]] = {}
+    class_names = None
     for split in splits:
         dataset = build_dataset(spec.name, root, split, strict=strict, **options)
         num_classes = dataset.num_classes
+        class_names = getattr(dataset, "classes", None) or class_names
         report["meta"].update(getattr(dataset, "meta", {}) or {})
         if isinstance(dataset, ImageFiles):                   # image files on disk
             labels, skipped, kinds = [], 0, {}
@@ -66,6 +69,7 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
                 if strict:
                     raise ScaleshiftError(f"unreadable image {problem}")
                 skipped += 1
+                unreadable_by_label.setdefault(label, []).append(str(path))
                 kinds[problem.kind] = kinds.get(problem.kind, 0) + 1
                 report["skipped"].append(dict(split=split, path=str(path), kind=problem.kind,
                                               reason=problem.reason))
@@ -88,7 +92,8 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
     report["classes"], report["expected_classes"] = len(seen), expected
     if len(seen) != expected and not (restricted and len(seen) < expected):
         raise ScaleshiftError(f"{spec.name}: {len(seen)} classes have readable images across "
-                              f"splits {', '.join(splits)}; expected {expected}")
+                              f"splits {', '.join(splits)}; expected {expected}"
+                              + _missing(expected, seen, class_names, unreadable_by_label))
     held_out = _held_out(files)
     for split in files:
         if held_out and split != held_out and split.startswith("train"):
@@ -98,6 +103,21 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
                                       f"and {held_out}, e.g. {sorted(shared)[0]}")
     report["ok"] = True
     return report
+
+
+def _missing(expected: int, seen: set[int], names, unreadable: dict[int, list[str]]) -> str:
+    """Which classes have no readable image, and a few of their unreadable files."""
+    missing = sorted(set(range(expected)) - seen)
+    if not missing:
+        return ""
+    def name(label):
+        return str(names[label]) if names is not None and label < len(names) else str(label)
+    files = [f for label in missing for f in unreadable.get(label, [])]
+    shown = ", ".join(name(label) for label in missing[:10]) + (" ..." if len(missing) > 10 else "")
+    text = f"; no readable image in class{'es' if len(missing) > 1 else ''} {shown}"
+    if files:
+        text += f" (unreadable: {', '.join(files[:3])}{' ...' if len(files) > 3 else ''})"
+    return text
 
 
 def _unreadable(path: Path, decode: bool) -> UnreadableImage | None:

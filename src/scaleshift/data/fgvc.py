@@ -26,8 +26,9 @@ import numpy as np
 
 from .. import extras
 from ..errors import ScaleshiftError
-from .base import (DatasetSpec, ImageFiles, check_labels, layout_error, parse_label, read_json,
+from .base import (DatasetSpec, ImageFiles, layout_error, parse_label, read_json,
                    read_table, require)
+from .confine import inside, line_numbers
 from .folder import check_class_count, folder_samples, scan_class_folders
 
 VPT_SPLITS = ("train", "val", "test")
@@ -113,7 +114,8 @@ def _vpt_samples(name, root, split, num_classes):
         raise ScaleshiftError(f"{root}: {len(ids)} distinct class ids in "
                               f"{', '.join(f'{s}.json' for s in annos)}, expected {num_classes}")
     cont = {v: i for i, v in enumerate(ids)}
-    return [(image_root / rel, cont[v]) for s in wanted for rel, v in annos[s].items()], len(ids)
+    return [(inside(root, rel, f"{root / f'{s}.json'} [{rel!r}]", image_root),
+             cont[v]) for s in wanted for rel, v in annos[s].items()], len(ids)
 
 
 # --- official protocols ------------------------------------------------------------------
@@ -122,6 +124,7 @@ def _cub_like_samples(name, root, split, num_classes):
     lay = layout(name)
     root = _official_root(name, root)
     paths = dict(read_table(root / "images.txt", lay, 2))
+    lines = dict(zip(paths, line_numbers(root / "images.txt")))
     labels = {i: parse_label(v, f"{root / 'image_class_labels.txt'} (image {i})")
               for i, v in read_table(root / "image_class_labels.txt", lay, 2)}
     is_train = {i: v.strip() == "1" for i, v in read_table(root / "train_test_split.txt", lay, 2)}
@@ -131,8 +134,7 @@ def _cub_like_samples(name, root, split, num_classes):
                               f"train/test flag ({len(missing)} such ids)")
     if name == "cub2011":       # labels are 1..200 as given
         mapped = {i: v - 1 for i, v in labels.items()}
-        check_labels(list(mapped.values()), num_classes or 200,
-                     f"{root / 'image_class_labels.txt'} (1-based ids)")
+        _check_one_based(labels, num_classes or 200, root / "image_class_labels.txt")
         count = len(set(mapped.values()))
     else:                       # NABirds: sparse ids -> 0..K-1 in sorted order
         ids = sorted(set(labels.values()))
@@ -143,9 +145,19 @@ def _cub_like_samples(name, root, split, num_classes):
         raise ScaleshiftError(f"{root / 'image_class_labels.txt'}: {count} distinct classes, "
                               f"expected {num_classes}")
     want_train = split == "train"
-    samples = [(root / "images" / paths[i], mapped[i]) for i in paths
-               if is_train[i] == want_train]
+    samples = [(inside(root, paths[i], f"{root / 'images.txt'}:{lines[i]}", root / "images"), mapped[i])
+               for i in paths if is_train[i] == want_train]
     return samples, num_classes or count
+
+
+def _check_one_based(labels: dict[str, int], classes: int, label_file: Path) -> None:
+    """Every label of image_class_labels.txt in 1..classes, else the first other one named
+    with its line and image id."""
+    bad = [i for i, v in labels.items() if not 1 <= v <= classes]
+    if bad:
+        line = dict(zip(labels, line_numbers(label_file)))[bad[0]]
+        raise ScaleshiftError(f"{label_file}:{line}: image id {bad[0]} has label {labels[bad[0]]}, "
+                              f"out of range 1..{classes} ({len(bad)} such lines)")
 
 
 def _mat_strings(array) -> list[str]:
@@ -173,8 +185,13 @@ def _dogs_samples(name, root, split, num_classes):
     labels = [int(v) - 1 for v in np.asarray(mat["labels"]).ravel()]
     if len(files) != len(labels):
         raise ScaleshiftError(f"{path}: {len(files)} files but {len(labels)} labels")
-    check_labels(labels, num_classes or 120, f"{path} (1-based labels)")
-    return [(root / "Images" / f, y) for f, y in zip(files, labels)], num_classes or 120
+    bad = [n for n, y in enumerate(labels) if not 0 <= y < (num_classes or 120)]
+    if bad:
+        raise ScaleshiftError(f"{path}: entry {bad[0] + 1} ({files[bad[0]]}) has label "
+                              f"{labels[bad[0]] + 1}, out of range 1..{num_classes or 120} "
+                              f"({len(bad)} such entries)")
+    return [(inside(root, f, f"{path} (entry {n})", root / "Images"), y)
+            for n, (f, y) in enumerate(zip(files, labels), 1)], num_classes or 120
 
 
 def _folder_samples(name, root, split, num_classes):

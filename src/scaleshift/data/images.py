@@ -28,13 +28,16 @@ by these rules; nothing is ever clipped, a value the rules cannot map is an erro
 Failures, by `kind` (KINDS): "not found", "not readable" (permissions, a directory),
 "decompression bomb" (more pixels than PIL.Image.MAX_IMAGE_PIXELS: Pillow's warning is an error
 here, and the file is refused before its pixels are decoded), "corrupt or truncated" (anything
-Pillow cannot decode), "unsupported pixel format" (the value rules above).
+Pillow cannot decode), "unsupported pixel format" (the value rules above), "not a regular file" (a FIFO
+or a device: never opened, so a read cannot block).
 
 Datasets skip such a file and count it (or raise under strict=True); `predict` reads the files a
 user named, so it raises: `read_image_for_predict`, and `check_top_k` for its --top-k.
 """
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -45,7 +48,7 @@ from ..errors import ScaleshiftError
 
 BACKGROUND = (255, 255, 255)
 KINDS = ("not found", "not readable", "decompression bomb", "corrupt or truncated",
-         "unsupported pixel format")
+         "unsupported pixel format", "not a regular file")
 _FIXES = {
     "not found": "restore the file, or remove it from the split",
     "not readable": "check that it is a file you can read (permissions)",
@@ -53,6 +56,7 @@ _FIXES = {
                           "before reading, or downscale the image",
     "corrupt or truncated": "re-download or re-export the file, or delete it",
     "unsupported pixel format": "convert it to an 8- or 16-bit PNG",
+    "not a regular file": "only regular files are read: replace it with the image file",
 }
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _TIFF_BITS, _TIFF_SAMPLE_FORMAT = 258, 339
@@ -84,6 +88,13 @@ def _unreadable(path, kind: str, detail: str) -> UnreadableImage:
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode the whole file and return it as 8-bit RGB (rules in the module doc)."""
+    try:   # a FIFO or a device would block the read or never end: never opened
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None   # missing or unreadable: open() below says which
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise _unreadable(path, "not a regular file", kind)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

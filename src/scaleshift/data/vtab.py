@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import ScaleshiftError
+from .confine import inside, line_numbers
 from .base import DatasetSpec, ImageFiles, check_labels, layout_error, parse_label, read_table
 
 SPLITS = ("train800", "val200", "train800val200", "test")
@@ -58,9 +59,12 @@ def build_vtab(task, root, split="train800val200", *, num_classes=None, strict=F
     num_classes = VTAB_TASKS[task][1] if num_classes is None else num_classes
     list_file = folder / f"{split}.txt"
     rows = read_table(list_file, lay, 2)
-    labels = [parse_label(label, f"{list_file} ({path})") for path, label in rows]
-    check_labels(labels, num_classes, str(list_file))
-    samples = [(folder / path, label) for (path, _), label in zip(rows, labels)]
+    lines = [f"{list_file}:{n}" for n in line_numbers(list_file)]
+    labels = [parse_label(label, f"{line} ({path})") for (path, label), line in zip(rows, lines)]
+    check_labels(labels, num_classes, str(list_file), [f"line {n.rsplit(':', 1)[1]}: {path}"
+                                                        for (path, _), n in zip(rows, lines)])
+    samples = [(inside(folder, path, line), label)
+               for (path, _), label, line in zip(rows, labels, lines)]
     return ImageFiles(samples, num_classes, strict=strict, meta=dict(group=VTAB_TASKS[task][0]))
 
 
