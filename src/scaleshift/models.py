@@ -54,8 +54,11 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     """
     register_backbones()
     from .backbones.embedded import EMBEDDED
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ScaleshiftError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+    from .records import MAX_CLASSES, MAX_SEED, check_int
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 0 <= num_classes <= MAX_CLASSES:
+        raise ScaleshiftError(f"num_classes must be an integer in 0..{MAX_CLASSES}, got {num_classes!r}")
+    if seed is not None:
+        check_int(seed, "seed", f"model {name}", 0, MAX_SEED)
     if name in EMBEDDED:
         return _create_embedded(name, num_classes, pretrained, seed, timm_kwargs)
     check_model_name(name)
@@ -64,6 +67,8 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     identity = dict(name=name, architecture=name.split(".")[0], kwargs=_jsonable(timm_kwargs),
                     num_classes=num_classes, source="random", tag=None, weights_file=None,
                     weights_sha256=None, seed=seed)
+    if timm_kwargs:
+        check_model_kwargs(name.split(".")[0], num_classes, timm_kwargs)
     if seed is not None:
         torch.manual_seed(seed)
     if pretrained is False or pretrained is None:
@@ -121,6 +126,74 @@ def _check_sourced_name(name: str) -> None:
                               f"weights (model.safetensors)")
 
 
+MAX_PARAMETERS = 2_000_000_000   # ViT-g/14 has 1.0e9; a model past this would not fit in memory
+MAX_KWARG_INT = 1 << 20
+MAX_REPEATS = 256                  # blocks / heads per stage: ViT-22B has 48 blocks
+REPEAT_KWARGS = ("depth", "depths", "num_blocks", "layers", "num_layers", "num_heads", "num_stages")
+
+
+def check_model_kwargs(architecture: str, num_classes: int, kwargs: dict,
+                       where: str = "model_kwargs") -> None:
+    """Refuse constructor kwargs before anything is allocated: values of JSON's plain types
+    (finite numbers, integers up to MAX_KWARG_INT, block and head counts up to MAX_REPEATS),
+    keys the constructor takes, and a model of at most MAX_PARAMETERS parameters, all checked by
+    building it on the meta device (shapes only, no memory)."""
+    import math
+
+    def check_value(key, value, depth=0):
+        if isinstance(value, (list, tuple)) and depth < 3:
+            for item in value:
+                check_value(key, item, depth + 1)
+        elif isinstance(value, bool) or value is None:
+            return
+        elif isinstance(value, int):
+            bound = MAX_REPEATS if key in REPEAT_KWARGS else MAX_KWARG_INT
+            if abs(value) > bound:
+                raise ScaleshiftError(f"{where}.{key}={value} is out of range (at most {bound}); "
+                                      f"pass the value of the model you mean")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ScaleshiftError(f"{where}.{key} must be a finite number, got {value}")
+        elif not (isinstance(value, str) and len(value) <= 200):
+            raise ScaleshiftError(f"{where}.{key} must be a number, string, boolean or a list "
+                                  f"of them, got {type(value).__name__}")
+
+    for key, value in kwargs.items():
+        check_value(key, value)
+    register_backbones()
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unexpected:
+            raise ScaleshiftError(f"{where}.{unexpected.group(1)} is not an argument of "
+                                  f"{architecture}'s constructor; drop it (the arguments are "
+                                  f"those of timm's model class)") from None
+        raise ScaleshiftError(f"{where} {kwargs} do not build {architecture}: {exc}") from None
+    except Exception as exc:   # timm and torch reject bad values with many types
+        raise ScaleshiftError(f"{where} {kwargs} do not build {architecture} "
+                              f"({type(exc).__name__}: {str(exc)[:160]}); pass values the model "
+                              f"takes") from None
+    count = sum(p.numel() for p in probe.parameters())
+    if count > MAX_PARAMETERS:
+        raise ScaleshiftError(f"{where} {kwargs} make {architecture} a model of {count:.3g} "
+                              f"parameters, more than the {MAX_PARAMETERS:.0e} scaleshift builds; "
+                              f"pass smaller sizes")
+
+
+def check_kwargs_of(name: str, kwargs: dict, num_classes: int = 1,
+                    where: str = "model_kwargs") -> None:
+    """check_model_kwargs for a model name as create_model takes it (a timm name with an optional
+    tag, or an embedded backbone; a hf-hub:/local-dir: folder's own config is read by timm)."""
+    from .backbones.embedded import EMBEDDED
+    if name in EMBEDDED:
+        spec = EMBEDDED[name]
+        check_model_kwargs(spec["timm_name"], num_classes, {**spec["kwargs"], **kwargs}, where)
+    elif not name.startswith(SOURCE_PREFIXES):
+        check_model_kwargs(name.split(".")[0], num_classes, kwargs, where)
+
+
 def _create_sourced(name: str, num_classes: int, pretrained, seed: int | None,
                     timm_kwargs: dict) -> nn.Module:
     """A model named `hf-hub:org/name` or `local-dir:/path`: the architecture and constructor
@@ -176,15 +249,37 @@ def _create_from_file(name: str, num_classes: int, path: Path, timm_kwargs: dict
     if not path.name.endswith(LOCAL_WEIGHT_SUFFIXES):
         raise ScaleshiftError(f"unsupported weights file {path.name!r}: expected one of "
                               f"{', '.join(LOCAL_WEIGHT_SUFFIXES)}")
+    import pickle
+
+    from .records import PICKLE_REFUSED, regular_file
+    regular_file(path, "pretrained weights file", limit=None)
     overlay = dict(file=str(path), source="timm", custom_load=path.suffix == ".npz")
-    rows = _classifier_rows(path, name, timm_kwargs)
-    if rows is not None:   # timm keeps the file's head only when it has this many classes
-        overlay["num_classes"] = rows
     try:
+        rows = _classifier_rows(path, name, timm_kwargs)
+        if rows is not None:   # timm keeps the file's head only when it has this many classes
+            overlay["num_classes"] = rows
         return timm.create_model(name, pretrained=True, num_classes=num_classes,
                                  pretrained_cfg_overlay=overlay, **timm_kwargs)
-    except RuntimeError as exc:  # shape or key mismatch from load_state_dict
-        raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {exc}") from exc
+    except ScaleshiftError:
+        raise
+    except pickle.UnpicklingError:   # weights_only=True refused it: its code never ran
+        raise ScaleshiftError(f"pretrained weights file {path} {PICKLE_REFUSED}; convert it to "
+                              f".safetensors where it was made") from None
+    except RuntimeError as exc:
+        if "zip archive" in str(exc) or "central directory" in str(exc):
+            raise ScaleshiftError(_truncated(path, exc)) from None
+        raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {exc}") from exc  # shapes, keys
+    except (EOFError, OSError, ValueError) as exc:
+        raise ScaleshiftError(_truncated(path, exc)) from None
+    except Exception as exc:     # safetensors' and numpy's refusals of a damaged file
+        if type(exc).__name__ in ("SafetensorError", "BadZipFile"):
+            raise ScaleshiftError(_truncated(path, exc)) from None
+        raise
+
+
+def _truncated(path: Path, exc: Exception) -> str:
+    return (f"pretrained weights file {path} is truncated or not a weights file "
+            f"({type(exc).__name__}: {str(exc)[:120]}); download or copy it again")
 
 
 def _create_embedded(name: str, num_classes: int, pretrained, seed: int | None,
@@ -193,6 +288,8 @@ def _create_embedded(name: str, num_classes: int, pretrained, seed: int | None,
     from .backbones.embedded import DATA_CFG, EMBEDDED, embedded_path
     spec = EMBEDDED[name]
     kwargs = {**spec["kwargs"], **timm_kwargs}
+    if timm_kwargs:
+        check_model_kwargs(spec["timm_name"], num_classes, kwargs)
     if seed is not None:
         torch.manual_seed(seed)
     if pretrained is True:
@@ -418,6 +515,7 @@ def plain_model(identity: dict, num_classes: int | None = None) -> nn.Module:
         raise ScaleshiftError(f"cannot build the plain {identity['architecture']}: "
                               f"{rebuild_problem(identity)}")
     register_backbones()
+    check_model_kwargs(identity["architecture"], classes, identity["kwargs"])
     return timm.create_model(identity["architecture"], num_classes=classes, **identity["kwargs"])
 
 
