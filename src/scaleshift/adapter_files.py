@@ -273,7 +273,7 @@ def adapter_tensors(source: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
     applied) after verifying the weights' sha256: what the pure merge takes, no model in sight."""
     directory = resolve_dir(source)
     meta = _read_config(directory)
-    weights_path = regular_file(directory / WEIGHTS_NAME, "adapter weights", limit=None)
+    weights_path = regular_file(directory / WEIGHTS_NAME, "adapter weights")
     if file_sha256(weights_path) != meta["weights_sha256"]:
         raise ScaleshiftError(f"{weights_path} does not match the checksum in {CONFIG_NAME}: "
                               f"the file was changed or damaged; re-save the adapter")

@@ -268,7 +268,7 @@ def cmd_predict(args) -> int:
         raise ScaleshiftError("--pretrained names the backbone weights file of --adapters; an "
                               "artifact given with --model names its own backbone: drop --pretrained")
     if args.pretrained is not None:
-        regular_file(args.pretrained, "--pretrained: weights file", limit=None)
+        regular_file(args.pretrained, "--pretrained: weights file")
     if args.model:
         return cmd_predict_artifact(args)
     from .adapter_files import resolve_dir, serving_transform

@@ -252,7 +252,7 @@ def _create_from_file(name: str, num_classes: int, path: Path, timm_kwargs: dict
     import pickle
 
     from .records import PICKLE_REFUSED, regular_file
-    regular_file(path, "pretrained weights file", limit=None)
+    regular_file(path, "pretrained weights file")
     overlay = dict(file=str(path), source="timm", custom_load=path.suffix == ".npz")
     try:
         rows = _classifier_rows(path, name, timm_kwargs)

@@ -34,8 +34,8 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
-def regular_file(path: str | os.PathLike, what: str, limit: int | None = MAX_FILE_BYTES) -> Path:
-    """`path` if it is a regular file (after symlinks) of at most `limit` bytes."""
+def regular_file(path: str | os.PathLike, what: str, limit: int | None = None) -> Path:
+    """`path` if it is a regular file (after symlinks) of at most `limit` bytes (None: any)."""
     path = Path(path)
     try:
         info = path.stat()
@@ -77,7 +77,7 @@ def parse_json(text: str, where) -> object:
 
 def read_json(path: str | os.PathLike, what: str = "file") -> dict:
     """A JSON object from a regular file of bounded size and depth."""
-    path = regular_file(path, what)
+    path = regular_file(path, what, MAX_FILE_BYTES)
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
@@ -117,7 +117,7 @@ def load_tensors(path: str | os.PathLike, what: str = "checkpoint", fix: str = "
     import pickle
 
     import torch
-    path = regular_file(path, what, limit=None)
+    path = regular_file(path, what)
     fix = f"; {fix}" if fix else ""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -75,8 +75,8 @@ def read_config(run_dir: str | Path) -> RunConfig:
     if not (run_dir / CONFIG).is_file():
         raise ScaleshiftError(f"{run_dir} is not a run directory (no {CONFIG}); "
                               f"pass the out_dir of `scaleshift train`")
-    from .records import read_yaml, regular_file
-    path = regular_file(run_dir / CONFIG, "run config")
+    from .records import MAX_FILE_BYTES, read_yaml, regular_file
+    path = regular_file(run_dir / CONFIG, "run config", MAX_FILE_BYTES)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
