@@ -115,6 +115,11 @@ def test_yaml_aliases_are_bounded_before_expansion():
     bomb = "a0: &a0 [1, 1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]\n" for i in range(1, 80))
     with pytest.raises(ScaleshiftError, match="YAML aliases"):
         records.read_yaml(bomb, "recipe r.yaml")
+    few_but_wide = "a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+        f"*a{i - 1}, *a{i - 1}, *a{i - 1}]\n" for i in range(1, 8))          # 70 aliases, 1e8 values
+    with pytest.raises(ScaleshiftError, match="expands to"):
+        records.read_yaml(few_but_wide, "recipe r.yaml")
 
 
 class Payload:

@@ -537,7 +537,7 @@ def finish(t: Trainer, wall_start: float) -> dict:
     skipped = skipped_counts(t.sets, t.world, t.device)   # every rank: merged across them
     results = dict(summary, weights=weights, skipped_images=skipped, model=cfg.model, method=cfg.method,
                    dataset=cfg.dataset, method_options=config_of(model)["options"],
-                   model_identity=identity_of(model),
+                   model_identity=identity.as_dict() if (identity := identity_of(model)) else None,
                    trainable_params=trainable_parameters(model), total_params=total_parameters(model),
                    epochs=t.total_epochs, wall_time_s=round(time.time() - wall_start, 2),
                    **epoch_times(t.history), prefix_cache=t.prefix_cache,

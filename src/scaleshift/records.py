@@ -28,6 +28,7 @@ from .errors import ScaleshiftError
 MAX_FILE_BYTES = 64 << 20        # a record or recipe is kilobytes; a class list of 100k names fits
 MAX_DEPTH = 32                   # scaleshift's records nest 4 deep
 MAX_ALIASES = 100                # the packaged recipes use none
+MAX_EXPANDED_VALUES = 100_000    # values of a recipe with its aliases written out
 MAX_CLASSES = 1_000_000          # ImageNet-21k has 21,843; a head this wide is already 1e9 weights
 MAX_INPUT_SIZE = 4096            # pixels per side of a model's input
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
@@ -99,11 +100,32 @@ def read_yaml(text: str, where) -> object:
             raise ScaleshiftError(f"{where} uses {aliases} YAML aliases (*name), more than "
                                   f"{MAX_ALIASES}: aliases of aliases expand exponentially; "
                                   f"write the values out")
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
+        size = expanded_size(data)
     except yaml.YAMLError as exc:
         raise ScaleshiftError(f"{where} is not valid YAML: {exc}") from None
     except RecursionError:
         raise ScaleshiftError(f"{where} nests too deeply to be a recipe") from None
+    if size > MAX_EXPANDED_VALUES:
+        raise ScaleshiftError(f"{where} expands to {size:.3g} values through its YAML aliases "
+                              f"(*name), more than {MAX_EXPANDED_VALUES}; write the values out")
+    return data
+
+
+def expanded_size(data) -> int:
+    """How many values `data` holds once every alias is written out: a shared list counts
+    each time it appears (memoised by identity, so counting itself stays cheap)."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        total = 1 + sum(size(child) for child in children)
+        if isinstance(node, (dict, list)):
+            sizes[id(node)] = total
+        return total
+    return size(data)
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -243,7 +265,8 @@ class AdapterRecord:
             base = dict(name=meta.get("model_name"), architecture=meta.get("model_name"),
                         kwargs=meta.get("model_kwargs", {}), num_classes=num_classes,
                         source="unknown", tag=None, weights_file=None, weights_sha256=None, seed=None)
-        check_identity(base, where)
+        from .identity import Identity
+        base = Identity.from_dict(base, where).as_dict()
         if base.get("kwargs") and base.get("library") != "transformers":
             from .models import SOURCE_PREFIXES, check_kwargs_of, check_model_name
             if not base["name"].startswith(SOURCE_PREFIXES):
@@ -256,7 +279,7 @@ class AdapterRecord:
         return cls(method=meta["method"], options=dict(meta["options"]), num_classes=num_classes,
                    class_names=names,
                    eval_transform=check_eval_transform(meta.get("eval_transform"), where),
-                   base_model=dict(base), backbone_fingerprint=meta["backbone_fingerprint"],
+                   base_model=base, backbone_fingerprint=meta["backbone_fingerprint"],
                    weights_sha256=meta["weights_sha256"],
                    loadable_by_peft=meta.get("loadable_by_peft") is True,
                    peft_only_tensors=tuple(peft_only),
@@ -271,33 +294,6 @@ class AdapterRecord:
                     backbone_fingerprint=self.backbone_fingerprint,
                     weights_sha256=self.weights_sha256, loadable_by_peft=self.loadable_by_peft,
                     peft_only_tensors=list(self.peft_only_tensors))
-
-
-IDENTITY_SOURCES = ("random", "hub", "file", "package", "embedded", "unknown")
-
-
-def check_identity(identity, where) -> dict:
-    """A backbone's identity record as read from a file: types and ranges of its fields (the
-    kwargs are checked against the constructor when the model is built)."""
-    if not isinstance(identity, dict):
-        raise ScaleshiftError(f"{where}: base_model must be a mapping")
-    for key in ("name", "architecture"):
-        if not isinstance(identity.get(key), str) or not 0 < len(identity[key]) <= 500:
-            raise ScaleshiftError(f"{where}: base_model.{key} must be a model name, got "
-                                  f"{_short(identity.get(key))}")
-    kwargs = identity.get("kwargs")
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise ScaleshiftError(f"{where}: base_model.kwargs must be a mapping")
-    if identity.get("num_classes") is not None:
-        check_int(identity["num_classes"], "base_model.num_classes", where, 0, MAX_CLASSES)
-    if identity.get("source") not in IDENTITY_SOURCES:
-        raise ScaleshiftError(f"{where}: base_model.source must be one of {', '.join(IDENTITY_SOURCES)}")
-    if identity.get("seed") is not None:
-        check_int(identity["seed"], "base_model.seed", where, 0, MAX_SEED)
-    for key in ("tag", "weights_file", "weights_sha256"):
-        if identity.get(key) is not None and not isinstance(identity[key], str):
-            raise ScaleshiftError(f"{where}: base_model.{key} must be a string or null")
-    return identity
 
 
 MAX_SEED = 2**63 - 1             # torch.manual_seed takes a 64-bit seed
