@@ -261,6 +261,9 @@ def _create_from_file(name: str, num_classes: int, path: Path, timm_kwargs: dict
         raise ScaleshiftError(f"pretrained weights file {path} {PICKLE_REFUSED}; convert it to "
                               f".safetensors where it was made") from None
     except RuntimeError as exc:
+        if "weights_only" in str(exc):   # timm's loader re-raises the refusal of a pickle
+            raise ScaleshiftError(f"pretrained weights file {path} {PICKLE_REFUSED}; convert it "
+                                  f"to .safetensors where it was made") from None
         if "zip archive" in str(exc) or "central directory" in str(exc):
             raise ScaleshiftError(_truncated(path, exc)) from None
         raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {exc}") from exc  # shapes, keys

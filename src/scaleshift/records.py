@@ -146,6 +146,8 @@ def load_tensors(path: str | os.PathLike, what: str = "checkpoint", fix: str = "
     except pickle.UnpicklingError:
         raise ScaleshiftError(f"{what} {path} {PICKLE_REFUSED}{fix}") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        if "weights_only" in str(exc):
+            raise ScaleshiftError(f"{what} {path} {PICKLE_REFUSED}{fix}") from None
         raise ScaleshiftError(f"{what} {path} is truncated or not a PyTorch checkpoint "
                               f"({type(exc).__name__}: {str(exc)[:120]}){fix}") from None
 
