@@ -149,3 +149,34 @@ def test_create_model_bounds_seed_and_num_classes():
         scaleshift.create_model("vit_tiny_patch16_224", 3, seed=10**23, img_size=32, depth=1)
     with pytest.raises(ScaleshiftError, match="num_classes must be an integer"):
         scaleshift.create_model("vit_tiny_patch16_224", 10**30)
+
+
+def test_serving_reads_each_adapter_file_once(tmp_path, monkeypatch):
+    from scaleshift.artifacts import load_artifact
+    from scaleshift.multitask import MultiTaskModel
+    from conftest import TINY
+    model = scaleshift.create_model(TINY["vit"][0], num_classes=5, seed=0, **TINY["vit"][1])
+    adapter_dir = scaleshift.save_adapter(scaleshift.apply(model, "ssf", layers=1), tmp_path / "a")
+    reads = []
+    original = records.read_json
+    monkeypatch.setattr(records, "read_json", lambda path, what="file": reads.append(path) or original(path, what))
+    monkeypatch.setattr("scaleshift.adapter_files.read_json", records.read_json)
+    load_artifact(adapter_dir)
+    assert reads == [adapter_dir / "adapter_config.json"]
+    reads.clear()
+    model = MultiTaskModel.from_adapters([adapter_dir, adapter_dir])
+    assert reads == [adapter_dir / "adapter_config.json"] * 2 and len(model.records) == 2
+
+
+def test_identity_is_frozen_reads_as_a_mapping_and_is_checked_when_read():
+    from scaleshift.identity import Identity, identity_of
+    identity = identity_of(make_model("vit"))
+    assert isinstance(identity, Identity) and identity["architecture"] == "vit_tiny_patch16_224"
+    assert Identity.from_dict(json.loads(json.dumps(identity.as_dict()))) == identity
+    with pytest.raises(AttributeError):
+        identity.seed = 1
+    for bad, message in ((dict(identity.as_dict(), source="evil"), "source must be one of"),
+                         (dict(identity.as_dict(), seed=-1), "seed must be an integer"),
+                         (dict(identity.as_dict(), kwargs=[1]), "kwargs must be a mapping")):
+        with pytest.raises(ScaleshiftError, match=message):
+            Identity.from_dict(bad)

@@ -102,12 +102,18 @@ def load_run(run_dir: str | Path, merged: bool = False,
     """A finished run's config and model: the backbone its adapter names, rebuilt from the
     adapter's identity record, with the adapter loaded (merged on request). `weights`: the
     reported ones by default, or another set by name. `run_dir`: a directory or a Hub repo id."""
+    cfg, _, model = load_run_record(run_dir, merged, weights)
+    return cfg, model
+
+
+def load_run_record(run_dir: str | Path, merged: bool = False,
+                    weights: str | None = None) -> tuple[RunConfig, dict, nn.Module]:
+    """load_run, and the adapter's record as read (each file of the run read once)."""
     run_dir = resolve_dir(run_dir, "run")
     cfg = read_config(run_dir)
-    directory = weights_dir(run_dir, weights)
-    meta, state = adapter_tensors(directory)
+    meta, state = adapter_tensors(weights_dir(run_dir, weights))
     model = fit_adapter(backbone_for(meta), meta, state)
-    return cfg, (merge(model) if merged else model)
+    return cfg, meta, (merge(model) if merged else model)
 
 
 def merged_state(run_dir: str | Path, weights: str | None = None
