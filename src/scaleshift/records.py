@@ -31,6 +31,7 @@ MAX_ALIASES = 100                # the packaged recipes use none
 MAX_EXPANDED_VALUES = 100_000    # values of a recipe with its aliases written out
 MAX_CLASSES = 1_000_000          # ImageNet-21k has 21,843; a head this wide is already 1e9 weights
 MAX_INPUT_SIZE = 4096            # pixels per side of a model's input
+MAX_SEED = 2**63 - 1             # torch.manual_seed takes a 64-bit seed
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKET = re.compile(r"[\[\]{}]")
 
@@ -297,5 +298,3 @@ class AdapterRecord:
                     weights_sha256=self.weights_sha256, loadable_by_peft=self.loadable_by_peft,
                     peft_only_tensors=list(self.peft_only_tensors))
 
-
-MAX_SEED = 2**63 - 1             # torch.manual_seed takes a 64-bit seed
