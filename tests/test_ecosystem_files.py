@@ -215,7 +215,7 @@ def write_format_2(model, directory):
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": FORMAT})
     config = config_of(model)
     identity = identity_of(model)
-    meta = dict(format=FORMAT, format_version=2, scaleshift_version="0.1.0", base_model=identity,
+    meta = dict(format=FORMAT, format_version=2, scaleshift_version="0.1.0", base_model=identity.as_dict(),
                 model_name=identity["name"], method=config["method"], options=config["options"],
                 num_classes=model.num_classes, backbone_fingerprint=backbone_fingerprint(model),
                 tensors={k: list(v.shape) for k, v in state.items()},

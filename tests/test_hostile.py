@@ -1,4 +1,5 @@
-"""Hostile input at the command line: each case is one row of CASES. A row gives a setup (it
+"""Hostile input at the command line (files scaleshift reads, keys, checkpoints, the file
+system): each case is one row of CASES. A row gives a setup (it
 builds the hostile files under tmp), the argv and the fragment the one error line must hold.
 Every case must end within 30 s with its exit code (2 by default), print no traceback, and
 leave every file and folder under tmp as it was: nothing of the user's touched, nothing
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,7 @@ CPU_LIMIT, WALL_LIMIT = 30, 180   # seconds
 TINY = ["model_kwargs={img_size: 32, patch_size: 8, depth: 2, embed_dim: 32, num_heads: 2}",
         "dataset=digits", "train_split=train800", "val_split=val200", "test_split=test",
         "input_size=32", "batch_size=50", "epochs=1", "max_steps_per_epoch=1"]
+TINY_VIT = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
 
 
 class Case(NamedTuple):
@@ -122,6 +125,112 @@ def unfinished_run(tmp: Path) -> None:
     write(tmp / "unfinished" / ".scaleshift-run", "")
 
 
+def photo(tmp_path):
+    image(tmp_path / "x.png", 120)
+
+
+def adapter(tmp_path, edit=None, name="a"):
+    """A tiny SSF adapter at tmp_path/name (and an image), its record edited by `edit`."""
+    import scaleshift
+    photo(tmp_path)
+    model = scaleshift.create_model("vit_tiny_patch16_224", num_classes=3, seed=0, **TINY_VIT)
+    scaleshift.apply(model, "ssf", layers=1)
+    directory = scaleshift.save_adapter(model, tmp_path / name, class_names=["a", "b", "c"])
+    if edit is not None:
+        path = directory / "adapter_config.json"
+        raw = json.loads(path.read_text())
+        text = edit(raw["scaleshift"])
+        path.write_text(text if isinstance(text, str) else json.dumps(raw))
+
+
+def edited(**changes):
+    """An adapter whose record gets `changes` (dotted keys reach into sub-records)."""
+    def edit(record):
+        for dotted, value in changes.items():
+            *parents, key = dotted.split(".")
+            node = record
+            for parent in parents:
+                node = node[parent]
+            node[key] = value
+    return lambda tmp_path: adapter(tmp_path, edit)
+
+
+def nested_class_names(tmp_path):
+    def edit(record):
+        record["class_names"] = None
+        return json.dumps({"scaleshift": record}).replace(
+            '"class_names": null', '"class_names": ' + "[" * 100_000 + "]" * 100_000)
+    adapter(tmp_path, edit)
+
+
+def nan_mean(tmp_path):
+    def edit(record):
+        record["eval_transform"]["mean"] = [float("nan")] * 3
+        return json.dumps({"scaleshift": record})     # Python writes NaN, as a hand edit could
+    adapter(tmp_path, edit)
+
+
+class Payload:
+    """Unpickling this creates the marker file: the payload of a hostile checkpoint."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def pickle_file(name):
+    def setup(tmp_path):
+        photo(tmp_path)
+        torch.save({"state": Payload(tmp_path / "PAYLOAD_RAN")}, tmp_path / name)
+    return setup
+
+
+def truncated_file(name):
+    def setup(tmp_path):
+        photo(tmp_path)
+        torch.save({"w": torch.zeros(1000)}, tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+    return setup
+
+
+def resume_run(checkpoint_setup):
+    """A run folder scaleshift made, whose checkpoint.pt is hostile."""
+    def setup(tmp_path):
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / ".scaleshift-run").touch()
+        checkpoint_setup(run)
+        (run / "x.png").unlink()       # made by the checkpoint's setup; not part of a run
+    return setup
+
+
+def merged_file(header_changes):
+    """A merged .safetensors file whose header metadata is edited."""
+    def setup(tmp_path):
+        from safetensors.torch import save_file
+        photo(tmp_path)
+        header = dict(timm_model="vit_tiny_patch16_224", num_classes="3",
+                      timm_kwargs=json.dumps(TINY_VIT), class_names=json.dumps(["a", "b", "c"]))
+        header.update(header_changes)
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "merged.safetensors"), metadata=header)
+    return setup
+
+
+def recipe(text):
+    def setup(tmp_path):
+        (tmp_path / "recipe.yaml").write_text(text)
+    return setup
+
+
+ALIAS_BOMB = "\n".join(
+    ["model: vit_tiny_patch16_224", "model_kwargs:", '  a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    + [f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]) + "\n"
+TRAIN_VIT = ["train", "builtin/digits_ssf", "model=vit_tiny_patch16_224", "pretrained=false",
+             "out_dir={tmp}/out"]
+PREDICT_A = ["predict", "--model", "{tmp}/a", "{tmp}/x.png"]
+
 CASES = [
     # files and the file system
     Case("export-over-a-user-file", user_file("mine.safetensors"),
@@ -183,6 +292,58 @@ CASES = [
          "1 unreadable file (1 not a regular file)", code=0),
     Case("eval-an-unfinished-run", unfinished_run, ["eval", "{tmp}/unfinished"],
          "is an unfinished run (no results.json, no adapter/): it has no checkpoint yet"),
+    # file contents, keys and checkpoints
+    Case("adapter-class-names-short", edited(class_names=["a"]), PREDICT_A, "class_names must be 3 strings"),
+    Case("adapter-json-nested", nested_class_names, PREDICT_A, "nests deeper than"),
+    Case("adapter-num-classes-huge", edited(num_classes=10**30), PREDICT_A, "num_classes must be an integer"),
+    Case("adapter-img-size-negative", edited(**{"eval_transform.input_size": [3, -5, -5]}), PREDICT_A,
+                 "eval_transform.input_size"),
+    Case("adapter-std-zero", edited(**{"eval_transform.std": [0, 0, 0]}), PREDICT_A, "eval_transform.std"),
+    Case("adapter-mean-nan", nan_mean, PREDICT_A, "NaN"),
+    Case("adapter-depth-huge", edited(**{"base_model.kwargs.depth": 10**6}), PREDICT_A, "depth=1000000 is out of range"),
+    Case("adapter-width-huge", edited(**{"base_model.kwargs.embed_dim": 1 << 20}), PREDICT_A, "parameters"),
+    Case("adapter-kwarg-unknown", edited(**{"base_model.kwargs.foo": 1}), PREDICT_A, "foo is not an argument"),
+    Case("adapter-seed-huge", edited(**{"base_model.seed": 10**23}), PREDICT_A, "base_model.seed"),
+    Case("predict-input-size-0", lambda tmp: adapter(tmp), ["predict", "--model", "{tmp}/a", "--input-size", "0", "{tmp}/x.png"],
+                 "--input-size must be an integer"),
+    Case("predict-input-size-huge", lambda tmp: adapter(tmp), ["predict", "--model", "{tmp}/a", "--input-size", "100000",
+                                            "{tmp}/x.png"],
+                 "--input-size must be an integer"),
+    Case("predict-pretrained-missing", lambda tmp: adapter(tmp), ["predict", "--adapters", "{tmp}/a", "--pretrained",
+                                            "{tmp}/nosuch.safetensors", "{tmp}/x.png"],
+                 "nosuch.safetensors not found"),
+    Case("predict-pretrained-with-model", lambda tmp: adapter(tmp), ["predict", "--model", "{tmp}/a", "--pretrained",
+                                            "{tmp}/a/adapter_model.safetensors", "{tmp}/x.png"],
+                 "drop --pretrained"),
+    Case("merged-header-depth-huge", merged_file({"timm_kwargs": json.dumps(dict(TINY_VIT, depth=10**6))}),
+                 ["predict", "--model", "{tmp}/merged.safetensors", "{tmp}/x.png"],
+                 "depth=1000000 is out of range"),
+    Case("merged-header-num-classes", merged_file({"num_classes": "1" * 5000}),
+                 ["predict", "--model", "{tmp}/merged.safetensors", "{tmp}/x.png"],
+                 "num_classes must be an integer"),
+    Case("recipe-alias-bomb", recipe(ALIAS_BOMB), ["train", "{tmp}/recipe.yaml", "--validate-only"],
+                 "expands to"),
+    Case("train-seed-huge", nothing, TRAIN_VIT + ["seed=100000000000000000000000", "--validate-only"],
+                 "seed must be"),
+    Case("train-kwargs-depth-negative", nothing, TRAIN_VIT + ["model_kwargs.depth=-1", "--validate-only"],
+                 "do not build"),
+    Case("train-kwargs-img-size-text", nothing, TRAIN_VIT + ["model_kwargs.img_size=abc", "--validate-only"],
+                 "do not build"),
+    Case("train-kwargs-unknown", nothing, TRAIN_VIT + ["model_kwargs.foo=1", "--validate-only"],
+                 "model_kwargs.foo is not an argument"),
+    Case("train-kwargs-width-huge", nothing, TRAIN_VIT + ["model_kwargs.embed_dim=1000000", "model_kwargs.num_heads=1",
+                                       "--validate-only"],
+                 "parameters"),
+    Case("train-pretrained-pickle", pickle_file("evil.pth"), TRAIN_VIT + ["pretrained={tmp}/evil.pth", "epochs=1"],
+                 "holds Python objects, not tensors"),
+    Case("train-pretrained-truncated", truncated_file("cut.pth"), TRAIN_VIT + ["pretrained={tmp}/cut.pth", "epochs=1"],
+                 "truncated"),
+    Case("resume-pickle", resume_run(pickle_file("checkpoint.pt")),
+                 ["train", "builtin/digits_ssf", "out_dir={tmp}/run", "epochs=1", "--resume"],
+                 "holds Python objects, not tensors"),
+    Case("resume-truncated", resume_run(truncated_file("checkpoint.pt")),
+                 ["train", "builtin/digits_ssf", "out_dir={tmp}/run", "epochs=1", "--resume"],
+                 "truncated or not a PyTorch checkpoint"),
 ]
 
 
@@ -212,8 +373,7 @@ def finished_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.needs_run else [])
-                                  for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=pytest.mark.slow) for c in CASES])
 def test_hostile_input_is_one_clear_line(case, tmp_path, request):
     run = request.getfixturevalue("finished_run") if case.needs_run else None
     case.setup(tmp_path)

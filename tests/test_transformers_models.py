@@ -165,7 +165,7 @@ def test_pure_merge_of_saved_adapter_files_and_load_adapter(tmp_path):
 
 def test_identity_rebuilds_the_plain_transformers_model(monkeypatch):
     model = build("swin")
-    identity = json.loads(json.dumps(identity_of(model)))   # as an adapter file holds it
+    identity = json.loads(json.dumps(identity_of(model).as_dict()))   # as an adapter file holds it
     plain = plain_model(identity)
     assert type(plain) is tf.SwinForImageClassification
     assert plain.config.to_dict() == model.config.to_dict()

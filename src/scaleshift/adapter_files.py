@@ -29,6 +29,7 @@ from .errors import ScaleshiftError
 from .io import atomic_dir, file_sha256
 from .methods import apply, config_of, get_method, plain_key
 from .models import HUB_REPO_ID, build_model, describe, identity_of, num_classes_of
+from .records import AdapterRecord, read_json, regular_file
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -118,7 +119,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, *,
             method=config["method"], options=config["options"], num_classes=num_classes,
             class_names=class_names,
             eval_transform=eval_transform or eval_transform_config(None, model),
-            base_model=identity, model_name=identity["name"] if identity else None,
+            base_model=identity.as_dict() if identity else None,
+            model_name=identity["name"] if identity else None,
             backbone_fingerprint=backbone_fingerprint(model),
             tensors={k: list(v.shape) for k, v in file_state.items()},
             peft_only_tensors=peft_only,   # frozen parts of PEFT's modules_to_save
@@ -157,51 +159,37 @@ def read_adapter_config(source: str | os.PathLike) -> dict:
     return _read_config(resolve_dir(source))
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ScaleshiftError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ScaleshiftError(f"{path} is not a scaleshift adapter config (not a JSON object)")
-    return raw
+def read_adapter_record(source: str | os.PathLike) -> AdapterRecord:
+    """The validated record of an adapter (a directory or a Hub repo id)."""
+    return _read_record(resolve_dir(source))
 
 
-def _read_config(directory: Path) -> dict:
+def _read_record(directory: Path) -> AdapterRecord:
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for path in (config_path, weights_path):
-        if not path.is_file():
+        if not path.exists():
             raise ScaleshiftError(f"{path} not found: an adapter directory holds {CONFIG_NAME} "
                                   f"and {WEIGHTS_NAME} (written by scaleshift.save_adapter)")
-    raw = _read_json(config_path)
-    if (directory / RECORD_NAME).is_file():          # format 4: a PEFT adapter's record beside it
+    raw = read_json(config_path, "adapter config")
+    if (directory / RECORD_NAME).exists():          # format 4: a PEFT adapter's record beside it
         config_path = directory / RECORD_NAME
-        meta = _read_json(config_path)
+        meta = read_json(config_path, "adapter record")
     elif isinstance(raw.get(BLOCK), dict):
         meta = dict(raw[BLOCK])
     elif raw.get("format") == FORMAT:     # format 1 and 2: the record at the top level
         meta = dict(raw, loadable_by_peft=False, class_names=None, eval_transform=None)
     elif "peft_type" in raw:
-        raise ScaleshiftError(f"{config_path} is a PEFT {raw['peft_type']} adapter that scaleshift "
-                              f"did not write (no {BLOCK!r} block): load it with "
+        raise ScaleshiftError(f"{config_path} is a PEFT {str(raw['peft_type'])[:40]} adapter that "
+                              f"scaleshift did not write (no {BLOCK!r} block): load it with "
                               f"peft.PeftModel.from_pretrained(model, directory)")
     else:
         raise ScaleshiftError(f"{config_path} is not a scaleshift adapter config "
-                              f"(no {BLOCK!r} block, format={raw.get('format')!r})")
-    if meta.get("format") != FORMAT:
-        raise ScaleshiftError(f"{config_path}: the {BLOCK!r} block is not a scaleshift adapter "
-                              f"record (format={meta.get('format')!r})")
-    missing = [k for k in ("method", "options", "num_classes", "backbone_fingerprint",
-                           "weights_sha256") if k not in meta]
-    if missing:
-        raise ScaleshiftError(f"{config_path} lacks {missing}: the file is incomplete or was "
-                              f"edited; re-save the adapter with scaleshift.save_adapter")
-    if "base_model" not in meta:   # format 1: the name and kwargs only, no weights record
-        meta["base_model"] = dict(name=meta.get("model_name"), architecture=meta.get("model_name"),
-                                  kwargs=meta.get("model_kwargs", {}), num_classes=meta["num_classes"],
-                                  source="unknown", tag=None, weights_file=None,
-                                  weights_sha256=None, seed=None)
-    return meta
+                              f"(no {BLOCK!r} block, format={str(raw.get('format'))[:40]!r})")
+    return AdapterRecord.from_raw(meta, config_path)
+
+
+def _read_config(directory: Path) -> dict:
+    return _read_record(directory).as_meta()
 
 
 def serving_transform(meta: dict, model: nn.Module, input_size: int | None = None):
@@ -209,6 +197,8 @@ def serving_transform(meta: dict, model: nn.Module, input_size: int | None = Non
     overrides its size. An adapter older than format 3 records none: VTAB's transform at the
     backbone's size (what serving used before)."""
     from .data.transforms import build_transform, transform_from_config
+    from .records import check_input_size
+    input_size = check_input_size(input_size)
     if meta.get("eval_transform") is None:
         return build_transform("vtab", model, False, input_size)
     size = {} if input_size is None else dict(input_size=(3, input_size, input_size))
@@ -219,6 +209,10 @@ def backbone_for(meta: dict, pretrained=None) -> nn.Module:
     """The backbone an adapter (its adapter_config.json, read) was trained on, rebuilt from the
     identity record it carries: same weights, class count and timm kwargs. `pretrained`: the
     weights file, when it has moved since training."""
+    if pretrained is not None and meta["base_model"].get("source") != "file":
+        raise ScaleshiftError(f"the adapter's backbone is {describe(meta['base_model'])}: its "
+                              f"weights are not a file, so there is no weights file to pass; drop "
+                              f"the weights file ({pretrained})")
     return build_model(meta["base_model"], meta["num_classes"], pretrained=pretrained)
 
 
@@ -227,6 +221,11 @@ def load_adapter(model: nn.Module, source: str | os.PathLike) -> nn.Module:
     adapter's method applied first. Refuses another backbone, class count, method or options,
     and tampered weights."""
     meta, state = adapter_tensors(source)
+    return fit_adapter(model, meta, state)
+
+
+def fit_adapter(model: nn.Module, meta: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """load_adapter on an adapter already read (adapter_tensors): each file is read once."""
     trained_on, identity = meta["base_model"], identity_of(model)
     if identity and trained_on.get("architecture") and identity["architecture"] != trained_on["architecture"]:
         raise ScaleshiftError(f"adapter was trained on {trained_on['architecture']!r} but the model "
@@ -275,7 +274,7 @@ def adapter_tensors(source: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
     applied) after verifying the weights' sha256: what the pure merge takes, no model in sight."""
     directory = resolve_dir(source)
     meta = _read_config(directory)
-    weights_path = directory / WEIGHTS_NAME
+    weights_path = regular_file(directory / WEIGHTS_NAME, "adapter weights")
     if file_sha256(weights_path) != meta["weights_sha256"]:
         raise ScaleshiftError(f"{weights_path} does not match the checksum in {CONFIG_NAME}: "
                               f"the file was changed or damaged; re-save the adapter")

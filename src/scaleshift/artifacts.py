@@ -4,7 +4,6 @@ gives a module (a batch of images -> logits), the eval transform it was evaluate
 class names. Weights are read without pickle (safetensors)."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +46,11 @@ class OnnxModule(nn.Module):
 def _transform(record: dict | None, model: nn.Module | None, input_size: int | None, where) -> Callable:
     """The recorded eval transform, else timm's data config of the model."""
     from .data.transforms import transform_from_config
+    from .records import check_eval_transform, check_input_size
+    input_size = check_input_size(input_size)
     size = {} if input_size is None else dict(input_size=(3, input_size, input_size))
     if record:
-        return transform_from_config(record, **size)
+        return transform_from_config(check_eval_transform(record, where), **size)
     if model is None:
         raise ScaleshiftError(f"{where} records no eval transform; re-export it with this "
                               f"version of scaleshift")
@@ -58,10 +59,19 @@ def _transform(record: dict | None, model: nn.Module | None, input_size: int | N
 
 
 def _json_field(raw: str | None, what: str, where) -> object:
-    try:
-        return json.loads(raw) if raw else None
-    except json.JSONDecodeError:
-        raise ScaleshiftError(f"{where}: its {what} is not valid JSON; the file was changed") from None
+    from .records import parse_json
+    return parse_json(raw, f"{where}: its {what}") if raw else None
+
+
+def _class_names(raw: str | None, where, num_classes: int | None = None) -> list[str] | None:
+    names = _json_field(raw, "class_names", where)
+    if names is None:
+        return None
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)
+            and (num_classes is None or len(names) == num_classes)):
+        raise ScaleshiftError(f"{where}: its class_names are not {num_classes or 'a list of'} "
+                              f"strings (one per class); the file was changed")
+    return names
 
 
 def _from_onnx(path: Path, input_size: int | None) -> Artifact:
@@ -71,7 +81,7 @@ def _from_onnx(path: Path, input_size: int | None) -> Artifact:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as exc:   # a damaged or foreign file: onnx raises several types
         raise ScaleshiftError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
-    names = _json_field(props.get("class_names"), "class_names", path)
+    names = _class_names(props.get("class_names"), path)
     transform = _transform(_json_field(props.get("eval_transform"), "eval_transform", path), None,
                            input_size, path)
     return Artifact(OnnxModule(path).eval(), transform, names, "onnx")
@@ -88,8 +98,17 @@ def _from_safetensors(path: Path, input_size: int | None) -> Artifact:
     if "timm_model" not in header:
         raise ScaleshiftError(f"{path} is not a merged model scaleshift wrote (no timm_model in "
                               f"its header); pass {KINDS}")
+    from .models import check_model_kwargs, check_model_name
+    from .records import MAX_CLASSES, check_int
     kwargs = _json_field(header.get("timm_kwargs"), "timm_kwargs", path) or {}
-    model = timm.create_model(header["timm_model"], num_classes=int(header["num_classes"]), **kwargs)
+    if not isinstance(kwargs, dict):
+        raise ScaleshiftError(f"{path}: its timm_kwargs are not a mapping; the file was changed")
+    check_model_name(header["timm_model"])
+    raw_classes = str(header.get("num_classes", ""))
+    num_classes = check_int(int(raw_classes) if raw_classes.isdigit() and len(raw_classes) < 10
+                            else raw_classes, "num_classes", path, 1, MAX_CLASSES)
+    check_model_kwargs(header["timm_model"].split(".")[0], num_classes, kwargs, f"{path}: timm_kwargs")
+    model = timm.create_model(header["timm_model"], num_classes=num_classes, **kwargs)
     try:
         model.load_state_dict(load_file(str(path)), strict=True)
     except RuntimeError as exc:
@@ -97,21 +116,29 @@ def _from_safetensors(path: Path, input_size: int | None) -> Artifact:
     transform = _transform(_json_field(header.get("eval_transform"), "eval_transform", path), model,
                            input_size, path)
     return Artifact(model.eval(), transform,
-                    _json_field(header.get("class_names"), "class_names", path), "merged file")
+                    _class_names(header.get("class_names"), path, num_classes), "merged file")
 
 
 def _from_timm_folder(directory: Path, input_size: int | None) -> Artifact:
     from .adapter_files import BLOCK
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ScaleshiftError(f"{directory / 'config.json'} is not valid JSON") from None
-    if not isinstance(config, dict) or "architecture" not in config:
+    from .models import check_model_kwargs, check_model_name
+    from .records import MAX_CLASSES, check_int, read_json
+    config = read_json(directory / "config.json", "timm config")
+    if not isinstance(config.get("architecture"), str):
         raise ScaleshiftError(f"{directory} is not a timm model folder (config.json names no "
                               f"architecture); pass {KINDS}")
     if not (directory / "model.safetensors").is_file():
         raise ScaleshiftError(f"{directory} has no model.safetensors; scaleshift reads timm "
                               f"folders' weights from safetensors only")
+    check_model_name(config["architecture"])
+    model_args = config.get("model_args") or {}
+    if not isinstance(model_args, dict):
+        raise ScaleshiftError(f"{directory / 'config.json'}: model_args is not a mapping")
+    classes = check_int(config.get("num_classes", 1000), "num_classes", directory / "config.json",
+                        0, MAX_CLASSES)
+    check_model_kwargs(config["architecture"], classes,
+                       {k: v for k, v in model_args.items() if k != "num_classes"},
+                       f"{directory / 'config.json'}: model_args")
     try:
         model = timm.create_model(f"local-dir:{directory}", pretrained=True)
     except Exception as exc:   # timm raises several types for a bad folder
@@ -119,16 +146,20 @@ def _from_timm_folder(directory: Path, input_size: int | None) -> Artifact:
                               f"{str(exc)[:200]}") from None
     record = config.get(BLOCK) if isinstance(config.get(BLOCK), dict) else {}
     names = config.get("label_names")
+    names = names if isinstance(names, list) and len(names) == classes \
+        and all(isinstance(n, str) for n in names) else None
     return Artifact(model.eval(), _transform(record.get("eval_transform"), model, input_size, directory),
-                    list(names) if isinstance(names, list) else None, "merged folder")
+                    names, "merged folder")
 
 
 def load_artifact(source: str | os.PathLike, input_size: int | None = None) -> Artifact:
     """The artifact at `source` (a local path, or a Hub repo id of a run or adapter)."""
-    from .adapter_files import (CONFIG_NAME, adapter_tensors, backbone_for, load_adapter,
-                                read_adapter_config, resolve_dir, serving_transform)
+    from .adapter_files import (CONFIG_NAME, adapter_tensors, backbone_for, fit_adapter,
+                                resolve_dir, serving_transform)
     from .data import build_transform
-    from .runs import ADAPTER, CONFIG, load_run
+    from .records import check_input_size
+    from .runs import ADAPTER, CONFIG, read_config
+    input_size = check_input_size(input_size)
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".onnx":
         return _from_onnx(path, input_size)
@@ -137,15 +168,16 @@ def load_artifact(source: str | os.PathLike, input_size: int | None = None) -> A
     directory = resolve_dir(source, "artifact")
     if not directory.exists():
         raise ScaleshiftError(f"{source} not found; pass {KINDS}")
-    if (directory / CONFIG).is_file():
-        cfg, model = load_run(directory)
-        meta = read_adapter_config(directory / ADAPTER)
+    if (directory / CONFIG).is_file():   # each file of the run or adapter is read once
+        cfg = read_config(directory)
+        meta, state = adapter_tensors(directory / ADAPTER)
+        model = fit_adapter(backbone_for(meta), meta, state)
         size = cfg.input_size if input_size is None else input_size
         return Artifact(model.eval(), build_transform(cfg.augment, model, False, size),
                         meta.get("class_names"), "run", cfg)
     if (directory / CONFIG_NAME).is_file():
-        meta, _ = adapter_tensors(directory)
-        model = load_adapter(backbone_for(meta), directory).eval()
+        meta, state = adapter_tensors(directory)
+        model = fit_adapter(backbone_for(meta), meta, state).eval()
         return Artifact(model, serving_transform(meta, model, input_size), meta.get("class_names"),
                         f"{meta['method']} adapter")
     if (directory / "config.json").is_file():

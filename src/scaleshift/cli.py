@@ -275,9 +275,16 @@ def cmd_predict(args) -> int:
                               "an ONNX file) or --adapters A1,A2 (many tasks on one backbone)")
     if args.json and args.csv:
         raise ScaleshiftError("choose one of --json and --csv")
+    from .records import check_input_size, regular_file
+    args.input_size = check_input_size(args.input_size)
+    if args.pretrained is not None and args.model:
+        raise ScaleshiftError("--pretrained names the backbone weights file of --adapters; an "
+                              "artifact given with --model names its own backbone: drop --pretrained")
+    if args.pretrained is not None:
+        regular_file(args.pretrained, "--pretrained: weights file")
     if args.model:
         return cmd_predict_artifact(args)
-    from .adapter_files import read_adapter_config, resolve_dir, serving_transform
+    from .adapter_files import resolve_dir, serving_transform
     from .data.images import read_image_for_predict
     from .multitask import MultiTaskModel
     from .runs import parse_device
@@ -285,8 +292,8 @@ def cmd_predict(args) -> int:
     sources = [d for d in args.adapters.split(",") if d]
     pictures = [read_image_for_predict(path) for path in args.images]   # fail before any model
     directories = [resolve_dir(source) for source in sources]
-    metas = [read_adapter_config(d) for d in directories]
     model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or None).to(device)
+    metas = model.records
     for source, meta in zip(sources, metas):
         if meta["eval_transform"] is None:
             print(f"scaleshift: note: {source} predates recorded eval transforms; using the VTAB "
@@ -496,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Hub repo ids (output: JSON)")
     p.add_argument("--json", action="store_true", help="with --model: JSON instead of the table")
     p.add_argument("--csv", action="store_true", help="with --model: CSV (image,rank,label,index,p)")
-    p.add_argument("--pretrained", default=None, help="backbone weights file the adapters were trained on")
+    p.add_argument("--pretrained", default=None, help="with --adapters: the backbone weights file the "
+                   "adapters were trained on, when it has moved since training")
     p.add_argument("--input-size", type=int, default=None,
                    help="override the input size of the adapters' recorded eval transform")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

@@ -144,6 +144,9 @@ class RunConfig:
         from .methods import get_method
         from .models import check_model_name
         check_model_name(self.model)
+        if self.model_kwargs:
+            from .models import check_kwargs_of
+            check_kwargs_of(self.model, self.model_kwargs)
         spec = get_dataset_spec(self.dataset)
         for key in ("train_split", "val_split", "test_split", "retrain_split"):
             split = getattr(self, key)
@@ -167,7 +170,8 @@ RANGES = {
     "log_every": (1, None, ">= 1"), "warmup_epochs": (0, None, ">= 0"),
     "cooldown_epochs": (0, None, ">= 0"), "workers": (0, None, ">= 0"),
     "train_offset": (0, None, ">= 0"), "train_limit": (1, None, ">= 1"), "test_limit": (1, None, ">= 1"),
-    "max_steps_per_epoch": (1, None, ">= 1"), "stop_epoch": (1, None, ">= 1"), "input_size": (1, None, ">= 1 (pixels)"),
+    "max_steps_per_epoch": (1, None, ">= 1"), "stop_epoch": (1, None, ">= 1"), "input_size": (1, 4096, "in 1..4096 (pixels)"),
+    "seed": (0, 2**63 - 1, "in 0..2**63-1 (torch takes a 64-bit seed)"),
     "cache_prefix_mb": (0, None, ">= 0 (MB)"),
     "lr": (0.0, None, "> 0"), "warmup_lr": (0.0, None, ">= 0"), "min_lr": (0.0, None, ">= 0"),
     "weight_decay": (0.0, None, ">= 0"), "grad_clip": (0.0, None, "> 0 (or null for none)"),
@@ -408,10 +412,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     data: dict = {}
     if path is not None:
         where, text = find_recipe(path)
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ScaleshiftError(f"recipe {where} is not valid YAML: {exc}") from None
+        from .records import read_yaml
+        data = read_yaml(text, f"recipe {where}") or {}
         if not isinstance(data, dict):
             raise ScaleshiftError(f"recipe {where} must be a mapping of config keys")
     return make_config(apply_overrides(data, list(overrides)))

@@ -608,7 +608,7 @@ def finish(t: Trainer, wall_start: float) -> dict:
     skipped = skipped_counts(t.sets, t.world, t.device)   # every rank: merged across them
     results = dict(summary, weights=weights, skipped_images=skipped, model=cfg.model, method=cfg.method,
                    dataset=cfg.dataset, method_options=config_of(model)["options"],
-                   model_identity=identity_of(model),
+                   model_identity=identity.as_dict() if (identity := identity_of(model)) else None,
                    trainable_params=trainable_parameters(model), total_params=total_parameters(model),
                    epochs=t.total_epochs, wall_time_s=round(time.time() - wall_start, 2),
                    **epoch_times(t.history), prefix_cache=t.prefix_cache,
@@ -655,7 +655,9 @@ def save_snapshot(t: Trainer, name: str) -> None:
 
 
 def load_snapshot(t: Trainer, name: str) -> dict:
-    return torch.load(t.out / SNAPSHOTS / f"{name}.pt", map_location="cpu", weights_only=True)
+    from .records import load_tensors
+    return load_tensors(t.out / SNAPSHOTS / f"{name}.pt", "snapshot",
+                        "the run folder was damaged; train it again")
 
 
 # ----------------------------------------------------------------------------- data
@@ -879,18 +881,33 @@ def load_checkpoint(t: Trainer) -> tuple[int, list]:
     path = t.out / CHECKPOINT
     if not path.exists():
         raise ScaleshiftError(f"--resume: no checkpoint at {path}; start without --resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from .records import load_tensors
+    fix = "start the run again without --resume, in a new out_dir"
+    state = load_tensors(path, "--resume: checkpoint", fix)
+    keys = ("epoch", "history", "config", "rng", "trainable", "optimizer", "scheduler", "ema", "scaler")
+    if not isinstance(state, dict) or any(k not in state for k in keys) \
+            or not isinstance(state["config"], dict):
+        raise ScaleshiftError(f"--resume: {path} is not a scaleshift training checkpoint (it lacks "
+                              f"{[k for k in keys if k not in state] if isinstance(state, dict) else keys}); {fix}")
     expected = config_fingerprint(t.cfg)
     changed = config_changes(state["config"], expected)
     if changed:
         raise ScaleshiftError(f"--resume: the config differs from the checkpoint's in {changed}; "
                               f"resume with the same recipe and overrides")
-    load_state_into(t.trained, state["trainable"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
-    if t.ema is not None and state["ema"] is not None:
-        t.ema.module.load_state_dict(state["ema"])
-    if t.scaler is not None and state["scaler"] is not None:
-        t.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+    try:
+        load_state_into(t.trained, state["trainable"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.scheduler.load_state_dict(state["scheduler"])
+        if t.ema is not None and state["ema"] is not None:
+            t.ema.module.load_state_dict(state["ema"])
+        if t.scaler is not None and state["scaler"] is not None:
+            t.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    except ScaleshiftError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise ScaleshiftError(f"--resume: {path} does not fit this run ({type(exc).__name__}: "
+                              f"{str(exc)[:120]}); {fix}") from None
+    if not (isinstance(state["epoch"], int) and isinstance(state["history"], list)):
+        raise ScaleshiftError(f"--resume: {path} records no epoch count; {fix}")
     return state["epoch"], state["history"]

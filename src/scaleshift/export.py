@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .adapter_files import BLOCK, read_adapter_config, resolve_dir
+from .adapter_files import BLOCK, resolve_dir
 from .errors import ScaleshiftError
 from .extras import require
 from .io import atomic_dir, atomic_path, save_safetensors, write_json
 from .merge import assign_state
 from .models import identity_of, plain_model
 from .profiles import input_size_of
-from .runs import load_run, merged_state, weights_dir
+from .runs import load_run_record, merged_state
 
 TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"   # timm's folder format
 
@@ -172,8 +172,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: f
     for module in ("onnx", "onnxscript"):   # the exporter's and the op count's
         require(module, "ONNX export")
     onnxruntime = require("onnxruntime", "the ONNX parity check")
-    cfg, merged = load_run(run_dir, merged=True, weights=weights)
-    meta = read_adapter_config(weights_dir(resolve_dir(run_dir, "run"), weights))
+    cfg, meta, merged = load_run_record(run_dir, merged=True, weights=weights)
     out = _default_out(run_dir, out, "merged.onnx")
     for target in (out, out.with_suffix(".json")):   # the graph and its check report
         check_target(target, overwrite)

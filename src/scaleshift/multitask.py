@@ -76,13 +76,13 @@ class MultiTaskModel(nn.Module):
         """One backbone, the SSF adapters of several tasks (same backbone, same SSF options).
         `backbone_factory(adapter_config) -> plain model` builds the frozen backbone; by default
         the one the adapter's identity record names (`pretrained`: its weights file, if moved)."""
-        from . import load_adapter
-        from .adapter_files import adapter_state, backbone_for, read_adapter_config
+        from .adapter_files import adapter_state, adapter_tensors, backbone_for, fit_adapter
         from .methods.ssf import ScaleShift
         from .models import classifier_parameter_names
         if not directories:
             raise ScaleshiftError("give at least one adapter directory")
-        metas = [read_adapter_config(d) for d in directories]
+        adapters = [adapter_tensors(d) for d in directories]   # each adapter read once
+        metas = [meta for meta, _ in adapters]
         first = metas[0]
         for d, meta in zip(directories, metas):
             if meta["method"] != "ssf":
@@ -97,10 +97,10 @@ class MultiTaskModel(nn.Module):
         # checksum and the backbone fingerprint) and its vectors and head are kept
         backbone = factory(first)
         heads, vectors, first_stats = [], {}, None
-        for d, meta in zip(directories, metas):
+        for d, (meta, state) in zip(directories, adapters):
             if getattr(backbone, "num_classes", meta["num_classes"]) != meta["num_classes"]:
                 backbone.reset_classifier(meta["num_classes"])
-            load_adapter(backbone, d)
+            fit_adapter(backbone, meta, state)
             head = classifier_parameter_names(backbone)
             extra = [n for n, p in backbone.named_parameters()
                      if p.requires_grad and ".ssf_" not in n and n not in head]
@@ -129,7 +129,9 @@ class MultiTaskModel(nn.Module):
         backbone.reset_classifier(0)
         for p in backbone.parameters():
             p.requires_grad_(False)
-        return cls(backbone.eval(), heads, [str(d) for d in directories])
+        model = cls(backbone.eval(), heads, [str(d) for d in directories])
+        model.records = metas      # each task's adapter record, as read
+        return model
 
     def _set_tasks(self, task_ids: torch.Tensor | None) -> None:
         for module in self.backbone.modules():

@@ -361,7 +361,11 @@ def run_pretrain(args) -> dict:
         if not ckpt_path.is_file():
             raise ScaleshiftError(f"--resume: no checkpoint at {ckpt_path}; run without --resume "
                                   f"to start")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        from .records import load_tensors
+        state = load_tensors(ckpt_path, "--resume: checkpoint", "run without --resume to start over")
+        if not (isinstance(state, dict) and isinstance(state.get("config"), dict)):
+            raise ScaleshiftError(f"--resume: {ckpt_path} is not a pretraining checkpoint; run "
+                                  f"without --resume to start over")
         if state["config"] != config:
             diff = {k: (state["config"].get(k), config[k]) for k in config
                     if state["config"].get(k) != config[k]}

@@ -13,7 +13,6 @@ files, the data and the backbone its adapter names.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 from contextlib import nullcontext
@@ -24,11 +23,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from .adapter_files import adapter_tensors, backbone_for, load_adapter, resolve_dir
+from .adapter_files import adapter_tensors, backbone_for, fit_adapter, resolve_dir
 from .config import RunConfig, make_config
 from .errors import ScaleshiftError
 from .merge import merge, merge_state
@@ -58,12 +56,20 @@ def weights_dir(run_dir: str | Path, weights: str | None = None) -> Path:
         raise ScaleshiftError(unfinished(run_dir))
     if weights in (None, "reported"):
         return run_dir / ADAPTER
-    results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).is_file() else {}
+    from .records import read_json
+    results = read_json(run_dir / RESULTS, "run results") if (run_dir / RESULTS).exists() else {}
     named = results.get("weights", {})
+    if not isinstance(named, dict) or not all(isinstance(v, str) for v in named.values()):
+        raise ScaleshiftError(f"{run_dir / RESULTS}: its weights must map names to adapter "
+                              f"folders; the file was edited")
     if weights not in named:
         raise ScaleshiftError(f"{run_dir} has no weights named {weights!r}; it has "
                               f"{', '.join(sorted(named)) or 'only the reported ones'}")
-    return run_dir / named[weights]
+    folder = Path(named[weights])
+    if folder.is_absolute() or ".." in folder.parts:
+        raise ScaleshiftError(f"{run_dir / RESULTS}: weights {weights!r} points at {folder}, "
+                              f"outside the run folder; the file was edited")
+    return run_dir / folder
 
 
 def unfinished(run_dir: Path) -> str:
@@ -79,7 +85,16 @@ def read_config(run_dir: str | Path) -> RunConfig:
     if not (run_dir / CONFIG).is_file():
         raise ScaleshiftError(f"{run_dir} is not a run directory (no {CONFIG}); "
                               f"pass the out_dir of `scaleshift train`")
-    return make_config(yaml.safe_load((run_dir / CONFIG).read_text()))
+    from .records import MAX_FILE_BYTES, read_yaml, regular_file
+    path = regular_file(run_dir / CONFIG, "run config", MAX_FILE_BYTES)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ScaleshiftError(f"{path} is not UTF-8 text; the file was damaged") from None
+    data = read_yaml(text, path)
+    if not isinstance(data, dict):
+        raise ScaleshiftError(f"{path} is not a mapping of config keys; the file was edited")
+    return make_config(data)
 
 
 def dataset_classes(cfg: RunConfig) -> int:
@@ -97,12 +112,18 @@ def load_run(run_dir: str | Path, merged: bool = False,
     """A finished run's config and model: the backbone its adapter names, rebuilt from the
     adapter's identity record, with the adapter loaded (merged on request). `weights`: the
     reported ones by default, or another set by name. `run_dir`: a directory or a Hub repo id."""
+    cfg, _, model = load_run_record(run_dir, merged, weights)
+    return cfg, model
+
+
+def load_run_record(run_dir: str | Path, merged: bool = False,
+                    weights: str | None = None) -> tuple[RunConfig, dict, nn.Module]:
+    """load_run, and the adapter's record as read (each file of the run read once)."""
     run_dir = resolve_dir(run_dir, "run")
     cfg = read_config(run_dir)
-    directory = weights_dir(run_dir, weights)
-    meta, _ = adapter_tensors(directory)
-    model = load_adapter(backbone_for(meta), directory)
-    return cfg, (merge(model) if merged else model)
+    meta, state = adapter_tensors(weights_dir(run_dir, weights))
+    model = fit_adapter(backbone_for(meta), meta, state)
+    return cfg, meta, (merge(model) if merged else model)
 
 
 def merged_state(run_dir: str | Path, weights: str | None = None
