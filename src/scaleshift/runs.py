@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
+from .version import __version__
 from .adapter_files import adapter_tensors, backbone_for, load_adapter, resolve_dir
 from .config import RunConfig, make_config
 from .errors import ScaleshiftError

@@ -20,7 +20,7 @@ from torch.func import functional_call
 from ..errors import ScaleshiftError
 from ..models import classifier_parameter_names
 from ..profiles import GROUPS, Point, family_of, generic_points, is_affine_norm, is_foldable_layer, paper_points
-from . import Method, Option, plain_key, register, replace_module
+from .base import Method, Option, plain_key, replace_module
 
 
 def _compiling() -> bool:
@@ -492,4 +492,4 @@ class SSF(Method):
                 m.explicit = was
 
 
-register(SSF())
+SSF_METHOD = SSF()
