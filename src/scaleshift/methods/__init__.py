@@ -50,6 +50,7 @@ def apply(model: nn.Module, method: str = "ssf", **options) -> nn.Module:
         param.requires_grad_(name in trainable)
     setattr(model, CONFIG_ATTR, dict(method=impl.name, options=opts))
     if is_transformers_model(model):   # Trainer.save_model / save_pretrained: the merged model
+        # transformers_save merges through adapter_files and merge, which import this module
         from ..transformers_save import save_merged_on_save_pretrained
         save_merged_on_save_pretrained(model)
     return model
