@@ -166,8 +166,6 @@ def model_names(pattern: str | None = None) -> list[str]:
     import timm
 
     from .backbones.embedded import EMBEDDED
-    from .models import register_backbones
-    register_backbones()
     names = sorted({*timm.list_models(), *EMBEDDED})
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
 

@@ -30,14 +30,8 @@ from .io import file_sha256
 
 LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 IDENTITY_ATTR = "scaleshift_identity"
-SOURCES = ("random", "hub", "file", "package", "embedded", "unknown")
 SOURCE_PREFIXES = ("hf-hub:", "local-dir:")   # timm's names for a model folder on the Hub / disk
 HUB_REPO_ID = r"[\w][\w.-]*/[\w.-]+"            # a Hugging Face Hub repo id: org/name
-
-
-def register_backbones() -> None:
-    """Register the backbones timm lacks (AS-MLP) with timm's model registry."""
-    from . import backbones  # noqa: F401
 
 
 def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLike = False, *,
@@ -52,7 +46,6 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     config.json + weights, through the Hub cache) and `local-dir:/path` (a folder of the same
     files) take pretrained=True or False.
     """
-    register_backbones()
     from .backbones.embedded import EMBEDDED
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ScaleshiftError(f"num_classes must be a non-negative integer, got {num_classes!r}")
@@ -94,7 +87,6 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
 def check_model_name(name: str) -> None:
     """A name create_model can build: a timm architecture (with an optional .tag) or one of
     scaleshift's embedded backbones."""
-    register_backbones()
     from .backbones.embedded import EMBEDDED
     if isinstance(name, str) and name.startswith(SOURCE_PREFIXES):
         _check_sourced_name(name)
@@ -417,7 +409,6 @@ def plain_model(identity: dict, num_classes: int | None = None) -> nn.Module:
     if identity.get("kwargs") is None:
         raise ScaleshiftError(f"cannot build the plain {identity['architecture']}: "
                               f"{rebuild_problem(identity)}")
-    register_backbones()
     return timm.create_model(identity["architecture"], num_classes=classes, **identity["kwargs"])
 
 
