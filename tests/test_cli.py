@@ -65,6 +65,7 @@ def test_merge_check_lists_non_mergeable(capsys, method, opts):
     assert out["non_mergeable"] and out["plain_strict_load"] is False and out["extra_params"] > 0
 
 
+@pytest.mark.slow
 def test_bad_option_exits_2_with_a_clear_message():
     proc = subprocess.run([sys.executable, "-m", "scaleshift.cli", "params", "--model",
                            "vit_base_patch16_224", "--method", "ssf", "--opt", "layerz=2"],

@@ -56,6 +56,7 @@ def test_pure_merge_from_files_equals_unmerged_and_loads_into_plain_timm(method,
     assert all(torch.equal(merged[k], state[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_vit_b16_ssf_pure_merge_equals_merge_bit_for_bit(tmp_path):
     model = scaleshift.create_model("vit_base_patch16_224", num_classes=100, seed=0)
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -112,6 +113,7 @@ def run_dir(tmp_path_factory):
 @pytest.mark.parametrize("command", [
     ["eval", "{run}"], ["eval", "{run}", "--merged"], ["merge", "{run}", "--out", "{tmp}/m.safetensors"],
     ["export", "{run}", "--format", "onnx", "--out", "{tmp}/m.onnx"]])
+@pytest.mark.slow
 def test_finished_runs_never_import_the_training_loop(run_dir, tmp_path, command):
     args = [a.format(run=run_dir, tmp=tmp_path) for a in command]
     code = ("import sys; from scaleshift.cli import main; code = main(sys.argv[1:]); "
@@ -120,6 +122,7 @@ def test_finished_runs_never_import_the_training_loop(run_dir, tmp_path, command
     assert proc.stdout.strip().splitlines()[-1] == "CLEAN 0", proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_merge_of_a_run_is_the_pure_merge_of_its_files(run_dir, tmp_path):
     assert main(["merge", str(run_dir), "--out", str(tmp_path / "m.safetensors")]) == 0
     meta, tensors = adapter_tensors(run_dir / "adapter")
@@ -137,6 +140,7 @@ def served_logits(directory, x):
         return model(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["seeded_random", "local_file", "embedded"])
 def test_an_adapter_is_served_again_from_its_files_alone(source, tmp_path):
     kwargs = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
