@@ -13,9 +13,9 @@ from ..profiles import transformers_family
 from . import adapter, bias, full, linear, lora, ssf, vpt
 from .base import CONFIG_ATTR, Method, Option, config_of, plain_key, replace_module
 
-_REGISTRY: dict[str, Method] = {method.name: method for method in (
-    ssf.SSF_METHOD, linear.LINEAR, full.FULL, bias.BIAS, adapter.ADAPTER, vpt.VPT_SHALLOW,
-    vpt.VPT_DEEP, lora.LORA)}
+METHODS: tuple[Method, ...] = (ssf.SSF_METHOD, linear.LINEAR, full.FULL, bias.BIAS,
+                               adapter.ADAPTER, vpt.VPT_SHALLOW, vpt.VPT_DEEP, lora.LORA)
+_REGISTRY: dict[str, Method] = {method.name: method for method in METHODS}
 
 
 def methods() -> list[str]:
@@ -71,6 +71,6 @@ def print_trainable_parameters(model: nn.Module) -> None:
 
 
 
-__all__ = ["CONFIG_ATTR", "Method", "Option", "apply", "config_of", "get_method", "methods",
+__all__ = ["CONFIG_ATTR", "METHODS", "Method", "Option", "apply", "config_of", "get_method", "methods",
            "plain_key", "print_trainable_parameters", "replace_module", "total_parameters",
            "trainable_parameters"]
