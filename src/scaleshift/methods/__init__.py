@@ -71,6 +71,6 @@ def print_trainable_parameters(model: nn.Module) -> None:
 
 
 
-__all__ = ["CONFIG_ATTR", "METHODS", "Method", "Option", "apply", "config_of", "get_method", "methods",
-           "plain_key", "print_trainable_parameters", "replace_module", "total_parameters",
-           "trainable_parameters"]
+__all__ = ["CONFIG_ATTR", "METHODS", "Method", "Option", "apply", "config_of", "get_method",
+           "methods", "plain_key", "print_trainable_parameters", "replace_module",
+           "total_parameters", "trainable_parameters"]
