@@ -3,9 +3,10 @@
 After a Linear / Conv the affine is applied to the output along the op's channel dim (last dim
 for Linear, dim 1 for Conv), so merging multiplies the weight rows by `scale` and maps the bias
 to scale * b + shift. A convolution that standardises its weight at run time and multiplies it
-by a per-channel gain (NFNet's ScaledStdConv2d) takes the scale into that gain instead. After a norm layer the affine is applied through the norm's own affine
-parameters (weight' = scale * weight, bias' = scale * bias + shift), which is the same function
-and works for any norm class, including those that fuse an activation (timm's BatchNormAct2d).
+by a per-channel gain (NFNet's ScaledStdConv2d) takes the scale into that gain instead. After a
+norm layer the affine is applied through the norm's own affine parameters
+(weight' = scale * weight, bias' = scale * bias + shift), which is the same function and works
+for any norm class, including those that fuse an activation (timm's BatchNormAct2d).
 """
 from __future__ import annotations
 
@@ -443,8 +444,9 @@ class SSF(Method):
                     options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
         """Fold every scale/shift pair into the weight and bias of the layer it follows (paper
         Eq. 5): W' = scale * W (per output row, or per channel of a norm's affine; for a gain
-        conv, gain' = scale * gain) and b' = scale * b + shift. Points whose layer has no weight in the plain state dict (the
-        residual stream) or a shift after a bias-free layer cannot fold and are reported."""
+        conv, gain' = scale * gain) and b' = scale * b + shift. Points whose layer has no weight
+        in the plain state dict (the residual stream) or a shift after a bias-free layer cannot
+        fold and are reported."""
         vectors: dict[str, dict[str, torch.Tensor]] = {}
         plain_trained = {}
         for key, value in trained.items():
@@ -470,7 +472,7 @@ class SSF(Method):
                 continue
             gain = merged.get(prefix + "gain")   # a gain conv: the scale goes into its gain
             if scale is not None and gain is not None:
-                merged[prefix + "gain"] = gain * scale.view(-1, *([1] * (gain.ndim - 1))).to(gain.dtype)
+                merged[prefix + "gain"] = gain * scale.view(-1, 1, 1, 1).to(gain.dtype)
             elif scale is not None:
                 weight = weight * scale.view(-1, *([1] * (weight.ndim - 1))).to(weight.dtype)
             if scale is not None:
