@@ -24,7 +24,7 @@ test: $(STAMP)
 	  echo "note: $(FASHION_PACKAGE) is not installed, its tests skip (sudo make system-data)"; fi
 	$(VENV)/bin/python -m pytest
 
-# the fast tier (about two minutes): every test not marked slow
+# the fast tier: every test not marked slow (pyproject.toml says what slow means)
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not slow"
 
