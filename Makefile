@@ -8,7 +8,7 @@ PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 FASHION_PACKAGE := dataset-fashion-mnist
 
-.PHONY: demo test system-data clean-venv
+.PHONY: demo test test-fast system-data clean-venv
 
 $(STAMP): requirements-lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 	@if command -v dpkg >/dev/null && ! dpkg -s $(FASHION_PACKAGE) >/dev/null 2>&1; then \
 	  echo "note: $(FASHION_PACKAGE) is not installed, its tests skip (sudo make system-data)"; fi
 	$(VENV)/bin/python -m pytest
+
+# the fast tier: every test not marked slow (pyproject.toml says what slow means)
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow"
 
 system-data:
 	@if command -v dpkg >/dev/null && dpkg -s $(FASHION_PACKAGE) >/dev/null 2>&1; then \

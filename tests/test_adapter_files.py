@@ -82,6 +82,7 @@ def test_save_needs_a_method():
         scaleshift.save_adapter(make_model("vit"), "unused")
 
 
+@pytest.mark.slow
 def test_batchnorm_running_stats_travel_with_the_adapter(tmp_path):
     model = scaleshift.create_model("test_resnet", num_classes=3)
     scaleshift.apply(model, "ssf")
@@ -98,6 +99,7 @@ def test_batchnorm_running_stats_travel_with_the_adapter(tmp_path):
     torch.testing.assert_close(fresh(x), model(x))
 
 
+@pytest.mark.slow
 def test_vit_base_cifar100_ssf_adapter_is_under_1_2_mb(tmp_path):
     model = scaleshift.create_model("vit_base_patch16_224", num_classes=100)
     scaleshift.apply(model, "ssf")

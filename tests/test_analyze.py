@@ -8,6 +8,9 @@ import torch
 from scaleshift.analyze import linear_cka, similarity, weight_histograms
 from scaleshift.cli import main
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 TINY = ["model_kwargs={img_size: 32, patch_size: 8, depth: 2, embed_dim: 32, num_heads: 2}",
         "dataset=digits", "train_split=train800", "val_split=val200", "test_split=test",
         "input_size=32", "batch_size=50", "epochs=1", "log_every=100"]

@@ -10,6 +10,9 @@ import torch
 from scaleshift.cli import main
 from scaleshift.runs import load_run
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 def train(out, *extra):
     """scaleshift's shipped pretrained ConvNeXt (32 px): a few steps already predict varied labels."""
     assert main(["train", "model=scaleshift_convnext32", "pretrained=true", "dataset=digits",

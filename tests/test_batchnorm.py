@@ -8,6 +8,9 @@ from safetensors.torch import load_file
 
 from scaleshift.cli import main
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 # a random-init EfficientNet-Lite0 (BatchNorm everywhere) at 32 px: a few seconds a run
 TINY_BN = ["model=tf_efficientnet_lite0", "dataset=digits", "train_split=train800", "val_split=val200",
            "test_split=test", "input_size=32", "batch_size=32", "lr=1e-2", "epochs=1",

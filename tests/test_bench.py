@@ -6,6 +6,9 @@ import pytest
 
 from scaleshift.bench import VARIANTS, goals, measure_memory, run_bench
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
 
 

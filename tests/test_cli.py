@@ -23,6 +23,7 @@ def test_params_ssf(capsys, model, expected):
     assert out["total"] > expected
 
 
+@pytest.mark.slow   # vit_base built once per method
 def test_params_every_method_with_options(capsys):
     expected = {"linear": 76_900, "bias": 179_812, "adapter": 307_444, "full": 85_875_556}
     code, rows = run_json(capsys, "params", "--model", "vit_base_patch16_224", "--num-classes", "100")
@@ -34,6 +35,7 @@ def test_params_every_method_with_options(capsys):
         assert out["trainable"] == count
 
 
+@pytest.mark.slow   # full-size backbones at 224 px, built twice
 @pytest.mark.parametrize("model", ["vit_base_patch16_224", "swin_base_patch4_window7_224",
                                    "convnext_base", "mixer_b16_224"])
 @pytest.mark.parametrize("profile", ["paper", "all"])
@@ -45,6 +47,7 @@ def test_merge_check_ssf_on_paper_backbones(capsys, model, profile):
     assert out["max_rel_diff"] <= 1e-5 and out["non_mergeable"] == []
 
 
+@pytest.mark.slow   # full-size backbones at 224 px, built twice
 @pytest.mark.parametrize("model", ["vit_base_patch16_224", "swin_base_patch4_window7_224",
                                    "convnext_base"])
 @pytest.mark.parametrize("method", ["bias", "lora"])
@@ -56,6 +59,7 @@ def test_merge_check_bias_and_lora(capsys, model, method):
     assert out["extra_params"] == 0
 
 
+@pytest.mark.slow   # full-size backbones at 224 px, built twice
 @pytest.mark.parametrize("method, opts", [("adapter", []), ("vpt_shallow", ["--opt", "prompts=10"]),
                                           ("vpt_deep", ["--opt", "prompts=10"])])
 def test_merge_check_lists_non_mergeable(capsys, method, opts):
@@ -65,6 +69,7 @@ def test_merge_check_lists_non_mergeable(capsys, method, opts):
     assert out["non_mergeable"] and out["plain_strict_load"] is False and out["extra_params"] > 0
 
 
+@pytest.mark.slow
 def test_bad_option_exits_2_with_a_clear_message():
     proc = subprocess.run([sys.executable, "-m", "scaleshift.cli", "params", "--model",
                            "vit_base_patch16_224", "--method", "ssf", "--opt", "layerz=2"],

@@ -34,6 +34,7 @@ def test_every_builtin_recipe_takes_epochs_as_a_flag(name, capsys):
     assert "valid" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_one_epoch_run_given_by_flags_trains(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--epochs", "1", "--out-dir", str(out)]) == 0

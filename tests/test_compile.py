@@ -10,11 +10,15 @@ import contextlib
 import copy
 import os
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 import scaleshift
 from scaleshift.methods.ssf import ScaleShift
+
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
 
 BACKEND = os.environ.get("SCALESHIFT_COMPILE_BACKEND", "aot_eager")
 

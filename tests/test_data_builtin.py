@@ -40,6 +40,7 @@ def digest(jobs, seed: int) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_builtins_identical_across_processes():
     jobs = [[name, "train800", 40] for name in GENERATED + ["digits"]]
     jobs += [["pretrain_fractal", "train", 40]]

@@ -5,6 +5,9 @@ import pytest
 
 from scaleshift.cli import main
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 
 def test_demo_on_real_features_merges_exactly(tmp_path, capsys):
     out = tmp_path / "demo"

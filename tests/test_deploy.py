@@ -13,6 +13,9 @@ from scaleshift.cli import main
 from scaleshift.runs import load_run
 from scaleshift.multitask import MultiTaskModel
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 KWARGS = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
 TASKS = ("digits", "faces", "struct_count")
 

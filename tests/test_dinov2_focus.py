@@ -23,8 +23,9 @@ def _installed() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _installed(), reason=f"`{focus.install_hint()}` "
-                                "(requirements-lock.txt has it)")
+pytestmark = [pytest.mark.skipif(not _installed(), reason=f"`{focus.install_hint()}` "
+                                 "(requirements-lock.txt has it)"),
+              pytest.mark.slow]   # the wheel's graph and real photographs
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
 

@@ -72,6 +72,7 @@ def lora_run(tmp_path_factory, backbone_file):
 
 
 # ----------------------------------------------------------------------------- PEFT format
+@pytest.mark.slow
 def test_a_trained_lora_adapter_loads_with_peft_and_gives_the_same_logits(lora_run, backbone_file):
     adapter = lora_run / "adapter"
     config = json.loads((adapter / CONFIG_NAME).read_text())
@@ -96,6 +97,7 @@ def test_a_trained_lora_adapter_loads_with_peft_and_gives_the_same_logits(lora_r
     assert (theirs - plain_vit(10, backbone_file)(x)).abs().max() > 1e-3   # the adapter acts
 
 
+@pytest.mark.slow
 def test_every_adapter_records_base_model_method_classes_and_eval_transform(lora_run, backbone_file):
     meta = read_adapter_config(lora_run / "adapter")
     assert meta["format_version"] == 4 and meta["loadable_by_peft"] is True
@@ -161,6 +163,7 @@ def test_a_format_3_lora_adapter_still_loads(tmp_path):
         torch.testing.assert_close(loaded, model.eval()(x))
 
 
+@pytest.mark.slow
 def test_lora_norm_statistics_travel_to_peft(tmp_path):
     """A batch-norm backbone: the running statistics training changed load in PEFT too (their
     modules are modules_to_save, their frozen parts stored for PEFT only)."""
@@ -264,6 +267,7 @@ def hub_cache(tmp_path, monkeypatch):
     return cache
 
 
+@pytest.mark.slow
 def test_load_adapter_from_the_hub_cache_offline(tmp_path, hub_cache):
     model = scaleshift.apply(make_model("vit"), "ssf")
     perturb_trainable(model)
@@ -298,6 +302,7 @@ def timm_folder(directory, num_classes=7, seed=11, **kwargs):
     return model
 
 
+@pytest.mark.slow
 def test_hf_hub_model_names_resolve_from_the_cache_and_serve_again(tmp_path, hub_cache):
     source = timm_folder(tmp_path / "folder")
     hub_repo(hub_cache, HUB_TIMM, {n: tmp_path / "folder" / n for n in ("config.json", "model.safetensors")})
@@ -357,6 +362,7 @@ def fgvc_run(tmp_path_factory, backbone_file):
                      "augment=fgvc", "method=ssf")
 
 
+@pytest.mark.slow
 def test_predict_uses_the_runs_eval_transform_and_prints_class_names(fgvc_run, tmp_path, capsys):
     from PIL import Image
     # a wide picture whose sides (which the centre crop drops) differ from its middle
@@ -384,6 +390,7 @@ def test_predict_uses_the_runs_eval_transform_and_prints_class_names(fgvc_run, t
     assert max(abs(by_index[i] - float(squash[i])) for i in by_index) > 1e-3   # not the VTAB one
 
 
+@pytest.mark.slow
 def test_predict_refuses_an_unavailable_device(fgvc_run, tmp_path, capsys):
     from PIL import Image
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")

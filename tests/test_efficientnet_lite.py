@@ -16,6 +16,9 @@ from scaleshift.data import build_transform
 from scaleshift.errors import ScaleshiftError
 from scaleshift.io import file_sha256
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 EGYPTIAN_CAT, TIGER_CAT, TABBY, ESPRESSO = 285, 282, 281, 967
 
 

@@ -15,6 +15,9 @@ from scaleshift.cli import main
 from scaleshift.config import load_recipe
 from scaleshift.errors import ScaleshiftError
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model_kwargs={img_size: 32, patch_size: 8, depth: 2, embed_dim: 32, num_heads: 2}",
         "dataset=digits", "train_split=train800", "val_split=val200", "test_split=test",

@@ -163,6 +163,7 @@ TINY_RUN = ["model_kwargs={img_size: 32, patch_size: 8, depth: 1, embed_dim: 32,
             "batch_size=50", "max_steps_per_epoch=2", "epochs=1", "log_every=100"]
 
 
+@pytest.mark.slow
 def test_core_dependencies_alone_train_a_timm_model(tmp_path):
     """With every optional package hidden, `import scaleshift` works and a procedural built-in
     task and the shipped digits train end to end; a task that needs an extra stops with exit 2

@@ -6,18 +6,42 @@ import torch
 import scaleshift
 from scaleshift.merge import merge_with_report, perturb_trainable
 from scaleshift.methods import config_of
+from scaleshift.models import classifier_parameter_names
 
-from conftest import NUM_CLASSES, TINY, make_input, make_model
+from conftest import NUM_CLASSES, TINY
 
-FAMILIES = list(TINY)
+# the tiny families plus a convolutional network with no profile of its own (random init)
+MATRIX = {**TINY, "efficientnet": ("tf_efficientnet_lite0", {}, (3, 32, 32))}
+FAMILIES = list(MATRIX)
 MERGEABLE = ("ssf", "linear", "full", "bias", "lora")
 APPLIES = {
     "ssf": FAMILIES, "linear": FAMILIES, "full": FAMILIES, "bias": FAMILIES,
-    "adapter": FAMILIES, "lora": FAMILIES,
+    "adapter": list(TINY), "lora": list(TINY),
     "vpt_shallow": ["vit", "swin"], "vpt_deep": ["vit", "swin"],
 }
-CASES = [(m, f) for m in APPLIES for f in APPLIES[m]]
+REFUSAL = {"adapter": "adapter supports ViT, Swin", "lora": "set targets=",
+           "vpt_shallow": "ViT and Swin", "vpt_deep": "ViT and Swin"}
+
+
+def case(method, family):   # the EfficientNet row costs seconds per test
+    return pytest.param(method, family, marks=pytest.mark.slow) if family == "efficientnet" \
+        else (method, family)
+
+
+CASES = [case(m, f) for m in APPLIES for f in APPLIES[m]]
+MERGEABLE_CASES = [case(m, f) for m in MERGEABLE for f in APPLIES[m]]
+NOT_MERGEABLE_CASES = [case(m, f) for m in APPLIES if m not in MERGEABLE for f in APPLIES[m]]
 NOT_APPLICABLE = [(m, f) for m in APPLIES for f in FAMILIES if f not in APPLIES[m]]
+
+
+def make_model(family, seed=0):
+    name, kwargs, _ = MATRIX[family]
+    torch.manual_seed(seed)
+    return scaleshift.create_model(name, num_classes=NUM_CLASSES, **kwargs)
+
+
+def make_input(family, batch=2, seed=1):
+    return torch.randn(batch, *MATRIX[family][2], generator=torch.Generator().manual_seed(seed))
 
 
 def applied(method, family, seed=0):
@@ -36,8 +60,8 @@ def test_forward_shape_and_trainable_set(method, family):
     out = model(make_input(family))
     assert out.shape == (2, NUM_CLASSES)
     names = trainable_names(model)
-    head = {n for n in names if n.startswith("head")}
-    assert head, "the classifier head always trains"
+    head = {n for n in names if n.startswith(("head", "classifier"))}   # EfficientNet's: classifier
+    assert classifier_parameter_names(model) <= head, "the classifier head always trains"
     if method == "linear":
         assert names == head
     elif method == "full":
@@ -60,7 +84,7 @@ def test_optimizer_step_changes_only_method_parameters_and_head(method, family):
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert changed, "the step changed nothing"
     assert changed <= trainable_names(model), f"frozen parameters changed: {changed - trainable_names(model)}"
-    assert any(n.startswith("head") for n in changed)
+    assert changed & classifier_parameter_names(model)
 
 
 @pytest.mark.parametrize("method, family", CASES)
@@ -78,9 +102,9 @@ def test_adapter_round_trip(method, family, tmp_path):
     torch.testing.assert_close(fresh(x), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method, family", [c for c in CASES if c[0] in MERGEABLE])
+@pytest.mark.parametrize("method, family", MERGEABLE_CASES)
 def test_merge_is_exact_and_plain(method, family):
-    name, kwargs, _ = TINY[family]
+    name, kwargs, _ = MATRIX[family]
     base = make_model(family).eval()
     model = applied(method, family)
     perturb_trainable(model)
@@ -104,7 +128,7 @@ def test_merge_is_exact_and_plain(method, family):
     assert config_of(model)["method"] == method
 
 
-@pytest.mark.parametrize("method, family", [c for c in CASES if c[0] not in MERGEABLE])
+@pytest.mark.parametrize("method, family", NOT_MERGEABLE_CASES)
 def test_non_mergeable_methods_say_so(method, family):
     model = applied(method, family)
     perturb_trainable(model)
@@ -120,5 +144,25 @@ def test_non_mergeable_methods_say_so(method, family):
 
 @pytest.mark.parametrize("method, family", NOT_APPLICABLE)
 def test_method_that_does_not_apply_fails_clearly(method, family):
-    with pytest.raises(scaleshift.ScaleshiftError, match="ViT and Swin"):
+    with pytest.raises(scaleshift.ScaleshiftError, match=REFUSAL[method]):
         applied(method, family)
+
+
+def test_lora_on_a_k_by_k_conv_merges_into_a_plain_conv():
+    torch.manual_seed(0)
+    model = scaleshift.create_model("test_resnet", num_classes=NUM_CLASSES)
+    scaleshift.apply(model, "lora", targets="conv1,conv2", rank=2, alpha=3.0)
+    wrapped = {n: m.base_layer for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    kernels = {tuple(layer.kernel_size) for layer in wrapped.values()}
+    assert (3, 3) in kernels, kernels
+    perturb_trainable(model)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        unmerged = model(x)
+        merged, non_mergeable = merge_with_report(model)
+        assert non_mergeable == []
+        plain = timm.create_model("test_resnet", num_classes=NUM_CLASSES).eval()
+        plain.load_state_dict(merged.state_dict(), strict=True)
+        assert type(plain.get_submodule(next(iter(wrapped)))) is torch.nn.Conv2d
+        torch.testing.assert_close(plain(x), unmerged, rtol=1e-5, atol=1e-5)

@@ -15,6 +15,9 @@ from scaleshift.prefix_cache import Suffix, prefix_cut, prefix_forward
 
 from test_engine import history
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 VIT4 = dict(img_size=32, patch_size=8, depth=4, embed_dim=32, num_heads=2)
 RUN = ["model_kwargs={img_size: 32, patch_size: 8, depth: 4, embed_dim: 32, num_heads: 2}",
        "dataset=digits", "train_split=train800", "val_split=val200", "test_split=test",

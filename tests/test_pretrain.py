@@ -16,6 +16,9 @@ from scaleshift.merge import perturb_trainable
 from scaleshift.methods import config_of
 from scaleshift.pretrain import add_pretrain_parser, run_pretrain
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 
 def _args(out, *extra):
     parser = argparse.ArgumentParser()

@@ -135,6 +135,7 @@ def scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_match_the_log_and_a_resume_appends(tmp_path, monkeypatch):
     """Epoch 1 runs, epoch 2 dies after two steps (what it logged is flushed when the writer
     closes), --resume finishes: the first event file is kept, the second holds the rest, and
@@ -169,6 +170,7 @@ def test_tensorboard_scalars_match_the_log_and_a_resume_appends(tmp_path, monkey
         assert read[tag] == [(3 * row["epoch"], pytest.approx(row[key], rel=1e-6)) for row in log], tag
 
 
+@pytest.mark.slow
 def test_report_draws_training_curves(tmp_path):
     for name, method in (("ssf", "ssf"), ("linear", "linear")):
         assert main(["train", *TINY, "epochs=2", "max_steps_per_epoch=2", f"method={method}",
@@ -188,6 +190,7 @@ def test_report_draws_training_curves(tmp_path):
         load_logs([tmp_path / "rep"])
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_the_runs_hparams(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -56,6 +56,7 @@ def test_pure_merge_from_files_equals_unmerged_and_loads_into_plain_timm(method,
     assert all(torch.equal(merged[k], state[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_vit_b16_ssf_pure_merge_equals_merge_bit_for_bit(tmp_path):
     model = scaleshift.create_model("vit_base_patch16_224", num_classes=100, seed=0)
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -112,6 +113,7 @@ def run_dir(tmp_path_factory):
 @pytest.mark.parametrize("command", [
     ["eval", "{run}"], ["eval", "{run}", "--merged"], ["merge", "{run}", "--out", "{tmp}/m.safetensors"],
     ["export", "{run}", "--format", "onnx", "--out", "{tmp}/m.onnx"]])
+@pytest.mark.slow
 def test_finished_runs_never_import_the_training_loop(run_dir, tmp_path, command):
     args = [a.format(run=run_dir, tmp=tmp_path) for a in command]
     code = ("import sys; from scaleshift.cli import main; code = main(sys.argv[1:]); "
@@ -120,6 +122,7 @@ def test_finished_runs_never_import_the_training_loop(run_dir, tmp_path, command
     assert proc.stdout.strip().splitlines()[-1] == "CLEAN 0", proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_merge_of_a_run_is_the_pure_merge_of_its_files(run_dir, tmp_path):
     assert main(["merge", str(run_dir), "--out", str(tmp_path / "m.safetensors")]) == 0
     meta, tensors = adapter_tensors(run_dir / "adapter")
@@ -137,6 +140,7 @@ def served_logits(directory, x):
         return model(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["seeded_random", "local_file", "embedded"])
 def test_an_adapter_is_served_again_from_its_files_alone(source, tmp_path):
     kwargs = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
@@ -248,19 +252,50 @@ def test_no_module_imports_another_modules_private_name():
     assert offenders == []
 
 
-def test_no_import_cycle_at_import_time():
+def module_level_imports(statements):
+    """The import statements that run when a module is imported: at module level, in if/try
+    blocks and class bodies, not inside functions."""
+    for node in statements:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                yield from module_level_imports(getattr(node, field, []))
+
+
+def is_module(name):
+    path = SRC.parent / name.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def import_graph():
+    """scaleshift module -> the scaleshift modules it imports at import time. `from . import x`
+    in a submodule depends on the package's __init__ unless x is itself a submodule."""
     graph = {}
     for module, path, tree, is_package in modules():
         deps = set()
-        for node in tree.body:                      # module level: what runs on import
-            if isinstance(node, ast.ImportFrom):
-                target = resolve(module, node, is_package)
-                for alias in node.names:
-                    full = f"{target}.{alias.name}"
-                    deps.add(full if (SRC.parent / full.replace(".", "/")).with_suffix(".py").exists()
-                             or (SRC.parent / full.replace(".", "/")).is_dir() else target)
-        graph[module] = {d for d in deps if d.startswith("scaleshift") and d != module
-                         and not module.startswith(d + ".")}   # a submodule may use its package
+        for node in module_level_imports(tree.body):
+            if isinstance(node, ast.Import):
+                deps |= {alias.name for alias in node.names}
+                continue
+            target = resolve(module, node, is_package)
+            for alias in node.names:
+                full = f"{target}.{alias.name}"
+                deps.add(full if is_module(full) else target)
+        graph[module] = {d for d in deps if d.startswith("scaleshift") and d != module}
+    return graph
+
+
+def test_import_graph_sees_a_submodule_importing_its_package():
+    graph = import_graph()
+    assert "scaleshift.methods.base" in graph["scaleshift.methods.ssf"]
+    assert "scaleshift.methods.ssf" in graph["scaleshift.methods"]
+    assert "scaleshift.data.registry" in graph["scaleshift.data"]
+    assert all(m in graph for m in ("scaleshift", "scaleshift.data.check", "scaleshift.cli"))
+
+
+def test_no_import_cycle_at_import_time():
+    graph = import_graph()
     seen, stack = set(), []
 
     def visit(node):
@@ -269,7 +304,7 @@ def test_no_import_cycle_at_import_time():
         if node in seen or node not in graph:
             return
         stack.append(node)
-        for dep in graph[node]:
+        for dep in sorted(graph[node]):
             visit(dep)
         stack.pop()
         seen.add(node)

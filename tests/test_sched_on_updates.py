@@ -12,6 +12,9 @@ import pytest
 
 from scaleshift.cli import main
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 LR, MIN_LR, WARMUP_LR = 3e-3, 1e-8, 1e-7
 TINY = ["model_kwargs={img_size: 32, patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2}",

@@ -190,6 +190,7 @@ GENERIC_FAMILIES = ["test_resnet", "test_efficientnet", "regnetx_002", "deit_tin
                     "xcit_nano_12_p16_224", "test_byobnet", "caformer_s18"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", GENERIC_FAMILIES)
 def test_profile_all_merges_exactly_on_other_families(model_name):
     report = scaleshift.merge_check(model_name, "ssf", 10, profile="all", batch_size=1)

@@ -76,6 +76,7 @@ def ssf_points(family: str) -> set[str]:
     return {f"{b}.{n}" for b in blocks for n in inner} | set(outer)
 
 
+@pytest.mark.slow
 def test_ssf_on_a_tiny_vit_trains_its_head_and_merges_into_the_plain_model():
     model = build("vit")
     scaleshift.apply(model, "ssf")
@@ -225,6 +226,7 @@ def trainer_for(model, output_dir, **args):
     return tf.Trainer(model=model, args=arguments, train_dataset=data)
 
 
+@pytest.mark.slow
 def test_trainer_save_model_writes_the_merged_model_that_from_pretrained_loads(tmp_path):
     model = build("vit")
     scaleshift.apply(model, "ssf")
@@ -249,6 +251,7 @@ def test_trainer_save_model_writes_the_merged_model_that_from_pretrained_loads(t
         torch.testing.assert_close(again(images()).logits, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_loading_a_merged_checkpoint_back_into_the_training_model_is_refused(tmp_path):
     model = build("vit")
     scaleshift.apply(model, "ssf")

@@ -44,6 +44,7 @@ def clean_run(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- reported == saved
+@pytest.mark.slow
 def test_eval_reproduces_the_reported_number_and_every_named_one(clean_run):
     out, results = clean_run
     assert results["reported_weights"] == "selected" and results["reported"]["weights"] == "adapter"
@@ -56,6 +57,7 @@ def test_eval_reproduces_the_reported_number_and_every_named_one(clean_run):
         load_run(out, weights="nosuch")
 
 
+@pytest.mark.slow
 def test_merge_and_export_of_a_run_predict_as_its_reported_weights(clean_run, tmp_path):
     out, _ = clean_run
     _, unmerged = load_run(out)
@@ -68,12 +70,14 @@ def test_merge_and_export_of_a_run_predict_as_its_reported_weights(clean_run, tm
         torch.testing.assert_close(plain(x), unmerged(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_official_protocol_saves_the_best_test_epoch(tmp_path):
     results = train(tmp_path / "official", "epochs=3", "val_split=null", "protocol=official")
     assert results["reported_weights"] == "best"
     assert eval_top1(tmp_path / "official") == results["best"]["top1"]
 
 
+@pytest.mark.slow
 def test_clean_protocol_runs_both_stages_in_one_command(tmp_path):
     results = train(tmp_path / "two", "epochs=3", "retrain_split=train800val200")
     select, retrain = results["stages"]["select"], results["stages"]["retrain"]
@@ -127,6 +131,7 @@ def test_an_adapter_config_without_num_classes_is_named(tmp_path):
         scaleshift.load_adapter(model, tmp_path / "a")
 
 
+@pytest.mark.slow
 def test_divergence_before_any_checkpoint_says_so(tmp_path, monkeypatch):
     original = torch.nn.CrossEntropyLoss.forward
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward",
@@ -154,6 +159,7 @@ def test_an_existing_user_folder_is_refused_and_left_byte_identical(tmp_path, ca
     assert snapshot(user) == before
 
 
+@pytest.mark.slow
 def test_a_second_training_into_one_out_dir_is_refused_at_once_and_a_stale_lock_is_taken_over(tmp_path):
     out = tmp_path / "shared"
     args = ["train", *TINY, "epochs=200", "max_steps_per_epoch=1", f"out_dir={out}"]
@@ -231,6 +237,7 @@ def test_a_recipe_drop_path_of_zero_reaches_the_model(monkeypatch):
     assert "drop_path_rate" not in seen            # unset: the architecture's own default
 
 
+@pytest.mark.slow
 def test_random_erasing_acts_on_the_batch_after_mixup(tmp_path, monkeypatch):
     calls = []
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

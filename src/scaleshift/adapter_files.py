@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from .version import __version__
 from .errors import ScaleshiftError
 from .io import atomic_dir, file_sha256
 from .methods import apply, config_of, get_method, plain_key

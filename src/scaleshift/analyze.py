@@ -13,8 +13,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .adapter_files import backbone_for, read_adapter_config
+from .data import build_dataset, build_transform
 from .errors import ScaleshiftError
 from .io import figure, save_png, write_json
+from .models import classifier_parameter_names
+from .profiles import family_of
+from .runs import ADAPTER, load_run
 
 
 def backbone_values(model: nn.Module, head: set[str]) -> dict[str, np.ndarray]:
@@ -30,9 +35,6 @@ def backbone_values(model: nn.Module, head: set[str]) -> dict[str, np.ndarray]:
 def weight_histograms(run_dir: str | Path, vs: str | Path | None = None, bins: int = 200) -> dict:
     """Histograms of the pretrained backbone, the run's merged model, and optionally a second run
     (e.g. full fine-tuning), on shared bin edges. Counts cover every backbone parameter."""
-    from .adapter_files import backbone_for, read_adapter_config
-    from .models import classifier_parameter_names
-    from .runs import ADAPTER, load_run
     cfg, merged = load_run(run_dir, merged=True)
     pretrained = backbone_for(read_adapter_config(Path(run_dir) / ADAPTER))
     head = classifier_parameter_names(pretrained)
@@ -98,7 +100,6 @@ def block_features(model: nn.Module, images: torch.Tensor, batch: int = 128) -> 
     """One (n, C) feature matrix per block: for token models (B, N, C) the class token when the
     model's head reads it (global_pool "token"), else the mean of the other tokens; the spatial
     mean of (B, H, W, C) / (B, C, H, W) maps."""
-    from .profiles import family_of
     names = block_names(model)
     store: dict[str, list] = {n: [] for n in names}
     family = family_of(model)
@@ -131,8 +132,6 @@ def block_features(model: nn.Module, images: torch.Tensor, batch: int = 128) -> 
 def similarity(run_dirs: list[str | Path], data: str, split: str = "test", samples: int = 500) -> dict:
     """Linear CKA per block between the first run (the reference, e.g. full fine-tuning) and
     every other run, on `samples` images of `data`."""
-    from .data import build_dataset, build_transform
-    from .runs import load_run
     if len(run_dirs) < 2:
         raise ScaleshiftError("similarity needs a reference run and at least one more")
     loaded = [load_run(r) for r in run_dirs]

@@ -41,7 +41,13 @@ import torch
 import torch.nn as nn
 
 from .errors import ScaleshiftError
+from .io import figure, save_png, write_json, write_text
+from .merge import merge, perturb_trainable
+from .methods import apply
+from .models import create_model
+from .profiles import input_size_of
 from .progress import progress
+from .runs import machine_info
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,6 @@ VARIANTS = [
 
 
 def build(model_name: str, model_kwargs: dict, variant: Variant, num_classes: int, device) -> nn.Module:
-    from . import apply, merge
-    from .models import create_model
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=num_classes, **model_kwargs)
     if variant.method is not None:
@@ -85,8 +89,6 @@ def build(model_name: str, model_kwargs: dict, variant: Variant, num_classes: in
 
 def applicable(model_name: str, model_kwargs: dict) -> list[Variant]:
     """The variants whose method applies to this backbone (VPT needs ViT or Swin)."""
-    from . import apply
-    from .models import create_model
     keep = []
     for variant in VARIANTS:
         if variant.method is None:
@@ -158,7 +160,6 @@ def infer_step(model, images, device, precision: str = "fp32") -> float:
 
 
 def input_shape(model: nn.Module, batch: int, size: int | None) -> tuple:
-    from .profiles import input_size_of
     channels, height, width = input_size_of(model)
     return (batch, channels, size or height, size or width)
 
@@ -253,8 +254,6 @@ def memory_probe(model_name: str, model_kwargs: dict, label: str, kind: str, bat
 
 def merge_memory_probe(model_name: str, model_kwargs: dict) -> dict:
     """Peak RSS growth of scaleshift.merge on an SSF model, against the model's bytes (CPU)."""
-    from . import merge
-    from .merge import perturb_trainable
     model = build(model_name, model_kwargs, Variant("ssf", "ssf"), 10, torch.device("cpu"))
     perturb_trainable(model)
     model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
@@ -334,7 +333,6 @@ def profile_train_steps(model_name: str, model_kwargs: dict, batch: int, device,
         summary[label] = dict(self_ms=total / 1e3, matmul_conv_attention_ms=heavy / 1e3,
                               other_ms=(total - heavy) / 1e3)
         if out is not None:
-            from .io import write_text
             write_text(out / f"profile_{label}.txt", events.table(sort_by="self_cpu_time_total", row_limit=25))
     return summary
 
@@ -360,9 +358,6 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
               with_merge: bool | None = None, command: str | None = None) -> dict:
     """Time, memory, merge memory (default: with the memory probes, on CPU) and profiles of
     every applicable method on one backbone; writes bench.json/csv/png and results.md to `out`."""
-    from .models import register_backbones
-    from .runs import machine_info
-    register_backbones()
     model_kwargs = model_kwargs or {}
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -442,7 +437,6 @@ def write_bench(result: dict, out: Path) -> None:
     import csv
     import io
 
-    from .io import write_json, write_text
     result = dict(result, goals=goals(result))
     write_json(out / "bench.json", result)
     buffer = io.StringIO()
@@ -459,7 +453,6 @@ def write_bench(result: dict, out: Path) -> None:
 def plot_bench(result: dict, path: Path) -> None:
     """Four panels as in paper Figure 3: training time, training memory, inference time,
     inference memory."""
-    from .io import figure, save_png
     fig, axes = figure(2, 2, figsize=(12, 8))
     panels = [("train", "seconds", "training time per step (s)"),
               ("train", "memory_mb", "training peak memory (MB)"),

@@ -179,8 +179,6 @@ def model_names(pattern: str | None = None) -> list[str]:
     import timm
 
     from .backbones.embedded import EMBEDDED
-    from .models import register_backbones
-    register_backbones()
     names = sorted({*timm.list_models(), *EMBEDDED})
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
 
@@ -382,21 +380,18 @@ def weights_arg(p: argparse.ArgumentParser) -> None:
                         "selected, best, final_without_ema as results.json lists them")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    parser = argparse.ArgumentParser(prog="scaleshift", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"scaleshift {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="vit_base_patch16_224", help="timm model name")
+    p.add_argument("--method",
+                   help="method name (params: comma-separated, default all); see `scaleshift methods`")
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                   help="method option (or give KEY=VALUE bare)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
-    def model_args(p):
-        p.add_argument("--model", default="vit_base_patch16_224", help="timm model name")
-        p.add_argument("--method",
-                       help="method name (params: comma-separated, default all); see `scaleshift methods`")
-        p.add_argument("--num-classes", type=int, default=100)
-        p.add_argument("--opt", action="append", metavar="KEY=VALUE",
-                       help="method option (or give KEY=VALUE bare)")
-        p.add_argument("--json", action="store_true", help="print JSON")
 
+def add_model_parsers(sub) -> None:
+    """`params`, `merge-check` and `methods`: a model and a method, no data."""
     p = sub.add_parser("params", help="count trainable and total parameters "
                        "(all methods when --method is omitted)")
     model_args(p)
@@ -406,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge_check, rest="options", required=("method",))
     p = sub.add_parser("methods", help="list methods and their options")
     p.set_defaults(func=cmd_methods)
+
+
+def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="SSF vs linear vs full on real ImageNet features "
                        "(EfficientNet-Lite0): train, merge, verify, table + plot")
     p.add_argument("--out", default="runs/demo")
@@ -416,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
+
+def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train from a recipe: scaleshift train RECIPE key=value ...",
                        description="Train from a recipe: a packaged recipe name (`scaleshift list\n"
                        "recipes`, e.g. vtab/dtd_ssf) or a YAML file (a real path wins), then\n"
@@ -431,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the config, its data and weights paths and the optional packages it "
                         "needs, then stop")
     p.set_defaults(func=cmd_train)
+
+
+def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a run (its adapter, or merged) or any artifact "
                        "(adapter, merged folder or file, ONNX file) on a dataset")
     p.add_argument("run_dir", metavar="ARTIFACT", help="a run folder (or Hub repo id); or an "
@@ -442,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     weights_arg(p)
     p.set_defaults(func=cmd_eval)
+
+
+def add_merge_parser(sub) -> None:
     p = sub.add_parser("merge", help="fold a run's adapter into plain weights: timm's folder "
                        "(RUN/merged: config.json with class names and eval transform + "
                        "model.safetensors, loads with timm.create_model('local-dir:RUN/merged'))")
@@ -453,12 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     weights_arg(p)
     overwrite_arg(p)
     p.set_defaults(func=cmd_merge)
+
+
+def add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="tables in the paper's shape from run directories")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", default=None,
                    help="directory for report.md, report.csv and curves.png (training curves)")
     overwrite_arg(p)
     p.set_defaults(func=cmd_report)
+
+
+def add_list_parser(sub) -> None:
     p = sub.add_parser("list", help="recipes, methods, models, datasets")
     p.add_argument("what", nargs="?", default="all",
                    choices=("all", "recipes", "methods", "models", "datasets"))
@@ -466,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="glob filter for models or recipes: `list models 'vit_*'`, `list recipes 'vtab/*'`")
     p.add_argument("--filter", default=None, help="the same as PATTERN")
     p.set_defaults(func=cmd_list)
+
+
+def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="training / inference time and memory of every method")
     p.add_argument("--model", help="timm or embedded model name (required)")
     p.add_argument("--batch-size", type=int, help="(required)")
@@ -487,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: every measured forward under torch.autocast(device, bfloat16)")
     p.set_defaults(func=cmd_bench, model_kwargs={},   # timm kwargs: model_kwargs.img_size=32
                    required=("model", "batch_size"))
+
+
+def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="merged plain weights (timm's folder, safetensors) or an "
                        "ONNX graph (class names and eval transform in its metadata_props), checked")
     p.add_argument("run_dir")
@@ -495,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights_arg(p)
     overwrite_arg(p)
     p.set_defaults(func=cmd_export)
+
+
+def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of images from any artifact (--model), or "
                        "many SSF tasks on one backbone in one batch (--adapters)")
     p.add_argument("--model", default=None, help="a run folder, an adapter of any method, a merged "
@@ -511,10 +532,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("images", nargs="+", help="image files or folders of them")
     p.set_defaults(func=cmd_predict)
+
+
+def add_adapters_parser(sub) -> None:
     p = sub.add_parser("adapters", help="size of each adapter against its full model")
     p.add_argument("directories", nargs="+", help="adapter directories or Hugging Face Hub repo ids")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_adapters)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .version import __version__
+    parser = argparse.ArgumentParser(prog="scaleshift", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"scaleshift {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_parser in (add_model_parsers, add_demo_parser, add_train_parser, add_eval_parser,
+                       add_merge_parser, add_report_parser, add_list_parser, add_bench_parser,
+                       add_export_parser, add_predict_parser, add_adapters_parser):
+        add_parser(sub)
     from .pretrain import add_pretrain_parser
     add_pretrain_parser(sub)
     from .analyze import add_analyze_parser

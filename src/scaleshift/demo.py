@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import make_config
+from .data import build_dataset, build_transform
 from .engine import train
 from .io import figure, save_png, write_json, write_text
 from .methods import get_method
@@ -66,7 +67,6 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     _, merged = load_run(out / "ssf", merged=True)
     plain = plain_model(identity_of(merged), merged.num_classes)
     plain.load_state_dict(merged.state_dict(), strict=True)
-    from .data import build_dataset, build_transform
     test = build_dataset(task, split="test", seed=seed,
                          transform=build_transform("vtab", plain, False, demo["input_size"]))
     images = torch.stack([test[i][0] for i in range(min(len(test), 1000))])

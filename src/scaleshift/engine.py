@@ -46,12 +46,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from .adapter_files import adapter_state, save_adapter
 from .config import RunConfig
-from .data import eval_transform_config, skipped_counts
+from .data import build_dataset, build_transform, eval_transform_config, skipped_counts
 from .errors import Interrupted, ScaleshiftError
 from .extras import require
 from .io import atomic_dir, atomic_path, write_json, write_text
 from .methods import apply, config_of, total_parameters, trainable_parameters
+from .methods.ssf import last_blocks
 from .models import create_model, identity_of
+from .prefix_cache import CACHE_DIR, CacheBudget, Suffix, cache_prefix, prefix_cut
 from .progress import progress, replaces_lines, say
 from .runs import (ADAPTER, CHECKPOINT, CONFIG, LOCK, MARKER, NAMED, RESULTS, SNAPSHOTS,
                    all_reduce_sum, autocast_for, dataset_classes, evaluate, is_run_dir, machine_info)
@@ -373,8 +375,6 @@ def plan_prefix_cache(cfg: RunConfig, model: nn.Module) -> int | None:
     caches SSF with layers=last:k when that is exact and says why when it is not;
     cache_prefix=true caches any method whose trainable tensors all sit after a cut, or
     refuses with the reason."""
-    from .methods.ssf import last_blocks
-    from .prefix_cache import prefix_cut
     if cfg.cache_prefix is False:
         return None
     if cfg.cache_prefix is None and not (
@@ -396,7 +396,6 @@ def plan_prefix_cache(cfg: RunConfig, model: nn.Module) -> int | None:
 
 def cache_prefix_splits(t: Trainer, cut: int, splits: dict, batch: int) -> list:
     """Every split through the frozen prefix once; `t.trained` becomes the suffix."""
-    from .prefix_cache import CACHE_DIR, CacheBudget, Suffix, cache_prefix
     started = time.time()
     t.cache_budget = CacheBudget(t.cfg.cache_prefix_mb, t.out / CACHE_DIR, t.rank)
     cached, info = [], {}
@@ -697,7 +696,6 @@ def freeze_batchnorm_statistics(model: nn.Module) -> None:
 
 
 def load_splits(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | None, Dataset]:
-    from .data import build_dataset, build_transform
     train_tf = build_transform(cfg.augment, model, is_training=True, input_size=cfg.input_size)
     eval_tf = build_transform(cfg.augment, model, is_training=False, input_size=cfg.input_size)
 

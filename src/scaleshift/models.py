@@ -20,19 +20,15 @@ import torch.nn as nn
 from .backbones import dinov2_focus, efficientnet_lite
 from .errors import ScaleshiftError
 from .extras import require
-from .identity import (IDENTITY_ATTR, SOURCES, Identity, attach_identity,  # noqa: F401 (re-exported)
+from .identity import (IDENTITY_ATTR, Identity, attach_identity,  # noqa: F401 (re-exported)
                        describe, identity_of, is_transformers_model, num_classes_of, rebuild_problem,
                        recover_kwargs)
 from .io import file_sha256
+from .records import MAX_CLASSES, MAX_SEED, PICKLE_REFUSED, check_int, regular_file
 
 LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 SOURCE_PREFIXES = ("hf-hub:", "local-dir:")   # timm's names for a model folder on the Hub / disk
 HUB_REPO_ID = r"[\w][\w.-]*/[\w.-]+"            # a Hugging Face Hub repo id: org/name
-
-
-def register_backbones() -> None:
-    """Register the backbones timm lacks (AS-MLP) with timm's model registry."""
-    from . import backbones  # noqa: F401
 
 
 def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLike = False, *,
@@ -47,9 +43,7 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     config.json + weights, through the Hub cache) and `local-dir:/path` (a folder of the same
     files) take pretrained=True or False.
     """
-    register_backbones()
     from .backbones.embedded import EMBEDDED
-    from .records import MAX_CLASSES, MAX_SEED, check_int
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 0 <= num_classes <= MAX_CLASSES:
         raise ScaleshiftError(f"num_classes must be an integer in 0..{MAX_CLASSES}, got {num_classes!r}")
     if seed is not None:
@@ -94,7 +88,6 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
 def check_model_name(name: str) -> None:
     """A name create_model can build: a timm architecture (with an optional .tag) or one of
     scaleshift's embedded backbones."""
-    register_backbones()
     from .backbones.embedded import EMBEDDED
     if isinstance(name, str) and name.startswith(SOURCE_PREFIXES):
         _check_sourced_name(name)
@@ -155,7 +148,6 @@ def check_model_kwargs(architecture: str, num_classes: int, kwargs: dict,
 
     for key, value in kwargs.items():
         check_value(key, value)
-    register_backbones()
     try:
         with torch.device("meta"):
             probe = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
@@ -246,7 +238,6 @@ def _create_from_file(name: str, num_classes: int, path: Path, timm_kwargs: dict
                               f"{', '.join(LOCAL_WEIGHT_SUFFIXES)}")
     import pickle
 
-    from .records import PICKLE_REFUSED, regular_file
     regular_file(path, "pretrained weights file")
     overlay = dict(file=str(path), source="timm", custom_load=path.suffix == ".npz")
     try:
@@ -397,7 +388,6 @@ def plain_model(identity: dict, num_classes: int | None = None) -> nn.Module:
     if identity.get("kwargs") is None:
         raise ScaleshiftError(f"cannot build the plain {identity['architecture']}: "
                               f"{rebuild_problem(identity)}")
-    register_backbones()
     check_model_kwargs(identity["architecture"], classes, identity["kwargs"])
     return timm.create_model(identity["architecture"], num_classes=classes, **identity["kwargs"])
 

@@ -49,6 +49,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import build_dataset
+from .data.builtin import fashion_pretrain_indices, load_fashion_mnist
 from .errors import ScaleshiftError
 from .io import atomic_path, file_sha256, save_safetensors
 from .models import create_model
@@ -105,13 +107,11 @@ class Upstream:
                                   f"{', '.join(SOURCES)} (comma-separated)")
         self.sources, self.pools = sources, {}
         if "fashion" in sources:
-            from .data.builtin import fashion_pretrain_indices, load_fashion_mnist
             images = load_fashion_mnist("train", root)[0]
             idx = fashion_pretrain_indices(root)["train"]
             x = torch.from_numpy(images[idx]).float().div(255).unsqueeze(1)
             self.pools["fashion"] = F.pad(x, (2, 2, 2, 2))            # 28 -> 32, as MNIST-style
         if "fractal" in sources:
-            from .data import build_dataset
             ds = build_dataset("pretrain_fractal", split="train", seed=seed)
             arr = np.stack([np.asarray(ds[i][0], dtype=np.uint8) for i in range(len(ds))])
             self.pools["fractal"] = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.layers import Conv2dSame
+from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from timm.models.mlp_mixer import MixerBlock, MlpMixer
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
+from .backbones.as_mlp import AsMlp
 from .errors import ScaleshiftError
 from .extras import require
 from .models import is_transformers_model
@@ -52,7 +53,6 @@ class Family:
 
 
 def _asmlp_family() -> Family:
-    from .backbones.as_mlp import AsMlp
     return Family(
         "as_mlp", AsMlp,
         (("layers.*.blocks.*.norm1", "norm"),
@@ -225,6 +225,16 @@ def is_foldable_layer(module: nn.Module) -> bool:
     return isinstance(module, LINEAR_CONV) and type(module).forward in _STANDARD_FORWARDS
 
 
+# Convolutions that standardise their weight per output channel at run time and then multiply
+# it by a learnt per-channel `gain` (NFNet's ScaledStdConv2d): a scale on their output folds into
+# the gain instead of the weight, which the standardisation would undo.
+GAIN_CONVS = (ScaledStdConv2d, ScaledStdConv2dSame)
+
+
+def is_gain_conv(module: nn.Module) -> bool:
+    return type(module) in GAIN_CONVS
+
+
 def is_affine_norm(module: nn.Module) -> bool:
     """A norm layer with a learnable per-channel affine weight."""
     weight = getattr(module, "weight", None)
@@ -268,19 +278,33 @@ def called_modules(model: nn.Module, names: list[str]) -> set[str] | None:
 
 
 def generic_points(model: nn.Module, skip: set[str]) -> list[Point]:
-    """After every foldable Linear/Conv and every affine norm of any model that the model calls
-    as a module, in forward order. `skip` holds module paths to leave alone (the head)."""
+    """After every foldable Linear/Conv (a gain conv included) and every affine norm of any model
+    that the model calls as a module, in forward order. `skip` holds module paths to leave alone
+    (the head). A model where nothing outside the head qualifies is refused, naming the layer
+    types passed over, rather than trained as a linear probe."""
     points = []
     opaque: list[str] = []   # modules whose children's weights are read directly, not called
+    passed_over: set[str] = set()
     for name, module in model.named_modules():
         if not name or name in skip or any(name.startswith(o + ".") for o in opaque):
             continue
         if isinstance(module, nn.MultiheadAttention):
             opaque.append(name)
             continue
-        if is_foldable_layer(module):
+        if is_foldable_layer(module) or is_gain_conv(module):
             points.append(Point(name, "layer", None))
         elif is_affine_norm(module):
             points.append(Point(name, "norm", None))
+        elif isinstance(module, LINEAR_CONV):
+            passed_over.add(type(module).__name__)
     called = called_modules(model, [p.name for p in points])
-    return points if called is None else [p for p in points if p.name in called]
+    points = points if called is None else [p for p in points if p.name in called]
+    if not points:
+        skipped = (f"; it passed over {', '.join(sorted(passed_over))} (their forward transforms "
+                   f"the weight, e.g. weight standardisation, so a scale cannot fold into it)"
+                   if passed_over else "")
+        raise ScaleshiftError(
+            f"SSF found no Linear, Conv or affine norm layer outside the classifier head of "
+            f"{type(model).__name__}{skipped}. Training it would be linear probing: use "
+            f"method=linear for that, or a backbone with such layers")
+    return points

@@ -25,12 +25,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
 from .adapter_files import adapter_tensors, backbone_for, fit_adapter, resolve_dir
+from .artifacts import KINDS, OnnxModule, load_artifact
 from .config import RunConfig, make_config
+from .data import build_dataset, build_transform, get_dataset_spec
 from .errors import ScaleshiftError
 from .merge import merge, merge_state
 from .progress import progress
+from .version import __version__
 
 CONFIG = "config.yaml"
 RESULTS = "results.json"
@@ -98,7 +100,6 @@ def read_config(run_dir: str | Path) -> RunConfig:
 
 
 def dataset_classes(cfg: RunConfig) -> int:
-    from .data import build_dataset, get_dataset_spec
     spec = get_dataset_spec(cfg.dataset)
     if spec.num_classes is not None:
         return spec.num_classes
@@ -180,7 +181,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device, autocast, world: int 
 
 
 def eval_dataset(cfg: RunConfig, model: nn.Module, split: str) -> Dataset:
-    from .data import build_dataset, build_transform
     return build_dataset(cfg.dataset, root=cfg.data_root, split=split,
                          transform=build_transform(cfg.augment, model, False, cfg.input_size),
                          **cfg.dataset_options)
@@ -224,8 +224,6 @@ def evaluate_artifact(source: str | Path, dataset: str | None, data_root: str | 
                       split: str | None = None, device: str = "cpu", batch_size: int = 32) -> dict:
     """Evaluate any artifact (an adapter, a merged folder or file, an ONNX file) on `dataset`
     through its own recorded eval transform."""
-    from .artifacts import KINDS, OnnxModule, load_artifact
-    from .data import build_dataset
     if not Path(source).exists():
         raise ScaleshiftError(f"{source} not found; pass {KINDS}")
     if dataset is None:

@@ -17,7 +17,10 @@ import types
 
 import torch.nn as nn
 
+from .adapter_files import adapter_state
 from .errors import ScaleshiftError
+from .merge import merge_state, merge_with_report
+from .methods import config_of, plain_key
 
 
 def save_merged_on_save_pretrained(model: nn.Module) -> None:
@@ -31,9 +34,6 @@ def _save_merged(model: nn.Module, save_directory, *args, state_dict: dict | Non
     """What transformers' `save_pretrained` takes, for the merged plain model. A `state_dict`
     given by the caller (Trainer under FSDP or DeepSpeed: the gathered, wrapped state) is
     merged in place of the model's own tensors."""
-    from .adapter_files import adapter_state
-    from .merge import merge_state, merge_with_report
-    from .methods import config_of, plain_key
 
     plain, _ = merge_with_report(model)   # transformers' classifiers fold completely
     if state_dict is not None:
@@ -49,7 +49,6 @@ def _refuse_merged_state(module, state_dict, prefix, local_metadata, strict, mis
                          unexpected_keys, error_msgs) -> None:
     if prefix:
         return
-    from .methods import plain_key
     wrapped = {plain_key(k) for k in module.state_dict(keep_vars=True) if plain_key(k) != k}
     folded = sorted(wrapped & set(state_dict))
     if folded:

@@ -25,6 +25,7 @@ from ..errors import ScaleshiftError
 from ..progress import progress
 from .base import ImageFiles
 from .images import KINDS, UnreadableImage, load_rgb
+from .registry import build_dataset, get_dataset_spec
 
 
 def _held_out(splits) -> str | None:
@@ -36,7 +37,6 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
     """Report on `name` at `root` (see the module doc). `splits` restricts the splits checked;
     `decode=False` only checks that the files exist; `options` go to the dataset builder
     (e.g. num_classes=3 for a partial tree, protocol="official", seed=1)."""
-    from . import build_dataset, get_dataset_spec
     spec = get_dataset_spec(name)
     root_path = Path(root) if root is not None else None
     if spec.needs_root and root_path is None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from .check import check_dataset, format_report
+from .registry import get_dataset_spec, list_datasets
+
 
 
 def _splits_text(splits) -> str:
@@ -22,7 +25,6 @@ def _splits_text(splits) -> str:
 
 
 def cmd_datasets(args) -> int:
-    from . import get_dataset_spec, list_datasets
     specs = [get_dataset_spec(name) for name in list_datasets(args.group)]
     if args.json:
         print(json.dumps([dict(name=s.name, group=s.group, classes=s.num_classes,
@@ -41,7 +43,6 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_datasets_check(args) -> int:
-    from .check import check_dataset, format_report
     options = dict(args.options)
     if args.num_classes is not None:
         options["num_classes"] = args.num_classes

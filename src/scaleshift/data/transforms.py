@@ -23,6 +23,7 @@ import torch.nn as nn
 from timm.data import create_transform, resolve_data_config
 
 from ..errors import ScaleshiftError
+from ..profiles import input_size_of
 
 STRONG_AUG = dict(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.0, scale=(0.08, 1.0),
                   hflip=0.5, interpolation="random")
@@ -57,7 +58,6 @@ def eval_transform_config(setting: str | None, model, input_size: int | None = N
     cfg = resolve_config(model)
     size = cfg["input_size"] if input_size is None else (3, input_size, input_size)
     if input_size is None and isinstance(model, nn.Module):
-        from ..profiles import input_size_of
         size = input_size_of(model)   # a model built with img_size=... keeps a 224 config
     record = dict(input_size=list(size), interpolation=cfg["interpolation"],
                   crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode", "center"),

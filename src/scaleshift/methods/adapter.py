@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from ..errors import ScaleshiftError
 from ..profiles import family_of
-from . import Method, Option, register, replace_module
+from .base import Method, Option, replace_module
 
 # Path of the block MLP, relative to the block, per family.
 ADAPTER_TENSORS = ("down.weight", "down.bias", "up.weight", "up.bias")
@@ -87,4 +87,4 @@ def _matches(name: str, pattern: str) -> bool:
                                            for p, q in zip(parts, pats))
 
 
-register(Adapter())
+ADAPTER = Adapter()

@@ -1,7 +1,7 @@
 """BitFit (Ben Zaken et al. 2022): train every bias (Linear, Conv and norm) plus the head."""
 import torch.nn as nn
 
-from . import Method, register
+from .base import Method
 
 
 class Bias(Method):
@@ -18,4 +18,4 @@ class Bias(Method):
         return names
 
 
-register(Bias())
+BIAS = Bias()

@@ -1,7 +1,7 @@
 """Full fine-tuning: every parameter trains."""
 import torch.nn as nn
 
-from . import Method, register
+from .base import Method
 
 
 class Full(Method):
@@ -13,4 +13,4 @@ class Full(Method):
         return [name for name, _ in model.named_parameters()]
 
 
-register(Full())
+FULL = Full()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..errors import ScaleshiftError
 from ..extras import require
 from ..models import classifier_parameter_names, is_transformers_model
-from . import Method, Option, plain_key, register
+from .base import Method, Option, plain_key
 
 
 PEFT_PREFIX = "base_model.model."   # what PeftModel puts before the wrapped model's names
@@ -126,4 +126,4 @@ class LoRA(Method):
         return merged, []
 
 
-register(LoRA())
+LORA = LoRA()

@@ -2,9 +2,11 @@
 
 After a Linear / Conv the affine is applied to the output along the op's channel dim (last dim
 for Linear, dim 1 for Conv), so merging multiplies the weight rows by `scale` and maps the bias
-to scale * b + shift. After a norm layer the affine is applied through the norm's own affine
-parameters (weight' = scale * weight, bias' = scale * bias + shift), which is the same function
-and works for any norm class, including those that fuse an activation (timm's BatchNormAct2d).
+to scale * b + shift. A convolution that standardises its weight at run time and multiplies it
+by a per-channel gain (NFNet's ScaledStdConv2d) takes the scale into that gain instead. After a
+norm layer the affine is applied through the norm's own affine parameters
+(weight' = scale * weight, bias' = scale * bias + shift), which is the same function and works
+for any norm class, including those that fuse an activation (timm's BatchNormAct2d).
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from torch.func import functional_call
 
 from ..errors import ScaleshiftError
 from ..models import classifier_parameter_names
-from ..profiles import GROUPS, Point, family_of, generic_points, is_affine_norm, is_foldable_layer, paper_points
-from . import Method, Option, plain_key, register, replace_module
+from ..profiles import (GROUPS, Point, family_of, generic_points, is_affine_norm, is_foldable_layer,
+                        is_gain_conv, paper_points)
+from .base import Method, Option, plain_key, replace_module
 
 
 def _compiling() -> bool:
@@ -199,7 +202,7 @@ class ScaleShift(nn.Module):
         self.explicit = False   # True: layer(x) * scale + shift literally (SSF.explicit_reference)
         # fixed by the layer's type and the vectors, so decided once: a flag set lazily in
         # forward would make torch.compile recompile the whole model after its first step
-        self._is_foldable = self.unfoldable_reason() is None
+        self._is_foldable = self.unfoldable_reason() is None and not is_gain_conv(base_layer)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, channel_dim={self.channel_dim}"
@@ -259,7 +262,7 @@ class ScaleShift(nn.Module):
 
     def unfoldable_reason(self) -> str | None:
         base = self.base_layer
-        if self.mode == "output" and not is_foldable_layer(base):
+        if self.mode == "output" and not (is_foldable_layer(base) or is_gain_conv(base)):
             return (f"SSF on the output of a {type(base).__name__} (e.g. the residual stream) "
                     f"does not fold into any layer's weights")
         if self.ssf_shift is not None and getattr(base, "bias", None) is None:
@@ -414,7 +417,8 @@ class SSF(Method):
         for point in points:
             module = model.get_submodule(point.name)
             use_shift = opts["shift"]
-            if is_foldable_layer(module):
+            is_layer = is_foldable_layer(module) or is_gain_conv(module)
+            if is_layer:
                 mode, dim = "output", (-1 if isinstance(module, nn.Linear) else 1)
                 if profile == "all" and module.bias is None:
                     use_shift = False   # a shift here could not fold without adding a bias
@@ -424,8 +428,7 @@ class SSF(Method):
                     use_shift = False
             else:   # ConvNeXt's official final SSF on the (NCHW) residual stream
                 mode, dim = "output", 1
-            channels = _channels(module) if mode == "affine" or is_foldable_layer(module) \
-                else model.num_features
+            channels = _channels(module) if mode == "affine" or is_layer else model.num_features
             if not opts["scale"] and not use_shift:
                 continue
             wrapper = ScaleShift(module, channels, mode, dim, scale=opts["scale"], shift=use_shift,
@@ -440,9 +443,10 @@ class SSF(Method):
     def merge_state(self, base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
                     options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
         """Fold every scale/shift pair into the weight and bias of the layer it follows (paper
-        Eq. 5): W' = scale * W (per output row, or per channel of a norm's affine) and
-        b' = scale * b + shift. Points whose layer has no weight in the plain state dict (the
-        residual stream) or a shift after a bias-free layer cannot fold and are reported."""
+        Eq. 5): W' = scale * W (per output row, or per channel of a norm's affine; for a gain
+        conv, gain' = scale * gain) and b' = scale * b + shift. Points whose layer has no weight
+        in the plain state dict (the residual stream) or a shift after a bias-free layer cannot
+        fold and are reported."""
         vectors: dict[str, dict[str, torch.Tensor]] = {}
         plain_trained = {}
         for key, value in trained.items():
@@ -466,8 +470,12 @@ class SSF(Method):
                 non_mergeable.append(dict(module=point, reason="a shift after a bias-free layer "
                                           "would need a bias the plain architecture does not have"))
                 continue
-            if scale is not None:
+            gain = merged.get(prefix + "gain")   # a gain conv: the scale goes into its gain
+            if scale is not None and gain is not None:
+                merged[prefix + "gain"] = gain * scale.view(-1, 1, 1, 1).to(gain.dtype)
+            elif scale is not None:
                 weight = weight * scale.view(-1, *([1] * (weight.ndim - 1))).to(weight.dtype)
+            if scale is not None:
                 bias = bias * scale.to(bias.dtype) if bias is not None else None
             if shift is not None:
                 bias = bias + shift.to(bias.dtype)
@@ -492,4 +500,4 @@ class SSF(Method):
                 m.explicit = was
 
 
-register(SSF())
+SSF_METHOD = SSF()

@@ -24,7 +24,7 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
 from timm.models.vision_transformer import VisionTransformer
 
 from ..errors import ScaleshiftError
-from . import Method, Option, register, replace_module
+from .base import Method, Option, replace_module
 
 
 def _uniform_prompts(count: int, layers: int, dim: int, patch_area: int) -> nn.Parameter:
@@ -134,5 +134,5 @@ class VPT(Method):
                         for k in prompts]
 
 
-register(VPT(deep=False))
-register(VPT(deep=True))
+VPT_SHALLOW = VPT(deep=False)
+VPT_DEEP = VPT(deep=True)
