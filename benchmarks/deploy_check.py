@@ -1,4 +1,4 @@
-"""Deployment checks (issue 8) on real SSF runs of the embedded ViT, e.g. the mini reproduction's.
+"""Deployment checks on real SSF runs of the embedded ViT, e.g. the mini reproduction's.
 
     python benchmarks/deploy_check.py --runs runs/mini/quick/a/vit \
         --tasks digits,patch_textures,struct_count

@@ -1,5 +1,4 @@
-"""The installed package works without the repository, on the base install only (issue 15,
-item 4; issue 22, item 1):
+"""The installed package works without the repository, on the base install only:
 
     python benchmarks/wheel_check.py            # about 1-2 minutes; prints every command and its output
 

@@ -14,8 +14,9 @@ def run_json(capsys, *argv):
 
 
 @pytest.mark.parametrize("model, expected", [
-    ("vit_base_patch16_224", 282_724), ("swin_base_patch4_window7_224", 369_764),
-    ("convnext_base", 359_780), ("as_mlp_base", 369_252)])
+    ("vit_base_patch16_224", 282_724),
+    *(pytest.param(m, n, marks=pytest.mark.slow) for m, n in [   # the same counts as test_params
+        ("swin_base_patch4_window7_224", 369_764), ("convnext_base", 359_780), ("as_mlp_base", 369_252)])])
 def test_params_ssf(capsys, model, expected):
     code, out = run_json(capsys, "params", "--model", model, "--method", "ssf", "--num-classes", "100")
     assert code == 0

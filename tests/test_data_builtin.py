@@ -67,7 +67,7 @@ def _hashes(ds, count=None):
     return {hashlib.sha1(ds[i][0].tobytes()).hexdigest() for i in range(count or len(ds))}
 
 
-@pytest.mark.parametrize("name", GENERATED)
+@pytest.mark.parametrize("name", [GENERATED[0], *(pytest.param(n, marks=pytest.mark.slow) for n in GENERATED[1:])])
 def test_protocol_splits_and_disjoint_test(name):
     ds = {s: build_dataset(name, split=s, seed=1)
           for s in ("train800", "val200", "train800val200", "test")}
@@ -215,6 +215,7 @@ def test_fractal_pretraining_data():
     assert len(_hashes(ds, 64)) == 64
 
 
+@pytest.mark.slow
 def test_a_1k_task_renders_in_seconds():
     start = time.perf_counter()
     for split in ("train800val200", "test"):

@@ -54,7 +54,7 @@ def _check_protocol(name, sample=None):
     return ds
 
 
-@pytest.mark.parametrize("name", GENERATED)
+@pytest.mark.parametrize("name", [GENERATED[0], *(pytest.param(n, marks=pytest.mark.slow) for n in GENERATED[1:])])
 def test_generated_protocol_and_disjoint_test(name):
     ds = _check_protocol(name)
     # test patches come from held-out regions / source images / random streams: no test image

@@ -255,7 +255,7 @@ CASES = [
     Case("out-dir-under-a-file", a_file, ["train", *TINY, "out_dir={tmp}/afile/run"],
          "cannot create the run folder"),
     Case("cache-under-a-file", a_file,
-         ["train", *TINY, "model=tf_efficientnet_lite0", "pretrained=true", "out_dir={tmp}/run"],
+         ["train", *TINY[1:], "model=tf_efficientnet_lite0", "pretrained=true", "out_dir={tmp}/run"],
          "is a file, not a folder", env={"SCALESHIFT_CACHE": "{tmp}/afile/cache"}),
     Case("vtab-list-dotdot", vtab_list("../secret.png 0"),
          ["datasets", "check", "vtab_dtd", "--root", "{tmp}/dtd", "--split", "train800"],

@@ -23,9 +23,12 @@ REFUSAL = {"adapter": "adapter supports ViT, Swin", "lora": "set targets=",
            "vpt_shallow": "ViT and Swin", "vpt_deep": "ViT and Swin"}
 
 
-def case(method, family):   # the EfficientNet row costs seconds per test
-    return pytest.param(method, family, marks=pytest.mark.slow) if family == "efficientnet" \
-        else (method, family)
+FAST_FAMILIES = ("vit", "mixer")   # the fast tier; the other rows cost seconds per test
+
+
+def case(method, family):
+    return (method, family) if family in FAST_FAMILIES else \
+        pytest.param(method, family, marks=pytest.mark.slow)
 
 
 CASES = [case(m, f) for m in APPLIES for f in APPLIES[m]]

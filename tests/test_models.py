@@ -52,6 +52,7 @@ def test_weights_of_another_model_are_refused(tmp_path):
                                 **dict(VIT, embed_dim=64))
 
 
+@pytest.mark.slow
 def test_hub_download_offline_says_to_pass_a_local_file(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(scaleshift.ScaleshiftError, match="local file"):

@@ -22,6 +22,7 @@ def test_ssf_counts_match_paper(model_name, expected):
     assert count(model_name) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, expected, paper_millions", [
     (dict(layers=0), 76_900, 0.08),          # Table 6a
     (dict(layers=2), 113_764, 0.11),

@@ -58,6 +58,7 @@ def train_args(out: Path, *extra: str) -> list[str]:
     return [*CLI, "train", *TINY, "epochs=1", "max_steps_per_epoch=3", f"out_dir={out}", *extra]
 
 
+@pytest.mark.slow
 def test_training_and_eval_show_bars_in_a_terminal_and_plain_lines_in_pipes(tmp_path):
     code, shown = in_terminal(train_args(tmp_path / "tty"))
     assert code == 0, shown
@@ -96,6 +97,7 @@ def test_rank_other_than_zero_and_tqdm_disable_draw_no_bar(monkeypatch):
     assert not shown()
 
 
+@pytest.mark.slow
 def test_datasets_check_shows_a_bar_while_decoding(tmp_path):
     root = tmp_path / "folder"
     for split in ("train", "test"):

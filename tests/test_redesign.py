@@ -23,7 +23,8 @@ from conftest import NUM_CLASSES, TINY, make_input, make_model
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "scaleshift"
 MERGEABLE = ("ssf", "linear", "full", "bias", "lora")
-CASES = [(m, f) for m in MERGEABLE for f in TINY]
+CASES = [(m, f) if f in ("vit", "mixer") else pytest.param(m, f, marks=pytest.mark.slow)   # fast tier: two families
+         for m in MERGEABLE for f in TINY]
 
 
 def trained_adapter(method, family, directory):

@@ -65,7 +65,9 @@ SCALE_SHIFT_CASES = [(True, True, False), (True, False, False), (False, True, Fa
 
 # a shift after a bias-free layer does not fold, so that layer only ever gets a scale
 @pytest.mark.parametrize("layer, use_scale, use_shift, scalar", [
-    pytest.param(layer, *case, id=f"{layer!r}-{case}") for layer in FROZEN_LAYERS
+    pytest.param(layer, *case, id=f"{layer!r}-{case}",
+                 marks=[pytest.mark.slow] if getattr(layer, "groups", 1) > 1 or isinstance(layer, nn.Conv3d) else [])
+    for layer in FROZEN_LAYERS
     for case in SCALE_SHIFT_CASES if layer.bias is not None or not case[1]])
 def test_frozen_layer_function_gradients(layer, use_scale, use_shift, scalar):
     """The fused training path (folded weight forward, input-grad-only backward) against

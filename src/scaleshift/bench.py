@@ -411,8 +411,8 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
 
 
 def goals(result: dict) -> list[dict]:
-    """The cost goals as measured ratios: the SSF paper's claims (Figure 3) as tightened by
-    issue 23 (SSF at BitFit's cost, <= 0.72x full, merge within one model)."""
+    """The cost goals as measured ratios: the SSF paper's claims (Figure 3), tightened to SSF at
+    BitFit's step cost, <= 0.72x full fine-tuning's, and a merge within one model's memory."""
     by = {(r["variant"], r["kind"]): r for r in result["rows"]}
 
     def get(variant, kind, key):

@@ -119,6 +119,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         return train_two_stages(cfg, resume)
     wall_start = time.time()
     t = setup_process(cfg, resume)
+    finished = False
     try:
         build_model(t)
         build_data(t)
@@ -129,7 +130,9 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         announce(t)
         for epoch in range(t.start_epoch, t.total_epochs):
             run_epoch(t, epoch)
-        return finish(t, wall_start)
+        result = finish(t, wall_start)
+        finished = True
+        return result
     except KeyboardInterrupt:
         raise Interrupted(f"training interrupted; {checkpoint_state(t.out)}") from None
     except OSError as exc:
@@ -145,6 +148,8 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         if t.lock is not None:
             if not (t.out / CHECKPOINT).exists():
                 t.lock.undo()   # ended before its first checkpoint: leave no trace
+            elif not finished and t.lock.made_lock:
+                (t.out / LOCK).unlink(missing_ok=True)   # a refused or failed resume: as it was
             t.lock.close()   # closing the file releases the lock
 
 
@@ -246,8 +251,8 @@ class Claim:
     """The open, locked out_dir/.lock of a training, and what claiming the folder created, so
     that a training refused before its first checkpoint can remove exactly that."""
 
-    def __init__(self, out: Path, lock, fresh: bool, made: list[Path]):
-        self.out, self.lock, self.fresh, self.made = out, lock, fresh, made
+    def __init__(self, out: Path, lock, fresh: bool, made: list[Path], made_lock: bool):
+        self.out, self.lock, self.fresh, self.made, self.made_lock = out, lock, fresh, made, made_lock
 
     def close(self) -> None:
         self.lock.close()
@@ -296,6 +301,7 @@ def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()) -> Claim |
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).touch()   # first, so a folder scaleshift made is always known as a run
+        made_lock = not (out / LOCK).exists()
         lock = open(out / LOCK, "a+")
     except OSError as exc:
         for folder in made:
@@ -317,7 +323,7 @@ def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()) -> Claim |
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
     lock.flush()
-    return Claim(out, lock, fresh, made)
+    return Claim(out, lock, fresh, made, made_lock)
 
 
 def build_model(t: Trainer) -> None:

@@ -9,6 +9,7 @@ plain architecture a merged state dict loads into.
 from __future__ import annotations
 
 import os
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -126,14 +127,13 @@ def check_model_kwargs(architecture: str, num_classes: int, kwargs: dict,
     (finite numbers, integers up to MAX_KWARG_INT, block and head counts up to MAX_REPEATS),
     keys the constructor takes, and a model of at most MAX_PARAMETERS parameters, all checked by
     building it on the meta device (shapes only, no memory)."""
-    import math
 
     def check_value(key, value, depth=0):
         if isinstance(value, (list, tuple)) and depth < 3:
             for item in value:
                 check_value(key, item, depth + 1)
-        elif isinstance(value, bool) or value is None:
-            return
+        elif isinstance(value, bool) or value is None or callable(value):
+            return      # a class or function can only come from Python code, never from a file
         elif isinstance(value, int):
             bound = MAX_REPEATS if key in REPEAT_KWARGS else MAX_KWARG_INT
             if abs(value) > bound:
