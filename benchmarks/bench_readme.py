@@ -24,6 +24,7 @@ BENCHES = {
     "ViT-S/16, 224 px, batch 16": "results/bench/vit_small_patch16_224_b16",
     "ViT-B/16, 224 px (merge)": "results/bench/vit_base_patch16_224_merge",
     "embedded ViT, 32 px, batch 64": "results/bench/scaleshift_vit32_b64",
+    "the same with bf16 and compiled modes (a loaded machine)": "results/bench/scaleshift_vit32_b64_modes",
 }
 
 

@@ -4,7 +4,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -216,13 +215,12 @@ def test_fractal_pretraining_data():
 
 
 @pytest.mark.slow
-def test_a_1k_task_renders_in_seconds():
-    start = time.perf_counter()
+def test_a_1k_task_renders_every_item():
+    # how fast is a benchmark's business (no timed unit tests): here every item renders, labelled
     for split in ("train800val200", "test"):
         ds = build_dataset("struct_count", split=split, seed=0)
-        for i in range(len(ds)):
-            ds[i]
-    assert time.perf_counter() - start < 20
+        labels = {ds[i][1] for i in range(len(ds))}
+        assert labels <= set(range(ds.num_classes)) and len(labels) > 1
 
 
 @needs_fashion
