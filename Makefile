@@ -6,6 +6,8 @@
 VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
+# two pytest workers (pytest-xdist), one per core; a test file stays on one worker
+PARALLEL := -n 2 --dist loadfile
 FASHION_PACKAGE := dataset-fashion-mnist
 
 .PHONY: demo test test-fast system-data clean-venv
@@ -22,11 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	@if command -v dpkg >/dev/null && ! dpkg -s $(FASHION_PACKAGE) >/dev/null 2>&1; then \
 	  echo "note: $(FASHION_PACKAGE) is not installed, its tests skip (sudo make system-data)"; fi
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest $(PARALLEL)
 
 # the fast tier: every test not marked slow (pyproject.toml says what slow means)
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -m "not slow"
+	$(VENV)/bin/python -m pytest $(PARALLEL) -m "not slow"
 
 system-data:
 	@if command -v dpkg >/dev/null && dpkg -s $(FASHION_PACKAGE) >/dev/null 2>&1; then \
