@@ -236,6 +236,7 @@ TRAIN_VIT = ["train", "builtin/digits_ssf", "model=vit_tiny_patch16_224", "pretr
              "out_dir={tmp}/out"]
 PREDICT_A = ["predict", "--model", "{tmp}/a", "{tmp}/x.png"]
 
+CHECK_DTD = ["datasets", "check", "vtab_dtd", "--root", "{tmp}/dtd", "--split", "train800"]
 CASES = [
     # files and the file system
     Case("export-over-a-user-file", user_file("mine.safetensors"),
@@ -263,19 +264,19 @@ CASES = [
          ["train", *TINY[1:], "model=tf_efficientnet_lite0", "pretrained=true", "out_dir={tmp}/run"],
          "is a file, not a folder", env={"SCALESHIFT_CACHE": "{tmp}/afile/cache"}),
     Case("vtab-list-dotdot", vtab_list("../secret.png 0"),
-         ["datasets", "check", "vtab_dtd", "--root", "{tmp}/dtd", "--split", "train800"],
+         CHECK_DTD,
          "train800.txt:2: '../secret.png' leads outside"),
     Case("vtab-list-etc-passwd", vtab_list("../../../../../../../../etc/passwd 3"),
-         ["datasets", "check", "vtab_dtd", "--root", "{tmp}/dtd", "--split", "train800"],
+         CHECK_DTD,
          "leads outside the dataset folder"),
     Case("vtab-list-absolute", vtab_list("/etc/passwd 3"),
-         ["datasets", "check", "vtab_dtd", "--root", "{tmp}/dtd", "--split", "train800"],
+         CHECK_DTD,
          "train800.txt:2: '/etc/passwd' leads outside"),
     Case("vtab-list-link-out", vtab_link_out,
-         ["datasets", "check", "vtab_dtd", "--root", "{tmp}/dtd", "--split", "train800"],
+         CHECK_DTD,
          "leads outside the dataset folder"),
     Case("vtab-label-out-of-range", vtab_list("images/a.png 99"),
-         ["datasets", "check", "vtab_dtd", "--root", "{tmp}/dtd", "--split", "train800"],
+         CHECK_DTD,
          "(line 2: images/a.png): label 99 out of range [0, 47)"),
     Case("fgvc-json-dotdot", fgvc_json("../../secret.png"),
          ["datasets", "check", "cub2011", "--root", "{tmp}/cub", "--split", "train", "num_classes=2"],
