@@ -1,6 +1,14 @@
 """Tiny configs of each model family, so the method x backbone matrix runs in seconds."""
+import os
+
 import pytest
 import torch
+
+# `make test` runs two pytest workers on two cores: one thread each (and in the processes they
+# spawn), or every small op of one worker waits on the other worker's busy threads
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from timm.models import register_model
 from timm.models.mlp_mixer import _create_mixer
@@ -40,6 +48,6 @@ def make_input(family: str, batch: int = 2, seed: int = 1):
 
 
 @pytest.fixture(autouse=True)
-def _single_thread_determinism():
+def _seeded():
     torch.manual_seed(0)
     yield

@@ -52,9 +52,10 @@ def test_weights_of_another_model_are_refused(tmp_path):
                                 **dict(VIT, embed_dim=64))
 
 
-@pytest.mark.slow
 def test_hub_download_offline_says_to_pass_a_local_file(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")     # read by huggingface_hub once, at its import:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)   # so set it here too
     with pytest.raises(scaleshift.ScaleshiftError, match="local file"):
         scaleshift.create_model("vit_tiny_patch16_224", 10, pretrained=True)
 
