@@ -127,3 +127,34 @@ def test_bench_runs_in_bf16(monkeypatch, capsys):
     assert main(["bench", "--model", "vit_tiny_patch16_224", "batch_size=2", "rounds=1",
                  "precision=fp16", "--no-memory"]) == 2
     assert "precision must be one of ['fp32', 'bf16']" in capsys.readouterr().err
+
+
+def test_compile_in_a_recipe_trains_the_run_eager_trains(tmp_path):
+    """compile=<backend>: the engine compiles the training forward only; losses, the saved
+    adapter and the test accuracy are the eager run's, and the checkpoint has no compile prefix."""
+    import json
+    from safetensors.torch import load_file
+    from scaleshift.cli import main
+    runs = {}
+    for compile_backend in ("none", BACKEND):
+        out = tmp_path / compile_backend
+        torch._dynamo.reset()
+        assert main(["train", "model=scaleshift_vit32", "pretrained=true", "dataset=digits",
+                     "train_split=train800", "val_split=val200", "test_split=test", "input_size=32",
+                     "batch_size=64", "epochs=2", "lr=1e-2", "method=ssf", "log_every=100",
+                     "max_steps_per_epoch=3", f"compile={compile_backend}", f"out_dir={out}"]) == 0
+        runs[compile_backend] = out
+    eager, compiled = runs["none"], runs[BACKEND]
+    rows = [[json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] for run in (eager, compiled)]
+    for a, b in zip(*rows):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["test_top1"] == pytest.approx(a["test_top1"], abs=0.3)   # a rounding flip or two
+    weights = [load_file(run / "adapter" / "adapter_model.safetensors") for run in (eager, compiled)]
+    assert set(weights[0]) == set(weights[1]) and not any("_orig_mod" in k for k in weights[1])
+    for key in weights[0]:
+        a, b = weights[0][key], weights[1][key]
+        if key.endswith("qkv.ssf_shift"):   # its key third has a 0 gradient (softmax ignores it) that
+            third = len(a) // 3               # AdamW turns into rounding-sized steps of either sign
+            a, b = (torch.cat([w[:third], w[2 * third:]]) for w in (a, b))
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=key)
+    assert main(["train", "compile=jit", "--validate-only"]) == 2

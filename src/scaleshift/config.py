@@ -65,6 +65,7 @@ class RunConfig:
     ema_decay: float | None = None
     random_erasing: float = 0.0                           # per image, on the batch after mixup
     precision: str = "fp32"                               # fp32 | bf16 (CPU or CUDA) | fp16 (CUDA)
+    compile: str = "none"   # inductor: torch.compile the training forward (eval stays eager) | aot_eager | none
     cache_features: bool = False                          # linear probing on cached features
     cache_prefix: bool | None = None   # blocks before layers=last:k computed once. null: when training is deterministic; true: or refuse
     cache_prefix_mb: int = 4096        # prefix cache kept in memory; splits past it go to files in out_dir
@@ -82,7 +83,8 @@ class RunConfig:
 
     CHOICES = {"augment": ("vtab", "fgvc", "cifar", "imagenet"), "precision": ("fp32", "bf16", "fp16"),
                "protocol": ("clean", "official"), "device": ("auto", "cpu", "cuda"),
-               "batchnorm": ("update", "frozen"), "logger": ("none", "tensorboard")}
+               "batchnorm": ("update", "frozen"), "logger": ("none", "tensorboard"),
+               "compile": ("none", "inductor", "aot_eager")}
 
     def validate(self) -> "RunConfig":
         """Everything `train` would later find out, checked before any file is written or any

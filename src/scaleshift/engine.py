@@ -79,7 +79,7 @@ class Trainer:
     num_classes: int = 0
     model: nn.Module | None = None      # the backbone with the method applied
     trained: nn.Module | None = None    # what the optimizer sees: the model, or its head
-    ddp: nn.Module | None = None        # `trained`, wrapped for DDP under torchrun
+    ddp: nn.Module | None = None        # `trained`, wrapped for DDP under torchrun, compiled by compile=
     sets: dict = field(default_factory=dict)      # split name -> Dataset
     loaders: dict = field(default_factory=dict)   # "train" / "val" / "test" -> DataLoader
     sampler: Any = None
@@ -446,6 +446,8 @@ def build_optimisation(t: Trainer) -> None:
     if t.world > 1:
         t.ddp = nn.parallel.DistributedDataParallel(
             t.trained, device_ids=[t.device.index] if t.device.type == "cuda" else None)
+    if cfg.compile != "none":   # a wrapper sharing the parameters: saving, eval and merge see the model
+        t.ddp = torch.compile(t.ddp, backend=cfg.compile)
     t.ema = ModelEmaV3(t.trained, decay=cfg.ema_decay) if cfg.ema_decay else None
 
 
@@ -846,7 +848,7 @@ def summarize(history: list[dict], protocol: str, tested_every_epoch: bool = Tru
 def config_fingerprint(cfg: RunConfig) -> dict:
     """The config keys that must match for a resume to continue the same run."""
     data = cfg.to_dict()
-    for key in ("out_dir", "log_every", "workers", "logger"):
+    for key in ("out_dir", "log_every", "workers", "logger", "compile"):
         data.pop(key)
     return data
 
