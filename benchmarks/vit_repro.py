@@ -29,7 +29,6 @@ and its results.json is recorded under OUT/runs/ (small, committed), so a fresh 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import sys
@@ -197,20 +196,7 @@ def seed_results(runs: Path, p: dict, exp: str, task: str, key: str, points: lis
 
 def ablation_settings(p: dict) -> list[tuple[str, str, dict]]:
     rows = [row for row in ABLATIONS if row[0] in p["ablations"]]
-    return rows + [("6e", f"last {k} blocks", {"layers": f"last:{k}"}) for k in p["last_k"]
-                   if last_k_supported()]
-
-
-@functools.cache
-def last_k_supported() -> bool:
-    """Whether this scaleshift's SSF takes layers=last:k (the (e) rows wait for it)."""
-    from scaleshift.config import make_config
-    try:
-        make_config(dict(BASE, dataset="struct_count_96", method="ssf",
-                         method_options={"layers": "last:1"}))
-        return True
-    except ValueError:
-        return False
+    return rows + [("6e", f"last {k} blocks", {"layers": f"last:{k}"}) for k in p["last_k"]]
 
 
 def ablation_seeds(p: dict, table: str) -> list[int]:

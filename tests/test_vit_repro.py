@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from scaleshift.config import make_config
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import vit_repro  # noqa: E402
 
@@ -54,7 +56,11 @@ def test_ablations_wait_for_ssfs_choice_and_train_ssf_with_their_options(tmp_pat
     planned = vit_repro.plan(FULL, tmp_path)
     ablations = {n: r for n, r in planned.items() if n.startswith("d/")}
     assert len(ablations) == len([row for row in vit_repro.ABLATIONS if row[0] in FULL["ablations"]]) \
-        + (len(FULL["last_k"]) if vit_repro.last_k_supported() else 0)
+        + len(FULL["last_k"])
+    layers = {r["method_options"].get("layers") for r in ablations.values()}
+    assert {f"last:{k}" for k in FULL["last_k"]} <= layers
+    for overrides in ablations.values():   # every planned run is a configuration the engine takes
+        make_config({**vit_repro.BASE, **overrides})
     assert all(r["method"] == "ssf" and r["lr"] == ssf_points[-1]["lr"] for r in ablations.values())
     no_scale = next(r for n, r in ablations.items() if "wo_scale" in n)
     assert no_scale["method_options"] == {"scale": False}
