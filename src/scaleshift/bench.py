@@ -164,6 +164,25 @@ def input_shape(model: nn.Module, batch: int, size: int | None) -> tuple:
     return (batch, channels, size or height, size or width)
 
 
+def checked_input_shape(model_name: str, model_kwargs: dict, batch: int, size: int | None) -> tuple:
+    """The timed batch's shape, once a batch of one at that size has gone through the plain model:
+    a --size the backbone cannot take (a ViT's input size is fixed when it is built) is a usage
+    error, not a traceback from the middle of the timing loop."""
+    model = build(model_name, model_kwargs, VARIANTS[0], 10, "cpu").eval()
+    shape = input_shape(model, batch, size)
+    if size is not None:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, *shape[1:]))
+        except (AssertionError, RuntimeError, ValueError) as e:
+            why = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+            raise ScaleshiftError(
+                f"--size {size}: {model_name} does not take {size} px input ({why}); "
+                f"a ViT is built for one input size, so pass model_kwargs.img_size={size} as well, "
+                f"or leave --size out") from None
+    return shape
+
+
 def _optimizer(model: nn.Module):
     import timm.optim
     return timm.optim.create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
@@ -371,6 +390,7 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
     if with_merge and device.type != "cpu":
         raise ScaleshiftError("the merge memory probe reads the process's RSS: CPU only")
     variants = applicable(model_name, model_kwargs)
+    shape = checked_input_shape(model_name, model_kwargs, batch, size)
     started, load_before = time.time(), os.getloadavg()
     times = measure_times(model_name, model_kwargs, batch, rounds, device, size, variants,
                           precision, list(modes)) if with_time else {}
@@ -395,7 +415,6 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
                       vs_eager=times[f"{label}/train@{mode}"] / times[f"{label}/train"],
                       first_step_seconds=times[f"first_step/{label}@{mode}"])
                  for mode in modes for label in MODE_VARIANTS if f"{label}/train@{mode}" in times]
-    shape = input_shape(build(model_name, model_kwargs, VARIANTS[0], 10, "cpu"), batch, size)
     result = dict(model=model_name, model_kwargs=model_kwargs, batch=batch, device=device_name,
                   precision=precision, rounds=rounds, input=list(shape),
                   memory_measure="cuda max_memory_allocated" if device.type == "cuda"
