@@ -8,13 +8,17 @@ checked the same way with SCALESHIFT_COMPILE_BACKEND=inductor.
 """
 import contextlib
 import copy
+import json
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import scaleshift
+from scaleshift import bench
+from scaleshift.cli import main
 from scaleshift.methods.ssf import ScaleShift
 
 # every test here trains, builds or spawns: the slow tier (make test-fast leaves it out)
@@ -106,8 +110,6 @@ def test_bf16_autocast_step_is_close_to_fp32():
 
 
 def test_bench_runs_in_bf16(monkeypatch, capsys):
-    from scaleshift import bench
-    from scaleshift.cli import main
     dtypes = []
     build = bench.build
 
@@ -132,9 +134,6 @@ def test_bench_runs_in_bf16(monkeypatch, capsys):
 def test_compile_in_a_recipe_trains_the_run_eager_trains(tmp_path):
     """compile=<backend>: the engine compiles the training forward only; losses, the saved
     adapter and the test accuracy are the eager run's, and the checkpoint has no compile prefix."""
-    import json
-    from safetensors.torch import load_file
-    from scaleshift.cli import main
     runs = {}
     for compile_backend in ("none", BACKEND):
         out = tmp_path / compile_backend
