@@ -13,7 +13,8 @@ wheel's backbone; see scaleshift/backbones/dinov2_focus.py for its provenance).
 (d) paper Table 6 on one task: SSF in the first k blocks (6a), without one insertion location
     (6b), the initialisations (6c), scale / shift / scalar / norm-only (6d);
 (e) SSF only in the last k blocks (the frozen prefix computed once per dataset when the engine
-    can cache it), k in LAST_K, beside the first-k rows of (d): accuracy and seconds per epoch;
+    can cache it), k in LAST_K, beside the first-k rows of (d): accuracy, and seconds per epoch
+    from timing rounds that run every one of these settings alone, interleaved (timing_runs);
 figures: paper Figure 4 (weight distributions: pretrained, merged SSF, full fine-tuning) and
     Figure 5 (linear CKA with full fine-tuning, block by block) from the (a) runs.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -109,14 +111,11 @@ RECORDS: Path | None = None
 
 
 def result(runs: Path, name: str) -> dict | None:
-    """A finished run's results.json (with `epoch_seconds`, from its log) from its directory,
-    else from its record; None while it is pending. A run directory's result is recorded."""
+    """A finished run's results.json from its directory, else from its record; None while it is
+    pending. A run directory's result is recorded."""
     found = mini_repro.result(runs, name)
     record = RECORDS / f"{name}.json" if RECORDS else None
     if found is not None:
-        log = runs / name / "log.jsonl"
-        found["epoch_seconds"] = [row["seconds"] for row in map(json.loads, log.read_text().splitlines())
-                                  if "seconds" in row] if log.is_file() else []
         if record and not record.is_file():
             write_json(record, found)
         return found
@@ -210,6 +209,51 @@ def ablation_key(label: str) -> str:
 
 
 PARETO_TABLES = ("6a", "6e")
+TIMING_ROUNDS = 3
+
+
+def pareto_settings(p: dict) -> list[tuple[str, dict]]:
+    """(label, SSF options) of the Pareto comparison: SSF in all blocks, the first k, the last k."""
+    return [("all blocks", {})] + [(f"{table} {label}", options) for table, label, options
+                                   in ablation_settings(p) if table in PARETO_TABLES]
+
+
+def timing_runs(p: dict, runs: Path, task: str) -> dict:
+    """The Pareto table's time axis: every Pareto setting trains 3 epochs on train800val200 (no
+    evaluation; the median epoch, so the first epoch's warm-up is not counted), one run at a time,
+    in TIMING_ROUNDS rounds, each round in its own shuffled order. The accuracy runs took days on a shared host whose speed varied 4x between sessions, so
+    their seconds cannot be compared; within a round the settings run minutes apart, and each
+    round's times are divided by that round's SSF-in-all-blocks time."""
+    ssf = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
+    if not ssf:
+        return {}
+    planned = {}
+    for round_index in range(TIMING_ROUNDS):
+        for label, options in random.Random(round_index).sample(pareto_settings(p), len(pareto_settings(p))):
+            planned[f"t/{task}/{ablation_key(label.removeprefix('6a ').removeprefix('6e '))}/round{round_index}"] = dict(
+                run_config("ssf", dict(lr=ssf["lr"]), options), dataset=task, train_split="train800val200",
+                val_split=None, test_split=None, protocol="official", epochs=3, warmup_epochs=0, seed=0)
+    return planned
+
+
+def timing(p: dict, runs: Path, task: str) -> dict:
+    """{label: dict(ratio=[per round], seconds=[...], cache_seconds=[...])} over the finished
+    rounds (a round counts once every setting in it has finished)."""
+    planned = timing_runs(p, runs, task)
+    found = {}
+    for round_index in range(TIMING_ROUNDS):
+        names = {label: f"t/{task}/{ablation_key(label.removeprefix('6a ').removeprefix('6e '))}/round{round_index}"
+                 for label, _ in pareto_settings(p)}
+        results = {label: result(runs, name) for label, name in names.items() if name in planned}
+        if len(results) < len(names) or any(r is None for r in results.values()):
+            continue
+        base = results["all blocks"]["train_seconds_per_epoch"]
+        for label, r in results.items():
+            row = found.setdefault(label, dict(ratio=[], seconds=[], cache_seconds=[]))
+            row["ratio"].append(r["train_seconds_per_epoch"] / base)
+            row["seconds"].append(r["train_seconds_per_epoch"])
+            row["cache_seconds"].append((r.get("prefix_cache") or {}).get("seconds", 0.0))
+    return found
 
 
 def plan(p: dict, runs: Path) -> dict:
@@ -228,6 +272,7 @@ def plan(p: dict, runs: Path) -> dict:
                 planned.update(retrain_runs(p, "a", task, key, chosen, p["seeds"]))
             if ablating and key == "ssf":
                 planned.update(ablation_runs(p, runs, task, PARETO_TABLES))
+                planned.update(timing_runs(p, runs, task))
         if ablating:
             planned.update(ablation_runs(p, runs, task))
     if p["ablation_task"] and p["ablation_task"] not in p["tasks"]:
@@ -256,6 +301,8 @@ def stage_of(p: dict, name: str) -> str:
     """A run's stage: its experiment and task; on the ablation task SSF's (a) runs and the
     Pareto rows are stages of their own, so they finish first."""
     exp, task, key = name.split("/")[:3]
+    if exp == "t":
+        return f"t/{task}"
     if task == p["ablation_task"]:
         if exp == "a" and key == "ssf":
             return f"a/{task}/ssf"
@@ -337,25 +384,36 @@ def experiment_d(p: dict, runs: Path, a: dict, out: Path) -> tuple[list[str], di
     if task is None:
         return [], {}
     ssf = a.get("results", {}).get("ssf")
+    times = timing(p, runs, task)
     lines = [f"## (d) Paper Table 6 on {task}: SSF settings at SSF's chosen lr, epochs chosen on "
              f"val200 per setting, top-1 % on test (mean ± std over seeds {p['seeds']} for 6a and 6e, "
              f"{p['ablation_seeds']} for 6b-6d); (e) SSF in the last k blocks (the frozen prefix "
-             f"computed once and cached), seconds per training epoch (train800val200, median over "
-             f"seeds)", "",
-             "| table | setting | top-1 | params (M) | s / epoch |", "|---|---|---:|---:|---:|"]
+             f"computed once and cached). Seconds per training epoch on train800val200 and the prefix "
+             f"cache's one-off seconds: medians of the {TIMING_ROUNDS} timing rounds (every Pareto "
+             f"setting, one at a time, interleaved; {len(next(iter(times.values()))['ratio']) if times else 0} "
+             f"of {TIMING_ROUNDS} rounds finished)", "",
+             "| table | setting | top-1 | params (M) | s / epoch | prefix cache (s, once) |",
+             "|---|---|---:|---:|---:|---:|"]
+
+    def seconds(label: str) -> str:
+        t = times.get(label)
+        if not t:
+            return " | "
+        cache = statistics.median(t["cache_seconds"])
+        return f"{statistics.median(t['seconds']):.1f} | {cache:.1f}" if cache else f"{statistics.median(t['seconds']):.1f} | "
     data, pending = {}, []
     chosen = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
     if ssf and chosen:
         full_runs = seed_results(runs, p, "a", task, "ssf", grid_points(p, "ssf"), p["seeds"])
         base = [top1(r) for r in full_runs] if full_runs else []
         lines.append(f"| 6a-e | SSF, all 12 blocks (the (a) runs) | {mean_std(base)} | "
-                     f"{ssf['params'][task] / 1e6:.3f} | {epoch_seconds(full_runs)} |")
+                     f"{ssf['params'][task] / 1e6:.3f} | {seconds('all blocks')} |")
         data["all blocks"] = dict(top1=base, seeds=p["seeds"], params=ssf["params"][task],
-                                  epoch_seconds=epoch_seconds_list(full_runs))
+                                  timing=times.get("all blocks"))
     lin = a.get("results", {}).get("linear")
     if lin:
         lines.append(f"| 6a | 0 blocks (linear probing, the (a) runs) | {mean_std(lin['per_task'][task])} | "
-                     f"{lin['params'][task] / 1e6:.3f} | |")
+                     f"{lin['params'][task] / 1e6:.3f} | | |")
     for table, label, options in ablation_settings(p):
         key = ablation_key(label)
         point = [dict(lr=chosen["lr"])] if chosen else []
@@ -365,32 +423,39 @@ def experiment_d(p: dict, runs: Path, a: dict, out: Path) -> tuple[list[str], di
             pending.append(f"{table} {label}")
             continue
         data[f"{table} {label}"] = dict(top1=[top1(r) for r in found], seeds=[r["config"]["seed"] for r in found],
-                                        params=found[0]["trainable_params"],
-                                        epoch_seconds=epoch_seconds_list(found))
+                                        params=found[0]["trainable_params"], timing=times.get(f"{table} {label}"))
         lines.append(f"| {table} | {label} | {mean_std(data[f'{table} {label}']['top1'])} | "
-                     f"{found[0]['trainable_params'] / 1e6:.3f} | {epoch_seconds(found)} |")
-    lines += pareto(data, out / "pareto_first_last_k.png")
+                     f"{found[0]['trainable_params'] / 1e6:.3f} | {seconds(f'{table} {label}')} |")
+    if not times and chosen:
+        pending.append("the timing rounds (seconds per epoch)")
+    lines += pareto(data, p["epochs"], out / "pareto_first_last_k.png")
     return lines + [""] + pending_lines(pending), data
 
 
-def pareto(data: dict, path: Path) -> list[str]:
+def pareto(data: dict, epochs: int, path: Path) -> list[str]:
     """Accuracy against seconds per training epoch for SSF in all, the first k and the last k
-    blocks: the rows that keep >= 99% of all-blocks top-1, and the plot."""
+    blocks (times from the timing rounds, each divided by its own round's all-blocks time): the
+    rows that keep >= 99% of all-blocks top-1 at <= 0.35x its epoch time, and the plot."""
     rows = {label: row for label, row in data.items()
-            if (label == "all blocks" or label.split()[0] in ("6a", "6e")) and row.get("epoch_seconds")}
+            if (label == "all blocks" or label.split()[0] in PARETO_TABLES) and row.get("timing") and row["top1"]}
     if "all blocks" not in rows or len(rows) < 2:
         return []
     base = rows["all blocks"]
-    base_top1, base_secs = statistics.mean(base["top1"]), statistics.median(base["epoch_seconds"])
-    lines = ["", "Accuracy against training time (SSF in all blocks = 1):", "",
-             "| setting | top-1 / all blocks | s per epoch / all blocks | >= 99% at <= 0.35x |",
-             "|---|---:|---:|---|"]
+    base_top1 = statistics.mean(base["top1"])
+    lines = ["", "Accuracy against training time (SSF in all blocks = 1; time ratios are medians over the "
+             f"timing rounds; a run of {epochs} epochs includes the one-off prefix cache):", "",
+             f"| setting | top-1 / all blocks | s per epoch / all blocks | {epochs}-epoch run / all blocks "
+             "| >= 99% at <= 0.35x per epoch |", "|---|---:|---:|---:|---|"]
     points = {}
     for label, row in rows.items():
+        t, t_all = row["timing"], base["timing"]
         acc = statistics.mean(row["top1"]) / base_top1
-        secs = statistics.median(row["epoch_seconds"]) / base_secs
+        secs = statistics.median(t["ratio"])
+        run = statistics.median((c + epochs * s) / (epochs * s_all)
+                                for c, s, s_all in zip(t["cache_seconds"], t["seconds"], t_all["seconds"]))
         points[label] = (secs, 100 * acc)
-        lines.append(f"| {label} | {acc:.3f} | {secs:.2f} | {'yes' if acc >= 0.99 and secs <= 0.35 else 'no'} |")
+        lines.append(f"| {label} | {acc:.3f} | {secs:.2f} | {run:.2f} | "
+                     f"{'yes' if acc >= 0.99 and secs <= 0.35 else 'no'} |")
     plt = require("matplotlib.pyplot", "the Pareto plot")
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, (x, y) in points.items():
@@ -408,17 +473,6 @@ def pareto(data: dict, path: Path) -> list[str]:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return lines + ["", f"![accuracy against time]({path.name})"]
-
-
-def epoch_seconds_list(found: list[dict] | None) -> list[float]:
-    """Seconds per training epoch of each run (the training loop of each log.jsonl row, evaluation
-    excluded), median over its epochs."""
-    return [statistics.median(r["epoch_seconds"]) for r in found or [] if r.get("epoch_seconds")]
-
-
-def epoch_seconds(found: list[dict] | None) -> str:
-    values = epoch_seconds_list(found)
-    return f"{statistics.median(values):.0f}" if values else ""
 
 
 def test_images(task: str, count: int) -> list:
@@ -682,7 +736,8 @@ def main() -> int:
         todo = first_stage(p, {name: run for name, run in plan(p, runs).items() if result(runs, name) is None})
         if not todo:
             break
-        execute(runs, todo, args.jobs, BASE)
+        # the timing rounds run alone: their seconds are the measurement
+        execute(runs, todo, 1 if next(iter(todo)).startswith("t/") else args.jobs, BASE)
         write_tables(p, runs, out, args, only, started)   # each finished stage is in the tables
     rebuild = {} if args.tables_only else weights_needed(p, runs, only)
     if rebuild:

@@ -15,13 +15,15 @@ import vit_repro  # noqa: E402
 FULL = vit_repro.PRESETS["full"]
 
 
-def finish(runs: Path, name: str, val_top1: float = 0.0, epoch: int = 1, top1: float = 0.0) -> None:
+def finish(runs: Path, name: str, val_top1: float = 0.0, epoch: int = 1, top1: float = 0.0,
+           epoch_seconds: float = 1.0, cache_seconds: float | None = None) -> None:
     """A results.json as the engine writes it, with the fields the runner reads."""
     out = runs / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(dict(
         selected=dict(epoch=epoch, val_top1=val_top1), final=dict(top1=top1), reported=dict(top1=top1),
-        trainable_params=1000, total_params=10_000, wall_time_s=1.0,
+        trainable_params=1000, total_params=10_000, wall_time_s=1.0, train_seconds_per_epoch=epoch_seconds,
+        prefix_cache=None if cache_seconds is None else dict(seconds=cache_seconds),
         config=dict(out_dir=str(out), seed=int(name.rsplit("seed", 1)[-1]) if "seed" in name else 0))))
 
 
@@ -91,8 +93,7 @@ def test_finished_runs_are_recorded_so_a_fresh_clone_resumes_and_retrains_only_w
     names = list(vit_repro.selection_runs(FULL, "a", task, "ssf", points))
     for i, name in enumerate(names):
         finish(runs, name, val_top1=60.0 + i, epoch=2)
-        (runs / name / "log.jsonl").write_text('{"epoch": 1, "seconds": 3.0}\n{"epoch": 2, "seconds": 5.0}\n')
-    assert all(vit_repro.result(runs, n)["epoch_seconds"] == [3.0, 5.0] for n in names)
+    assert all(vit_repro.result(runs, n)["selected"]["epoch"] == 2 for n in names)
     assert all((records / f"{n}.json").is_file() for n in names)
     chosen = vit_repro.choice(runs, FULL, "a", task, "ssf", points)
     for name in vit_repro.retrain_runs(FULL, "a", task, "ssf", chosen, FULL["seeds"]):
@@ -119,7 +120,45 @@ def test_on_the_ablation_task_ssf_then_the_pareto_rows_come_first_then_the_rest_
     for i, name in enumerate(vit_repro.selection_runs(FULL, "a", task, "ssf", vit_repro.grid_points(FULL, "ssf"))):
         finish(tmp_path, name, val_top1=70.0 + i, epoch=3)
     stages = list(dict.fromkeys(vit_repro.stage_of(FULL, n) for n in vit_repro.plan(FULL, tmp_path)))
-    assert stages[:4] == [f"a/{task}/ssf", f"d/{task}/pareto", f"a/{task}", f"d/{task}"]
+    assert stages[:5] == [f"a/{task}/ssf", f"d/{task}/pareto", f"t/{task}", f"a/{task}", f"d/{task}"]
     pareto = [n for n in vit_repro.plan(FULL, tmp_path) if vit_repro.stage_of(FULL, n) == f"d/{task}/pareto"]
     assert {n.split("/")[2] for n in pareto} == {
         vit_repro.ablation_key(label) for table, label, _ in vit_repro.ablation_settings(FULL) if table in ("6a", "6e")}
+
+
+def test_timing_rounds_run_every_pareto_setting_alone_and_each_round_is_its_own_reference(tmp_path, monkeypatch):
+    """The Pareto table's seconds come from rounds that time every setting minutes apart, each
+    divided by its own round's all-blocks time; an unfinished round counts for nothing."""
+    monkeypatch.setattr(vit_repro, "RECORDS", None)
+    task = FULL["ablation_task"]
+    assert vit_repro.timing_runs(FULL, tmp_path, task) == {}          # waits for SSF's lr
+    for i, name in enumerate(vit_repro.selection_runs(FULL, "a", task, "ssf", vit_repro.grid_points(FULL, "ssf"))):
+        finish(tmp_path, name, val_top1=70.0 + i, epoch=3)
+    runs = vit_repro.timing_runs(FULL, tmp_path, task)
+    rounds = vit_repro.TIMING_ROUNDS
+    assert len(runs) == rounds * len(vit_repro.pareto_settings(FULL)) == rounds * (1 + 3 + len(FULL["last_k"]))
+    for overrides in runs.values():
+        cfg = make_config({**vit_repro.BASE, **overrides})
+        assert cfg.val_split is None and cfg.test_split is None and cfg.train_split == "train800val200"
+    orders = [[n.split("/")[2] for n in runs if n.endswith(f"round{r}")] for r in range(rounds)]
+    assert all(sorted(order) == sorted(orders[0]) for order in orders) and len({tuple(o) for o in orders}) > 1
+    # round 0 on a fast day, round 1 four times slower, round 2 unfinished
+    for name in runs:
+        round_index, key = int(name[-1]), name.split("/")[2]
+        if round_index == 2 and key != "ssf_all_blocks":
+            continue
+        finish(tmp_path, name, epoch_seconds=(10.0 if key == "ssf_all_blocks" else 2.0) * (4 if round_index else 1),
+               cache_seconds=4.0 * (4 if round_index else 1) if "last" in key else None)
+    times = vit_repro.timing(FULL, tmp_path, task)
+    assert times["all blocks"]["ratio"] == [1.0, 1.0]
+    assert times["6e last 2 blocks"]["ratio"] == [0.2, 0.2]
+    assert times["6e last 2 blocks"]["cache_seconds"] == [4.0, 16.0] and times["6a first 2 blocks"]["cache_seconds"] == [0.0, 0.0]
+    data = {"all blocks": dict(top1=[80.0, 80.0], timing=times["all blocks"]),
+            "6e last 2 blocks": dict(top1=[79.5, 79.3], timing=times["6e last 2 blocks"]),
+            "6a first 2 blocks": dict(top1=[70.0, 71.0], timing=times["6a first 2 blocks"])}
+    lines = vit_repro.pareto(data, 4, tmp_path / "pareto.png")
+    row = next(line for line in lines if line.startswith("| 6e last 2 blocks"))
+    # 99.25% of the accuracy at 0.2x per epoch; a 4-epoch run: (4 + 4 * 2) / (4 * 10) in either round
+    assert row.split(" | ")[1:] == ["0.993", "0.20", "0.30", "yes |"]
+    assert next(line for line in lines if line.startswith("| 6a first 2 blocks")).endswith("| no |")
+    assert (tmp_path / "pareto.png").stat().st_size > 0
