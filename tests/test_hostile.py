@@ -130,6 +130,13 @@ def unfinished_run(tmp: Path) -> None:
     write(tmp / "unfinished" / ".scaleshift-run", "")
 
 
+def untested_run(tmp: Path) -> None:
+    """A finished run trained without a val or a test split (the engine's own timing runs)."""
+    from scaleshift.cli import main
+    assert main(["train", *TINY, "val_split=null", "test_split=null", "protocol=official",
+                 f"out_dir={tmp / 'untested'}"]) == 0
+
+
 def photo(tmp_path):
     image(tmp_path / "x.png", 120)
 
@@ -251,6 +258,8 @@ CASES = [
     Case("report-into-a-user-folder", user_report_folder,
          ["report", "{run}", "--out", "{tmp}/rep", "--overwrite"],
          "non-empty folder scaleshift did not write", needs_run=True),
+    Case("report-an-untested-run", untested_run, ["report", "{tmp}/untested", "--out", "{tmp}/rep"],
+         "has no test top-1"),
     Case("report-into-a-file", user_file("rep"), ["report", "{run}", "--out", "{tmp}/rep"],
          "is a file", needs_run=True),
     Case("refused-training-new-folder", nothing,

@@ -631,10 +631,11 @@ def finish(t: Trainer, wall_start: float) -> dict:
                 load_state_into(t.trained, state)
                 save_adapter(model, t.out / weights[name], **served)
         write_json(t.out / RESULTS, results)
-        shown = f"top-1 {results['reported']['top1']:.2f}" if "top1" in results["reported"] \
-            else f"val top-1 {results['reported']['val_top1']:.2f}"
-        say(f"[scaleshift] {cfg.protocol} {shown} (epoch {results['reported']['epoch']}); "
-            f"results: {t.out / RESULTS}")
+        reported = results["reported"]
+        shown = (f"top-1 {reported['top1']:.2f}" if "top1" in reported
+                 else f"val top-1 {reported['val_top1']:.2f}" if "val_top1" in reported
+                 else "trained, nothing evaluated (no val or test split)")
+        say(f"[scaleshift] {cfg.protocol} {shown} (epoch {reported['epoch']}); results: {t.out / RESULTS}")
     if t.world > 1:
         dist.barrier()
     return results

@@ -83,6 +83,10 @@ def load_results(run_dirs: list[str | Path]) -> list[dict]:
             raise ScaleshiftError(f"{path} not found: pass run directories written by "
                                   f"`scaleshift train` (each holds results.json)")
         data = json.loads(path.read_text())
+        if "top1" not in data["reported"]:
+            raise ScaleshiftError(f"{path.parent}: this run has no test top-1 (it trained without a "
+                                  f"test split); report compares tested runs: leave it out, or "
+                                  f"train it with test_split set")
         rows.append(dict(model=data["model"], method=data["method"],
                          dataset=data["dataset"].removeprefix("vtab_"),
                          top1=data["reported"]["top1"], protocol=data["protocol"],
