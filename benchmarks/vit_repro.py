@@ -92,14 +92,15 @@ PRESETS = {
     # the whole pipeline, one task, one seed, no grid (each method's middle lr): a check, not evidence
     "quick": dict(seeds=[0], epochs=2, tasks=["patch_textures_zoom_96"], methods=VIT_METHODS,
                   test_limit=500, grid=False, ablation_task="patch_textures_zoom_96", ablations=["6d"],
-                  last_k=[2], ablation_seeds=[0], robustness_task="patch_textures_zoom_96", c_images=20,
+                  last_k=[2], ablation_seeds=[0], timing_rounds=1,
+                  robustness_task="patch_textures_zoom_96", c_images=20,
                   figure_task="patch_textures_zoom_96"),
     # one task per VTAB group (those of the EfficientNet-Lite0 reproduction), 3 seeds, the grid
     "full": dict(seeds=[0, 1, 2], epochs=4,
                  tasks=["patch_textures_zoom_96", "elpv_defect_96", "struct_count_96"],
                  methods=VIT_METHODS, test_limit=2000, grid=True,
                  ablation_task="patch_textures_zoom_96", ablations=["6a", "6b", "6c", "6d"],
-                 last_k=LAST_K, ablation_seeds=[0], robustness_task="patch_textures_zoom_96",
+                 last_k=LAST_K, ablation_seeds=[0], timing_rounds=3, robustness_task="patch_textures_zoom_96",
                  c_images=100, figure_task="patch_textures_zoom_96"),
 }
 
@@ -209,8 +210,6 @@ def ablation_key(label: str) -> str:
 
 
 PARETO_TABLES = ("6a", "6e")
-TIMING_ROUNDS = 3
-
 
 def pareto_settings(p: dict) -> list[tuple[str, dict]]:
     """(label, SSF options) of the Pareto comparison: SSF in all blocks, the first k, the last k."""
@@ -218,19 +217,25 @@ def pareto_settings(p: dict) -> list[tuple[str, dict]]:
                                    in ablation_settings(p) if table in PARETO_TABLES]
 
 
+def timing_name(task: str, label: str, round_index: int) -> str:
+    return f"t/{task}/{ablation_key(label.removeprefix('6a ').removeprefix('6e '))}/round{round_index}"
+
+
 def timing_runs(p: dict, runs: Path, task: str) -> dict:
     """The Pareto table's time axis: every Pareto setting trains 3 epochs on train800val200 (no
     evaluation; the median epoch, so the first epoch's warm-up is not counted), one run at a time,
-    in TIMING_ROUNDS rounds, each round in its own shuffled order. The accuracy runs took days on a shared host whose speed varied 4x between sessions, so
-    their seconds cannot be compared; within a round the settings run minutes apart, and each
-    round's times are divided by that round's SSF-in-all-blocks time."""
+    in the preset's timing_rounds, each round in its own shuffled order. The accuracy runs took
+    days on a shared host whose speed varied 4x between sessions, so their seconds cannot be
+    compared; within a round the settings run minutes apart, and each round's times are divided
+    by that round's SSF-in-all-blocks time."""
     ssf = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
     if not ssf:
         return {}
     planned = {}
-    for round_index in range(TIMING_ROUNDS):
-        for label, options in random.Random(round_index).sample(pareto_settings(p), len(pareto_settings(p))):
-            planned[f"t/{task}/{ablation_key(label.removeprefix('6a ').removeprefix('6e '))}/round{round_index}"] = dict(
+    settings = pareto_settings(p)
+    for round_index in range(p["timing_rounds"]):
+        for label, options in random.Random(round_index).sample(settings, len(settings)):
+            planned[timing_name(task, label, round_index)] = dict(
                 run_config("ssf", dict(lr=ssf["lr"]), options), dataset=task, train_split="train800val200",
                 val_split=None, test_split=None, protocol="official", epochs=3, warmup_epochs=0, seed=0)
     return planned
@@ -241,9 +246,8 @@ def timing(p: dict, runs: Path, task: str) -> dict:
     rounds (a round counts once every setting in it has finished)."""
     planned = timing_runs(p, runs, task)
     found = {}
-    for round_index in range(TIMING_ROUNDS):
-        names = {label: f"t/{task}/{ablation_key(label.removeprefix('6a ').removeprefix('6e '))}/round{round_index}"
-                 for label, _ in pareto_settings(p)}
+    for round_index in range(p["timing_rounds"]):
+        names = {label: timing_name(task, label, round_index) for label, _ in pareto_settings(p)}
         results = {label: result(runs, name) for label, name in names.items() if name in planned}
         if len(results) < len(names) or any(r is None for r in results.values()):
             continue
@@ -389,18 +393,20 @@ def experiment_d(p: dict, runs: Path, a: dict, out: Path) -> tuple[list[str], di
              f"val200 per setting, top-1 % on test (mean ± std over seeds {p['seeds']} for 6a and 6e, "
              f"{p['ablation_seeds']} for 6b-6d); (e) SSF in the last k blocks (the frozen prefix "
              f"computed once and cached). Seconds per training epoch on train800val200 and the prefix "
-             f"cache's one-off seconds: medians of the {TIMING_ROUNDS} timing rounds (every Pareto "
+             f"cache's one-off seconds: medians of the {p['timing_rounds']} timing rounds (every Pareto "
              f"setting, one at a time, interleaved; {len(next(iter(times.values()))['ratio']) if times else 0} "
-             f"of {TIMING_ROUNDS} rounds finished)", "",
+             f"of {p['timing_rounds']} rounds finished)", "",
              "| table | setting | top-1 | params (M) | s / epoch | prefix cache (s, once) |",
              "|---|---|---:|---:|---:|---:|"]
 
     def seconds(label: str) -> str:
+        """The row's two time cells: seconds per epoch and the prefix cache's (blank: none)."""
         t = times.get(label)
         if not t:
             return " | "
         cache = statistics.median(t["cache_seconds"])
-        return f"{statistics.median(t['seconds']):.1f} | {cache:.1f}" if cache else f"{statistics.median(t['seconds']):.1f} | "
+        return f"{statistics.median(t['seconds']):.1f} | " + (f"{cache:.1f}" if cache else "")
+
     data, pending = {}, []
     chosen = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
     if ssf and chosen:

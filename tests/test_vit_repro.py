@@ -135,7 +135,7 @@ def test_timing_rounds_run_every_pareto_setting_alone_and_each_round_is_its_own_
     for i, name in enumerate(vit_repro.selection_runs(FULL, "a", task, "ssf", vit_repro.grid_points(FULL, "ssf"))):
         finish(tmp_path, name, val_top1=70.0 + i, epoch=3)
     runs = vit_repro.timing_runs(FULL, tmp_path, task)
-    rounds = vit_repro.TIMING_ROUNDS
+    rounds = FULL["timing_rounds"]
     assert len(runs) == rounds * len(vit_repro.pareto_settings(FULL)) == rounds * (1 + 3 + len(FULL["last_k"]))
     for overrides in runs.values():
         cfg = make_config({**vit_repro.BASE, **overrides})
