@@ -789,6 +789,9 @@ def write_tables(p: dict, runs: Path, out: Path, args, only: set, started: float
     machine = machine_info()
     from scaleshift.backbones import dinov2_focus
     header = [f"# The paper's comparison on a real pretrained ViT: {MODEL}, preset {args.preset}{partial}", "",
+              *([f"A pipeline check, not evidence: one seed, {p['epochs']} epochs of which the first is "
+                 f"warm-up (AdamW at the warm-up lr), each method's middle lr without a grid. The "
+                 f"comparison is the full preset's (results/vit/repro_full).", ""] if not p["grid"] else []),
               f"Command: `python benchmarks/vit_repro.py --preset {args.preset}` (resumes from --runs; "
               f"`--tables-only` rebuilds these tables from the run directories). {len(planned)} runs, "
               f"{run_seconds / 60:.0f} min of run time ({args.jobs} at a time on {machine['cpus']} CPUs), "
