@@ -511,9 +511,20 @@ def corrupted_batch(items: list, split: str, transform) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def experiment_c(p: dict, runs: Path) -> tuple[list[str], dict]:
+def robustness_errors_file(p: dict, out: Path) -> Path:
+    """(c)'s error of every model on every corrupted split, beside the tables (committed): a fresh
+    clone rebuilds (c) from it without the models."""
+    return out / f"c_errors_{p['robustness_task']}_{p['c_images']}.json"
+
+
+def robustness_cached(p: dict, errors: dict, key: str) -> bool:
+    from scaleshift.data.builtin import FASHION_C_SPLITS
+    return all(f"{key}/{seed}/{split}" in errors for seed in p["seeds"] for split in FASHION_C_SPLITS)
+
+
+def experiment_c(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
     """The (a) models of the robustness task on its test images under the fashion-mnist-C
-    corruptions (10 corruptions x 5 severities); errors cached after every split."""
+    corruptions (10 corruptions x 5 severities); errors kept beside the tables after every split."""
     from scaleshift.data import build_transform
     from scaleshift.data.builtin import FASHION_C_SPLITS
     from scaleshift.progress import progress
@@ -521,16 +532,17 @@ def experiment_c(p: dict, runs: Path) -> tuple[list[str], dict]:
     task = p["robustness_task"]
     if task is None:
         return [], {}
+    splits = list(FASHION_C_SPLITS)
+    cache = robustness_errors_file(p, out)
+    errors = json.loads(cache.read_text()) if cache.is_file() else {}
     done = {}
     for key in p["methods"]:
         found = seed_results(runs, p, "a", task, key, grid_points(p, key), p["seeds"])
-        if found and all(Path(r["config"]["out_dir"], "results.json").is_file() for r in found):
+        if found and (robustness_cached(p, errors, key)
+                      or all(Path(r["config"]["out_dir"], "results.json").is_file() for r in found)):
             done[key] = [Path(r["config"]["out_dir"]) for r in found]
     if "full" not in done:
         return [f"## (c) Robustness: pending (needs the (a) runs on {task}, full fine-tuning at least)", ""], {}
-    splits = list(FASHION_C_SPLITS)
-    cache = runs / "c" / f"errors_{task}_{p['c_images']}.json"
-    errors = json.loads(cache.read_text()) if cache.is_file() else {}
     models = {}
     for key, dirs in done.items():
         for seed, run in zip(p["seeds"], dirs):
@@ -569,6 +581,14 @@ def experiment_c(p: dict, runs: Path) -> tuple[list[str], dict]:
     return lines + [""], data
 
 
+def figures_done(p: dict, out: Path) -> bool:
+    """Both figures' data beside the tables, Figure 5 with every method: nothing to recompute."""
+    cka_file = out / "fig5_similarity.json"
+    return (out / "fig4_weights.json").is_file() and cka_file.is_file() and \
+        [r["method"] for r in json.loads(cka_file.read_text())["runs"]] == \
+        [METHODS[k][0] for k in p["methods"] if k != "full"]
+
+
 def figures(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
     """Figure 4 (weights: pretrained, merged SSF, full) and Figure 5 (linear CKA per block with
     full fine-tuning) from the seed-0 (a) runs of the figure task."""
@@ -580,16 +600,16 @@ def figures(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
         run = Path(next(r for r in found if r["config"]["seed"] == seed)["config"]["out_dir"]) if found else None
         if run and (run / "results.json").is_file():
             run_of[key] = run
-    if not {"full", "ssf"} <= set(run_of):
-        return [], {}
     hist_file, cka_file = out / "fig4_weights.json", out / "fig5_similarity.json"
+    cka = json.loads(cka_file.read_text()) if cka_file.is_file() else None
+    if not figures_done(p, out) and not {"full", "ssf"} <= set(run_of):
+        return [], {}
     others = [k for k in p["methods"] if k in run_of and k != "full"]
     if not hist_file.is_file():
         hist = weight_histograms(run_of["ssf"], run_of["full"])
         write_json(hist_file, hist)
         plot_weights(hist, out / "fig4_weights.png", f"ViT-S/14 backbone parameters after fine-tuning on {task}")
-    cka = json.loads(cka_file.read_text()) if cka_file.is_file() else None
-    if cka is None or [r["method"] for r in cka["runs"]] != [METHODS[k][0] for k in others]:
+    if not figures_done(p, out) and (cka is None or [r["method"] for r in cka["runs"]] != [METHODS[k][0] for k in others]):
         cka = similarity([run_of["full"]] + [run_of[k] for k in others], task, "test", 500)
         write_json(cka_file, cka)
         plot_similarity(cka, out / "fig5_similarity.png")
@@ -745,7 +765,7 @@ def main() -> int:
         # the timing rounds run alone: their seconds are the measurement
         execute(runs, todo, 1 if next(iter(todo)).startswith("t/") else args.jobs, BASE)
         write_tables(p, runs, out, args, only, started)   # each finished stage is in the tables
-    rebuild = {} if args.tables_only else weights_needed(p, runs, only)
+    rebuild = {} if args.tables_only else weights_needed(p, runs, only, out)
     if rebuild:
         print(f"retraining {len(rebuild)} recorded runs whose weights (c) or the figures need", flush=True)
         execute(runs, rebuild, args.jobs, BASE)
@@ -754,13 +774,19 @@ def main() -> int:
     return 0
 
 
-def weights_needed(p: dict, runs: Path, only: set) -> dict:
+def weights_needed(p: dict, runs: Path, only: set, out: Path) -> dict:
     """The recorded (a) runs that (c) or the figures need the weights of but whose directories
-    are gone (a fresh clone): retrained with the same configuration and seed."""
-    tasks = ({p["robustness_task"]} if "c" in only else set()) | ({p["figure_task"]} if "figures" in only else set())
+    are gone (a fresh clone): retrained with the same configuration and seed. What (c) and the
+    figures already computed and keep beside the tables needs no weights."""
+    errors_file = robustness_errors_file(p, out)
+    errors = json.loads(errors_file.read_text()) if errors_file.is_file() else {}
     needed = {}
-    for task in tasks - {None}:
-        for key in p["methods"]:
+    for task, keys in ((p["robustness_task"], [k for k in p["methods"] if not robustness_cached(p, errors, k)]
+                        if "c" in only else []),
+                       (p["figure_task"], p["methods"] if "figures" in only and not figures_done(p, out) else [])):
+        if task is None:
+            continue
+        for key in keys:
             chosen = choice(runs, p, "a", task, key, grid_points(p, key))
             if chosen:
                 needed.update({name: run for name, run in retrain_runs(p, "a", task, key, chosen, p["seeds"]).items()
@@ -776,7 +802,7 @@ def write_tables(p: dict, runs: Path, out: Path, args, only: set, started: float
     lines, data["a"] = experiment_a(p, runs)
     sections += lines
     if "c" in only:
-        lines, data["c"] = experiment_c(p, runs)
+        lines, data["c"] = experiment_c(p, runs, out)
         sections += lines
     lines, data["d"] = experiment_d(p, runs, data["a"], out)
     sections += lines

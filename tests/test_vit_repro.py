@@ -105,10 +105,17 @@ def test_finished_runs_are_recorded_so_a_fresh_clone_resumes_and_retrains_only_w
     assert all(vit_repro.result(fresh, n) is not None for n in names)
     assert vit_repro.choice(fresh, FULL, "a", task, "ssf", points) == chosen
     # only (c) and the figures need weights: the recorded seed runs of their task are retrained
-    rebuild = vit_repro.weights_needed(FULL, fresh, {"a", "c"})
+    out = tmp_path / "out"
+    rebuild = vit_repro.weights_needed(FULL, fresh, {"a", "c"}, out)
     assert sorted(rebuild) == sorted(vit_repro.retrain_runs(FULL, "a", task, "ssf", chosen, FULL["seeds"]))
-    assert vit_repro.weights_needed(FULL, runs, {"a", "c"}) == {}
-    assert vit_repro.weights_needed(FULL, fresh, {"a"}) == {}
+    assert vit_repro.weights_needed(FULL, runs, {"a", "c"}, out) == {}
+    assert vit_repro.weights_needed(FULL, fresh, {"a"}, out) == {}
+    # (c)'s errors kept beside the tables: a fresh clone needs no weights for them
+    from scaleshift.data.builtin import FASHION_C_SPLITS
+    errors = {f"ssf/{seed}/{split}": 0.5 for seed in FULL["seeds"] for split in FASHION_C_SPLITS}
+    vit_repro.robustness_errors_file(FULL, out).parent.mkdir(parents=True, exist_ok=True)
+    vit_repro.robustness_errors_file(FULL, out).write_text(json.dumps(errors))
+    assert vit_repro.weights_needed(FULL, fresh, {"a", "c"}, out) == {}
 
 
 def test_on_the_ablation_task_ssf_then_the_pareto_rows_come_first_then_the_rest_of_table6(tmp_path):
