@@ -21,7 +21,8 @@ figures: paper Figure 4 (weight distributions: pretrained, merged SSF, full fine
 Nothing is tuned on test data. Per task and method the runner performs a grid: every point (a
 learning rate; for VPT also a prompt count) trains on train800 with seed 0 and is scored on
 val200 after every epoch; the (point, epoch) with the best val200 top-1 wins (ties: the earlier
-grid point, then the earlier epoch). Every seed then retrains from scratch on train800val200 with
+grid point, then the earlier epoch). While the winner is the lowest or highest lr tried, the grid
+grows by lr / 4 or lr * 4 (at most twice; see grid). Every seed then retrains from scratch on train800val200 with
 that point for that many epochs of the same schedule and is tested once (the clean protocol).
 The ablations of (d) and (e) train at SSF's chosen lr and choose their epoch the same way. Every
 run keeps its own directory under --runs, so an interrupted invocation resumes where it stopped,
@@ -139,6 +140,31 @@ def grid_points(p: dict, key: str) -> list[dict]:
     return [dict(lr=lr, **({"prompts": n} if n else {})) for n in prompts for lr in lrs]
 
 
+MAX_EXTENSIONS = 2
+
+
+def grid(runs: Path, p: dict, task: str, key: str) -> list[dict]:
+    """The method's (a) grid on `task`: grid_points, extended while the best point sits at an
+    edge of the lrs tried (lr / 4 below the lowest, lr * 4 above the highest; for VPT at every
+    prompt count), up to MAX_EXTENSIONS times, so the choice is bracketed, not an edge. Every
+    method follows the same rule; a 2-point grid is all edges, so it extends at least once. Found
+    necessary on this backbone: SSF and BitFit at lr 0.02 fell to chance on
+    patch_textures_zoom_96 and at 0.005 to the majority class on elpv_defect_96, so 0.005 won
+    without being an optimum."""
+    points = grid_points(p, key)
+    for _ in range(MAX_EXTENSIONS if p["grid"] else 0):
+        best = choice(runs, p, "a", task, key, points)
+        if best is None:
+            break
+        lrs = sorted({q["lr"] for q in points})
+        if best["lr"] not in (lrs[0], lrs[-1]):
+            break
+        new_lr = lrs[0] / 4 if best["lr"] == lrs[0] else lrs[-1] * 4
+        prompts = sorted({q["prompts"] for q in points if "prompts" in q}) or [None]
+        points = points + [dict(lr=new_lr, **({"prompts": n} if n else {})) for n in prompts]
+    return points
+
+
 def point_label(point: dict) -> str:
     return f"lr{point['lr']:g}" + (f"_p{point['prompts']}" if "prompts" in point else "")
 
@@ -228,7 +254,7 @@ def timing_runs(p: dict, runs: Path, task: str) -> dict:
     days on a shared host whose speed varied 4x between sessions, so their seconds cannot be
     compared; within a round the settings run minutes apart, and each round's times are divided
     by that round's SSF-in-all-blocks time."""
-    ssf = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
+    ssf = choice(runs, p, "a", task, "ssf", grid(runs, p, task, "ssf"))
     if not ssf:
         return {}
     planned = {}
@@ -269,7 +295,7 @@ def plan(p: dict, runs: Path) -> dict:
     for task in p["tasks"]:
         ablating = task == p["ablation_task"]
         for key in sorted(p["methods"], key=lambda k: not (ablating and k == "ssf")):
-            points = grid_points(p, key)
+            points = grid(runs, p, task, key)
             planned.update(selection_runs(p, "a", task, key, points))
             chosen = choice(runs, p, "a", task, key, points)
             if chosen:
@@ -288,7 +314,7 @@ def ablation_runs(p: dict, runs: Path, task: str, tables: tuple[str, ...] | None
     """(d) and (e) (only `tables` if given): every SSF setting at SSF's chosen lr, once that
     choice exists."""
     planned = {}
-    ssf = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
+    ssf = choice(runs, p, "a", task, "ssf", grid(runs, p, task, "ssf"))
     for table, label, options in ablation_settings(p) if ssf else []:
         if tables is not None and table not in tables:
             continue
@@ -332,7 +358,7 @@ def experiment_a(p: dict, runs: Path) -> tuple[list[str], dict]:
     """Table 3/4 in shape. The means (groups, suite) cover the tasks every method has finished,
     so a partial reproduction compares methods on the same tasks and says which."""
     tasks = p["tasks"]
-    found = {key: {t: seed_results(runs, p, "a", t, key, grid_points(p, key), p["seeds"]) for t in tasks}
+    found = {key: {t: seed_results(runs, p, "a", t, key, grid(runs, p, t, key), p["seeds"]) for t in tasks}
              for key in p["methods"]}
     complete = [t for t in tasks if all(found[key][t] is not None for key in p["methods"])]
     groups = [g for g in GROUPS if any(t in GROUPS[g] for t in complete)]
@@ -346,9 +372,8 @@ def experiment_a(p: dict, runs: Path) -> tuple[list[str], dict]:
     data, pending, choices = {}, [], {}
     seeds = range(len(p["seeds"]))
     for key in p["methods"]:
-        points = grid_points(p, key)
         for t in tasks:
-            choices[f"{key}/{t}"] = choice(runs, p, "a", t, key, points)
+            choices[f"{key}/{t}"] = choice(runs, p, "a", t, key, grid(runs, p, t, key))
         done = {t: rs for t, rs in found[key].items() if rs is not None}
         if len(done) < len(tasks):
             pending.append(key)
@@ -408,9 +433,9 @@ def experiment_d(p: dict, runs: Path, a: dict, out: Path) -> tuple[list[str], di
         return f"{statistics.median(t['seconds']):.1f} | " + (f"{cache:.1f}" if cache else "")
 
     data, pending = {}, []
-    chosen = choice(runs, p, "a", task, "ssf", grid_points(p, "ssf"))
+    chosen = choice(runs, p, "a", task, "ssf", grid(runs, p, task, "ssf"))
     if ssf and chosen:
-        full_runs = seed_results(runs, p, "a", task, "ssf", grid_points(p, "ssf"), p["seeds"])
+        full_runs = seed_results(runs, p, "a", task, "ssf", grid(runs, p, task, "ssf"), p["seeds"])
         base = [top1(r) for r in full_runs] if full_runs else []
         lines.append(f"| 6a-e | SSF, all 12 blocks (the (a) runs) | {mean_std(base)} | "
                      f"{ssf['params'][task] / 1e6:.3f} | {seconds('all blocks')} |")
@@ -537,7 +562,7 @@ def experiment_c(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
     errors = json.loads(cache.read_text()) if cache.is_file() else {}
     done = {}
     for key in p["methods"]:
-        found = seed_results(runs, p, "a", task, key, grid_points(p, key), p["seeds"])
+        found = seed_results(runs, p, "a", task, key, grid(runs, p, task, key), p["seeds"])
         if found and (robustness_cached(p, errors, key)
                       or all(Path(r["config"]["out_dir"], "results.json").is_file() for r in found)):
             done[key] = [Path(r["config"]["out_dir"]) for r in found]
@@ -596,7 +621,7 @@ def figures(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
     task, seed = p["figure_task"], p["seeds"][0]
     run_of = {}
     for key in p["methods"]:
-        found = seed_results(runs, p, "a", task, key, grid_points(p, key), p["seeds"])
+        found = seed_results(runs, p, "a", task, key, grid(runs, p, task, key), p["seeds"])
         run = Path(next(r for r in found if r["config"]["seed"] == seed)["config"]["out_dir"]) if found else None
         if run and (run / "results.json").is_file():
             run_of[key] = run
@@ -801,7 +826,7 @@ def weights_needed(p: dict, runs: Path, only: set, out: Path) -> dict:
         if task is None:
             continue
         for key in keys:
-            chosen = choice(runs, p, "a", task, key, grid_points(p, key))
+            chosen = choice(runs, p, "a", task, key, grid(runs, p, task, key))
             if chosen:
                 needed.update({name: run for name, run in retrain_runs(p, "a", task, key, chosen, p["seeds"]).items()
                                if result(runs, name) is not None and not has_weights(runs, name)})

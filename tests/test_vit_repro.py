@@ -28,6 +28,17 @@ def finish(runs: Path, name: str, val_top1: float = 0.0, epoch: int = 1, top1: f
         config=dict(out_dir=str(out), seed=int(name.rsplit("seed", 1)[-1]) if "seed" in name else 0))))
 
 
+def settle(runs: Path, task: str, key: str = "ssf", epoch: int = 3) -> dict:
+    """Finish the method's grid, growth included, so that the base grid's highest lr wins and the
+    lr above it scores less (a bracketed choice); the choice."""
+    base = vit_repro.grid_points(FULL, key)
+    for i, q in enumerate(base):
+        finish(runs, f"a/{task}/{key}/grid_{vit_repro.point_label(q)}", val_top1=70.0 + i, epoch=epoch)
+    for q in vit_repro.grid(runs, FULL, task, key)[len(base):]:
+        finish(runs, f"a/{task}/{key}/grid_{vit_repro.point_label(q)}", val_top1=60.0, epoch=epoch)
+    return vit_repro.choice(runs, FULL, "a", task, key, vit_repro.grid(runs, FULL, task, key))
+
+
 def test_grid_runs_never_see_test_data_and_the_best_val_point_wins(tmp_path):
     points = vit_repro.grid_points(FULL, "vpt_deep")
     assert len(points) == len(vit_repro.LRS["vpt_deep"]) * len(vit_repro.PROMPTS)
@@ -54,8 +65,7 @@ def test_ablations_wait_for_ssfs_choice_and_train_ssf_with_their_options(tmp_pat
     planned = vit_repro.plan(FULL, tmp_path)
     assert not any(name.startswith("d/") for name in planned)
     ssf_points = vit_repro.grid_points(FULL, "ssf")
-    for i, name in enumerate(vit_repro.selection_runs(FULL, "a", task, "ssf", ssf_points)):
-        finish(tmp_path, name, val_top1=70.0 + i, epoch=3)
+    settle(tmp_path, task)
     planned = vit_repro.plan(FULL, tmp_path)
     ablations = {n: r for n, r in planned.items() if n.startswith("d/")}
     assert len(ablations) == len([row for row in vit_repro.ABLATIONS if row[0] in FULL["ablations"]]) \
@@ -90,13 +100,11 @@ def test_finished_runs_are_recorded_so_a_fresh_clone_resumes_and_retrains_only_w
     runs, records = tmp_path / "runs", tmp_path / "out" / "runs"
     monkeypatch.setattr(vit_repro, "RECORDS", records)
     task = FULL["ablation_task"]
-    points = vit_repro.grid_points(FULL, "ssf")
+    chosen = settle(runs, task, epoch=2)
+    points = vit_repro.grid(runs, FULL, task, "ssf")
     names = list(vit_repro.selection_runs(FULL, "a", task, "ssf", points))
-    for i, name in enumerate(names):
-        finish(runs, name, val_top1=60.0 + i, epoch=2)
     assert all(vit_repro.result(runs, n)["selected"]["epoch"] == 2 for n in names)
     assert all((records / f"{n}.json").is_file() for n in names)
-    chosen = vit_repro.choice(runs, FULL, "a", task, "ssf", points)
     for name in vit_repro.retrain_runs(FULL, "a", task, "ssf", chosen, FULL["seeds"]):
         finish(runs, name, top1=70.0)
         vit_repro.result(runs, name)
@@ -125,8 +133,7 @@ def test_on_the_ablation_task_ssf_then_the_pareto_rows_come_first_then_the_rest_
     assert vit_repro.stage_of(FULL, next(iter(planned))) == f"a/{task}/ssf"
     assert set(vit_repro.first_stage(FULL, planned)) == set(
         vit_repro.selection_runs(FULL, "a", task, "ssf", vit_repro.grid_points(FULL, "ssf")))
-    for i, name in enumerate(vit_repro.selection_runs(FULL, "a", task, "ssf", vit_repro.grid_points(FULL, "ssf"))):
-        finish(tmp_path, name, val_top1=70.0 + i, epoch=3)
+    settle(tmp_path, task)
     stages = list(dict.fromkeys(vit_repro.stage_of(FULL, n) for n in vit_repro.plan(FULL, tmp_path)))
     assert stages[:5] == [f"a/{task}/ssf", f"d/{task}/pareto", f"t/{task}", f"a/{task}", f"d/{task}"]
     pareto = [n for n in vit_repro.plan(FULL, tmp_path) if vit_repro.stage_of(FULL, n) == f"d/{task}/pareto"]
@@ -140,8 +147,7 @@ def test_timing_rounds_run_every_pareto_setting_alone_and_each_round_is_its_own_
     monkeypatch.setattr(vit_repro, "RECORDS", None)
     task = FULL["ablation_task"]
     assert vit_repro.timing_runs(FULL, tmp_path, task) == {}          # waits for SSF's lr
-    for i, name in enumerate(vit_repro.selection_runs(FULL, "a", task, "ssf", vit_repro.grid_points(FULL, "ssf"))):
-        finish(tmp_path, name, val_top1=70.0 + i, epoch=3)
+    settle(tmp_path, task)
     runs = vit_repro.timing_runs(FULL, tmp_path, task)
     rounds = FULL["timing_rounds"]
     assert len(runs) == rounds * len(vit_repro.pareto_settings(FULL)) == rounds * (1 + 3 + len(FULL["last_k"]))
@@ -180,3 +186,31 @@ def test_table6_claims_compare_each_backbone_with_ssf_on_its_ablation_task():
     no_scale = lite0["data"]["d"]["w/o scale"]
     row = next(line for line in vit_repro.claims(dict(a={}, d={})) if line.startswith("| 6d: the scale matters"))
     assert row.split(" | ")[2].endswith(f"({statistics.mean(ssf):.1f} vs {statistics.mean(no_scale):.1f})")
+
+
+def test_the_grid_grows_past_an_edge_winner_until_the_choice_is_bracketed(tmp_path, monkeypatch):
+    monkeypatch.setattr(vit_repro, "RECORDS", None)
+    task = "elpv_defect_96"
+    base = vit_repro.grid_points(FULL, "ssf")
+    assert vit_repro.grid(tmp_path, FULL, task, "ssf") == base          # pending: nothing to grow
+    low, high = sorted(q["lr"] for q in base)
+    finish(tmp_path, f"a/{task}/ssf/grid_lr{low:g}", val_top1=56.0, epoch=1)   # the lowest lr wins
+    finish(tmp_path, f"a/{task}/ssf/grid_lr{high:g}", val_top1=53.5, epoch=4)
+    grown = vit_repro.grid(tmp_path, FULL, task, "ssf")
+    assert grown == base + [dict(lr=low / 4)]
+    assert f"a/{task}/ssf/grid_lr{low / 4:g}" in vit_repro.plan(FULL, tmp_path)
+    assert vit_repro.choice(tmp_path, FULL, "a", task, "ssf", grown) is None   # no retraining yet
+    finish(tmp_path, f"a/{task}/ssf/grid_lr{low / 4:g}", val_top1=70.0, epoch=4)   # a new edge wins
+    assert vit_repro.grid(tmp_path, FULL, task, "ssf") == base + [dict(lr=low / 4), dict(lr=low / 16)]
+    finish(tmp_path, f"a/{task}/ssf/grid_lr{low / 16:g}", val_top1=65.0, epoch=4)
+    assert vit_repro.choice(tmp_path, FULL, "a", task, "ssf", vit_repro.grid(tmp_path, FULL, task, "ssf"))["lr"] == low / 4
+    # VPT grows at every prompt count; a middle winner stops the growth
+    vpt = vit_repro.grid_points(FULL, "vpt_deep")
+    for q in vpt:
+        finish(tmp_path, f"a/{task}/vpt_deep/grid_{vit_repro.point_label(q)}", val_top1=q["lr"] * 1000 + q["prompts"])
+    top = max(q["lr"] for q in vpt)
+    assert vit_repro.grid(tmp_path, FULL, task, "vpt_deep") == vpt + [dict(lr=top * 4, prompts=n) for n in vit_repro.PROMPTS]
+    for n in vit_repro.PROMPTS:
+        finish(tmp_path, f"a/{task}/vpt_deep/grid_lr{top * 4:g}_p{n}", val_top1=1.0)
+    assert len(vit_repro.grid(tmp_path, FULL, task, "vpt_deep")) == len(vpt) + len(vit_repro.PROMPTS)
+    assert vit_repro.grid(tmp_path, vit_repro.PRESETS["quick"], task, "ssf") == vit_repro.grid_points(vit_repro.PRESETS["quick"], "ssf")
