@@ -113,15 +113,16 @@ RECORDS: Path | None = None
 
 
 def result(runs: Path, name: str) -> dict | None:
-    """A finished run's results.json from its directory, else from its record; None while it is
-    pending. A run directory's result is recorded."""
-    found = mini_repro.result(runs, name)
+    """A finished run's recorded results.json, else its run directory's (then recorded); None
+    while it is pending. The record wins: a run retrained for its weights ((c), the figures) on
+    another host can differ in the last digits, and the tables stay those a fresh clone rebuilds."""
     record = RECORDS / f"{name}.json" if RECORDS else None
-    if found is not None:
-        if record and not record.is_file():
-            write_json(record, found)
-        return found
-    return json.loads(record.read_text()) if record and record.is_file() else None
+    if record and record.is_file():
+        return json.loads(record.read_text())
+    found = mini_repro.result(runs, name)
+    if found is not None and record:
+        write_json(record, found)
+    return found
 
 
 def has_weights(runs: Path, name: str) -> bool:

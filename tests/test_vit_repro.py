@@ -105,6 +105,8 @@ def test_finished_runs_are_recorded_so_a_fresh_clone_resumes_and_retrains_only_w
     names = list(vit_repro.selection_runs(FULL, "a", task, "ssf", points))
     assert all(vit_repro.result(runs, n)["selected"]["epoch"] == 2 for n in names)
     assert all((records / f"{n}.json").is_file() for n in names)
+    finish(runs, names[0], val_top1=1.0, epoch=1)     # retrained elsewhere: the record still wins
+    assert vit_repro.result(runs, names[0])["selected"]["epoch"] == 2
     for name in vit_repro.retrain_runs(FULL, "a", task, "ssf", chosen, FULL["seeds"]):
         finish(runs, name, top1=70.0)
         vit_repro.result(runs, name)
