@@ -22,8 +22,9 @@ Nothing is tuned on test data. Per task and method the runner performs a grid: e
 learning rate; for VPT also a prompt count) trains on train800 with seed 0 and is scored on
 val200 after every epoch; the (point, epoch) with the best val200 top-1 wins (ties: the earlier
 grid point, then the earlier epoch). While the winner is the lowest or highest lr tried, the grid
-grows by lr / 4 or lr * 4 (at most twice; see grid). Every seed then retrains from scratch on train800val200 with
-that point for that many epochs of the same schedule and is tested once (the clean protocol).
+grows by lr / 4 or lr * 4 (at most twice; see grid). Every seed then retrains from scratch on
+train800val200 with that point for that many epochs of the same schedule and is tested once (the
+clean protocol).
 The ablations of (d) and (e) train at SSF's chosen lr and choose their epoch the same way. Every
 run keeps its own directory under --runs, so an interrupted invocation resumes where it stopped,
 and its results.json is recorded under OUT/runs/ (small, committed), so a fresh clone resumes too.
@@ -101,8 +102,8 @@ PRESETS = {
                  tasks=["patch_textures_zoom_96", "elpv_defect_96", "struct_count_96"],
                  methods=VIT_METHODS, test_limit=2000, grid=True,
                  ablation_task="patch_textures_zoom_96", ablations=["6a", "6b", "6c", "6d"],
-                 last_k=LAST_K, ablation_seeds=[0], timing_rounds=3, robustness_task="patch_textures_zoom_96",
-                 c_images=100, figure_task="patch_textures_zoom_96"),
+                 last_k=LAST_K, ablation_seeds=[0], timing_rounds=3,
+                 robustness_task="patch_textures_zoom_96", c_images=100, figure_task="patch_textures_zoom_96"),
 }
 
 
@@ -237,6 +238,7 @@ def ablation_key(label: str) -> str:
 
 
 PARETO_TABLES = ("6a", "6e")
+
 
 def pareto_settings(p: dict) -> list[tuple[str, dict]]:
     """(label, SSF options) of the Pareto comparison: SSF in all blocks, the first k, the last k."""
@@ -536,7 +538,6 @@ def corrupted_batch(items: list, split: str, transform) -> tuple[torch.Tensor, t
     return torch.stack(images), torch.as_tensor([label for _, label in items])
 
 
-@torch.no_grad()
 def robustness_errors_file(p: dict, out: Path) -> Path:
     """(c)'s error of every model on every corrupted split, beside the tables (committed): a fresh
     clone rebuilds (c) from it without the models."""
@@ -548,6 +549,7 @@ def robustness_cached(p: dict, errors: dict, key: str) -> bool:
     return all(f"{key}/{seed}/{split}" in errors for seed in p["seeds"] for split in FASHION_C_SPLITS)
 
 
+@torch.no_grad()
 def experiment_c(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
     """The (a) models of the robustness task on its test images under the fashion-mnist-C
     corruptions (10 corruptions x 5 severities); errors kept beside the tables after every split."""
