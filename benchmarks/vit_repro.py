@@ -44,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mini_repro  # noqa: E402
 from mini_repro import execute, mean_std  # noqa: E402
+from real_repro import GROUPS, group_of  # noqa: E402  (the same suite as Lite0's reproduction)
 
 from scaleshift.extras import require  # noqa: E402
 from scaleshift.io import atomic_path, write_json, write_text  # noqa: E402
@@ -51,10 +52,6 @@ from scaleshift.runs import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "vit_small_patch14_dinov2"
-GROUPS = {"natural": ["patch_textures_zoom_96", "patch_photos_fine_96", "fashion_mnist_96"],
-          "specialised": ["patch_medical_zoom_96", "elpv_defect_96"],
-          "structured": ["struct_location_96", "struct_orientation_96", "struct_count_96",
-                         "struct_distance_96"]}
 # key -> (method, options, extra config)
 METHODS = {
     "linear": ("linear", {"whole_head": False}, {"cache_features": True}),
@@ -128,10 +125,6 @@ def result(runs: Path, name: str) -> dict | None:
 
 def has_weights(runs: Path, name: str) -> bool:
     return mini_repro.result(runs, name) is not None
-
-
-def group_of(task: str) -> str:
-    return next(g for g, tasks in GROUPS.items() if task in tasks)
 
 
 def grid_points(p: dict, key: str) -> list[dict]:
