@@ -634,6 +634,11 @@ def figures(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
         cka = similarity([run_of["full"]] + [run_of[k] for k in others], task, "test", 500)
         write_json(cka_file, cka)
         plot_similarity(cka, out / "fig5_similarity.png")
+    if not (out / "fig4_weights.png").is_file():     # the plots are drawn again from their data
+        plot_weights(json.loads(hist_file.read_text()), out / "fig4_weights.png",
+                     f"ViT-S/14 backbone parameters after fine-tuning on {task}")
+    if not (out / "fig5_similarity.png").is_file():
+        plot_similarity(cka, out / "fig5_similarity.png")
     blocks = len(cka["runs"][0]["cka"])
     lines = [f"## Figures 4 and 5 ({task}, seed {seed})", "",
              "![Figure 4](fig4_weights.png)", "", "![Figure 5](fig5_similarity.png)", "",
