@@ -623,21 +623,23 @@ def figures(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
             run_of[key] = run
     hist_file, cka_file = out / "fig4_weights.json", out / "fig5_similarity.json"
     cka = json.loads(cka_file.read_text()) if cka_file.is_file() else None
-    if not figures_done(p, out) and not {"full", "ssf"} <= set(run_of):
+    done = figures_done(p, out)
+    if not done and not {"full", "ssf"} <= set(run_of):
         return [], {}
     others = [k for k in p["methods"] if k in run_of and k != "full"]
+    new_hist = new_cka = False
     if not hist_file.is_file():
-        hist = weight_histograms(run_of["ssf"], run_of["full"])
-        write_json(hist_file, hist)
-        plot_weights(hist, out / "fig4_weights.png", f"ViT-S/14 backbone parameters after fine-tuning on {task}")
-    if not figures_done(p, out) and (cka is None or [r["method"] for r in cka["runs"]] != [METHODS[k][0] for k in others]):
+        write_json(hist_file, weight_histograms(run_of["ssf"], run_of["full"]))
+        new_hist = True
+    if not done and (cka is None or [r["method"] for r in cka["runs"]] != [METHODS[k][0] for k in others]):
         cka = similarity([run_of["full"]] + [run_of[k] for k in others], task, "test", 500)
         write_json(cka_file, cka)
-        plot_similarity(cka, out / "fig5_similarity.png")
-    if not (out / "fig4_weights.png").is_file():     # the plots are drawn again from their data
+        new_cka = True
+    # the plots are drawn from the data beside them: after a computation, or when missing
+    if new_hist or not (out / "fig4_weights.png").is_file():
         plot_weights(json.loads(hist_file.read_text()), out / "fig4_weights.png",
                      f"ViT-S/14 backbone parameters after fine-tuning on {task}")
-    if not (out / "fig5_similarity.png").is_file():
+    if new_cka or not (out / "fig5_similarity.png").is_file():
         plot_similarity(cka, out / "fig5_similarity.png")
     blocks = len(cka["runs"][0]["cka"])
     lines = [f"## Figures 4 and 5 ({task}, seed {seed})", "",
