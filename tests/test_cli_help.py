@@ -40,7 +40,7 @@ def test_train_help_lists_every_key_with_type_default_and_choices(capsys):
         assert config._yaml_text(default) in words[1:6], (f.name, lines[f.name])
     assert lines["epochs"].split()[1:3] == ["int", "10"] and ">= 1" in lines["epochs"]
     assert lines["grad_clip"].split()[1:5] == ["float", "|", "null", "null"]
-    assert "{fp32, bf16, fp16}" in lines["precision"] and "{clean, official}" in lines["protocol"]
+    assert "{fp32, bf16, fp16, auto}" in lines["precision"] and "{clean, official}" in lines["protocol"]
     assert "ssf" in lines["method"] and "lora" in lines["method"]   # from the method registry
     for key, (_, _, hint) in RANGES.items():
         assert hint in lines[key]

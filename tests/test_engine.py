@@ -44,6 +44,7 @@ def test_train_eval_merge_eval_gives_the_same_accuracy(tmp_path, capsys):
     assert results["trainable_params"] < results["total_params"]
     for key in ("wall_time_s", "peak_memory_mb", "machine", "final", "best"):
         assert key in results
+    assert results["precision"] == "fp32"   # what ran (precision=auto resolves per machine)
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run")]) == 0
     unmerged = json.loads(capsys.readouterr().out)

@@ -64,7 +64,7 @@ class RunConfig:
     batchnorm: str = "update"   # update: BatchNorm running stats follow the training batches | frozen: kept
     ema_decay: float | None = None
     random_erasing: float = 0.0                           # per image, on the batch after mixup
-    precision: str = "fp32"                               # fp32 | bf16 (CPU or CUDA) | fp16 (CUDA)
+    precision: str = "fp32"   # fp32 | bf16 (CPU or CUDA) | fp16 (CUDA) | auto: bf16 where the hardware has it, else fp32
     compile: str = "none"   # inductor: torch.compile the training forward (eval stays eager) | aot_eager | none
     cache_features: bool = False                          # linear probing on cached features
     cache_prefix: bool | None = None   # blocks before layers=last:k computed once. null: when training is deterministic; true: or refuse
@@ -81,7 +81,7 @@ class RunConfig:
     logger: str = "none"              # tensorboard: scalars also under out_dir/tensorboard/
     max_steps_per_epoch: int | None = None                # for smoke tests
 
-    CHOICES = {"augment": ("vtab", "fgvc", "cifar", "imagenet"), "precision": ("fp32", "bf16", "fp16"),
+    CHOICES = {"augment": ("vtab", "fgvc", "cifar", "imagenet"), "precision": ("fp32", "bf16", "fp16", "auto"),
                "protocol": ("clean", "official"), "device": ("auto", "cpu", "cuda"),
                "batchnorm": ("update", "frozen"), "logger": ("none", "tensorboard"),
                "compile": ("none", "inductor", "aot_eager")}

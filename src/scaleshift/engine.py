@@ -56,7 +56,8 @@ from .models import create_model, identity_of
 from .prefix_cache import CACHE_DIR, CacheBudget, Suffix, cache_prefix, prefix_cut
 from .progress import progress, replaces_lines, say
 from .runs import (ADAPTER, CHECKPOINT, CONFIG, LOCK, MARKER, NAMED, RESULTS, SNAPSHOTS,
-                   all_reduce_sum, autocast_for, dataset_classes, evaluate, is_run_dir, machine_info)
+                   all_reduce_sum, autocast_for, dataset_classes, evaluate, is_run_dir, machine_info,
+                   resolve_precision)
 
 
 # what results.json says about time besides wall_time_s (per stage under the clean protocol)
@@ -620,6 +621,7 @@ def finish(t: Trainer, wall_start: float) -> dict:
                    epochs=t.total_epochs, wall_time_s=round(time.time() - wall_start, 2),
                    **epoch_times(t.history), prefix_cache=t.prefix_cache,
                    peak_memory_mb=round(peak_memory_mb(t.device), 1), world_size=t.world,
+                   precision=resolve_precision(cfg.precision, t.device),
                    machine=machine_info(), config=cfg.to_dict())
     if t.rank == 0:
         model.cpu()

@@ -143,7 +143,24 @@ def merged_state(run_dir: str | Path, weights: str | None = None
     return cfg, meta, state
 
 
+def has_native_bf16(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware: a CUDA GPU with bf16 support, or
+    a CPU with AVX512-BF16 or AMX. Without it bf16 autocast is emulated and slower than fp32
+    (5-7x on an AVX2 CPU, measured: README, Cost and analysis)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_extensions(cpuinfo)))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """precision=auto: bf16 autocast where the hardware has bf16, fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bf16" if has_native_bf16(device) else "fp32"
+
+
 def autocast_for(precision: str, device: torch.device):
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return nullcontext
     if precision == "fp16" and device.type != "cuda":

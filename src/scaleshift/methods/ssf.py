@@ -43,6 +43,13 @@ def _scale_safe_to_divide(scale: torch.Tensor | None) -> bool:
     return not _compiling() and bool(scale.detach().abs().min() > 1e-3)
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The lower precision autocast runs matmuls in on this device type, None outside autocast."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 def _channel_sums(grad, saved, channel_dim: int, mean, inv_scale, want_scale: bool, want_shift: bool):
     """Per channel: (sum(grad * (saved - mean)) * inv_scale, sum(grad)), in one pass.
 
@@ -117,6 +124,14 @@ _CONV_INPUT_GRAD = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.g
                     nn.Conv3d: torch.nn.grad.conv3d_input}
 
 
+def _input_grad(grad: torch.Tensor, weight: torch.Tensor, layer: nn.Module, x_shape) -> torch.Tensor:
+    """The gradient of a frozen Linear / Conv's input, given the (folded) weight it ran with."""
+    if type(layer) is nn.Linear:
+        return grad.matmul(weight)
+    return _CONV_INPUT_GRAD[type(layer)](x_shape, weight, grad, layer.stride, layer.padding,
+                                         layer.dilation, layer.groups)
+
+
 def _scaled_weight_and_bias(layer: nn.Module, scale, shift, rows: bool = True):
     """(weight, bias) of `layer` with scale and shift folded in (paper Eq. 5). rows=True: a
     Linear (out, in) or Conv (out, in/groups, *k) weight, scaled per output row; rows=False: a
@@ -143,35 +158,39 @@ class FrozenLayerScaleShiftFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, shift, layer):
         weight, bias = _scaled_weight_and_bias(layer, scale, shift)
+        low = _autocast_dtype(x.device.type)
+        if low is not None and weight.dtype != low:
+            # Under autocast the matmul runs on a cast copy of the weight anyway, and autograd
+            # keeps that copy for BitFit's backward too: fold in full precision, round once,
+            # and keep the result, so the backward neither folds nor casts again.
+            weight = weight.to(low)
         if type(layer) is nn.Linear:
             z = F.linear(x, weight, bias)
         else:
             z = layer._conv_forward(x, weight, bias)
-        ctx.save_for_backward(z, scale, shift)
+        kept = weight if low is not None and ctx.needs_input_grad[0] else None
+        ctx.save_for_backward(z, scale, shift, kept)
         ctx.layer, ctx.x_shape, ctx.x_dtype = layer, x.shape, x.dtype
         return z
 
     @staticmethod
     def backward(ctx, grad):
-        z, scale, shift = ctx.saved_tensors
+        z, scale, shift, kept = ctx.saved_tensors
         layer = ctx.layer
         linear = type(layer) is nn.Linear
         grad_x = grad_scale = grad_shift = None
         if ctx.needs_input_grad[0]:
-            weight = layer.weight.to(grad.dtype)
-            if linear:
-                # scale * W (weight-sized) or scale * grad (output-sized): whichever is smaller
-                if scale is None:
-                    grad_x = grad.matmul(weight)
-                elif grad.numel() < weight.numel():
-                    grad_x = (grad * scale.to(grad.dtype)).matmul(weight)
-                else:
-                    grad_x = grad.matmul(weight * scale.to(grad.dtype).view(-1, 1))
+            if kept is not None:   # the folded weight the forward ran with (autocast)
+                grad_x = _input_grad(grad, kept.to(grad.dtype), layer, ctx.x_shape)
+            elif linear and scale is not None and grad.numel() < layer.weight.numel():
+                # scale * grad (output-sized) is less work than scale * W (weight-sized) here
+                grad_x = _input_grad(grad * scale.to(grad.dtype), layer.weight.to(grad.dtype), layer,
+                                     ctx.x_shape)
             else:
+                weight = layer.weight.to(grad.dtype)
                 if scale is not None:
                     weight = weight * scale.to(grad.dtype).view(-1, *([1] * (weight.ndim - 1)))
-                grad_x = _CONV_INPUT_GRAD[type(layer)](ctx.x_shape, weight, grad, layer.stride,
-                                                       layer.padding, layer.dilation, layer.groups)
+                grad_x = _input_grad(grad, weight, layer, ctx.x_shape)
             grad_x = grad_x.to(ctx.x_dtype)
         want_scale = scale is not None and ctx.needs_input_grad[1]
         want_shift = shift is not None and ctx.needs_input_grad[2]
