@@ -215,3 +215,15 @@ def test_a_checkpoint_from_before_a_new_key_resumes_when_the_key_holds_its_defau
     assert config_changes(older, expected) == []
     assert config_changes(older, dict(expected, sched_on_updates=True)) == ["sched_on_updates"]
     assert config_changes(dict(expected, lr=0.5), expected) == ["lr"]
+
+
+@pytest.mark.parametrize("extensions, used", [(["avx2"], "fp32"), (["avx2", "avx512_bf16"], "bf16")])
+def test_precision_auto_runs_and_records_what_the_cpu_does_fast(tmp_path, capsys, monkeypatch, extensions, used):
+    from scaleshift import runs
+    monkeypatch.setattr(runs, "cpu_extensions", lambda path="/proc/cpuinfo": extensions)
+    assert main(["train", *overrides(tmp_path, "run", epochs=1, extra=["precision=auto"])]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["precision"] == used and results["config"]["precision"] == "auto"
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert f"precision=auto: {'bf16 autocast' if used == 'bf16' else 'fp32'}" in said

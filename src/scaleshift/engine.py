@@ -462,6 +462,11 @@ def announce(t: Trainer) -> None:
         f"{trainable_parameters(t.model):,} trainable of {total_parameters(t.model):,}; "
         f"{len(t.sets['train'])} train, {tested}, {t.world} process(es), "
         f"epochs {t.start_epoch + 1}..{t.total_epochs}")
+    if t.cfg.precision == "auto":
+        used = resolve_precision("auto", t.device)
+        device = "this GPU" if t.device.type == "cuda" else "this CPU"
+        say(f"[scaleshift] precision=auto: " + (f"bf16 autocast ({device} has bf16 units)" if used == "bf16"
+            else f"fp32 ({device} has no bf16 units, and emulated bf16 is slower than fp32)"))
     if t.prefix_cache is not None:
         c = t.prefix_cache
         say(f"[scaleshift] prefix cached: blocks 0-{c['cut'] - 1} ran once per sample "
