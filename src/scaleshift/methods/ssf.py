@@ -159,7 +159,8 @@ class FrozenLayerScaleShiftFn(torch.autograd.Function):
     def forward(ctx, x, scale, shift, layer):
         weight, bias = _scaled_weight_and_bias(layer, scale, shift)
         low = _autocast_dtype(x.device.type)
-        if low is not None and weight.dtype != low:
+        cast = low is not None and weight.dtype == torch.float32   # what autocast casts
+        if cast:
             # Under autocast the matmul runs on a cast copy of the weight anyway, and autograd
             # keeps that copy for BitFit's backward too: fold in full precision, round once,
             # and keep the result, so the backward neither folds nor casts again.
@@ -168,7 +169,7 @@ class FrozenLayerScaleShiftFn(torch.autograd.Function):
             z = F.linear(x, weight, bias)
         else:
             z = layer._conv_forward(x, weight, bias)
-        kept = weight if low is not None and ctx.needs_input_grad[0] else None
+        kept = weight if cast and ctx.needs_input_grad[0] else None
         ctx.save_for_backward(z, scale, shift, kept)
         ctx.layer, ctx.x_shape, ctx.x_dtype = layer, x.shape, x.dtype
         return z
