@@ -25,7 +25,7 @@ BENCHES = {
     "ViT-S/16 again, with compiled steps (this host, AVX-512)": "results/bench/vit_small_patch16_224_b16_compiled_avx512",
     "ViT-S/16 again, with bf16 steps (this host, AVX512-BF16)": "results/bench/vit_small_patch16_224_b16_bf16_avx512",
     "ViT-S/16 with compiled steps on an earlier, loaded AVX2 host": "results/bench/vit_small_patch16_224_b16_compiled",
-    "real ViT-S/14 (DINOv2), 56 px, batch 32 (beside the reproduction)": "results/bench/vit_small_patch14_dinov2_56_b32",
+    "real ViT-S/14 (DINOv2), 56 px, batch 32": "results/bench/vit_small_patch14_dinov2_56_b32",
     "ViT-B/16, 224 px (merge)": "results/bench/vit_base_patch16_224_merge",
     "embedded ViT, 32 px, batch 64": "results/bench/scaleshift_vit32_b64",
     "the same with bf16 and compiled modes (a loaded machine)": "results/bench/scaleshift_vit32_b64_modes",
