@@ -17,7 +17,7 @@ import torch
 
 from .config import make_config
 from .data import build_dataset, build_transform
-from .engine import train
+from .engine import config_changes, config_fingerprint, train
 from .errors import ScaleshiftError
 from .io import figure, save_png, write_json, write_text
 from .methods import get_method
@@ -109,17 +109,13 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     return summary
 
 
-DEMO_KEYS = ("model", "model_kwargs", "method", "dataset", "dataset_options", "input_size", "lr",
-             "epochs", "seed")
-
-
 def check_earlier_run(run_dir: Path, cfg, backbone: str) -> None:
     """The demo reuses (or resumes) what it finds in its own run folders: refuse a folder that
     holds another run, for instance the demo of another backbone, instead of reporting it."""
     if not (run_dir / "config.yaml").is_file():
         return
     earlier = read_config(run_dir)
-    changed = [k for k in DEMO_KEYS if getattr(earlier, k) != getattr(cfg, k)]
+    changed = config_changes(config_fingerprint(earlier), config_fingerprint(cfg))
     if changed:
         raise ScaleshiftError(
             f"{run_dir} holds another run ({earlier.model} + {earlier.method} on {earlier.dataset}; "
