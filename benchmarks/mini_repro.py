@@ -152,6 +152,27 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def robustness_table(title: str, errors: dict, keys: list[str], seeds: list[int],
+                     corruptions: list[str], align: str = "---") -> tuple[list[str], dict]:
+    """Error % per corruption (mean over the 5 severities and the seeds) and mCE against full
+    fine-tuning of the same seed (= 100), from errors["{key}/{seed}/{corruption}/{severity}"]
+    and errors["{key}/{seed}/clean"]; align is the markdown alignment of the number columns."""
+    def err(key, seed, corruption):   # summed over the 5 severities
+        return sum(errors[f"{key}/{seed}/{corruption}/{s}"] for s in range(1, 6))
+    lines = [title, "", "| method | clean err | " + " | ".join(corruptions) + " | mCE |",
+             "|---" + f"|{align}" * (len(corruptions) + 2) + "|"]
+    data = {}
+    for key in keys:
+        per = {c: 100 * statistics.mean(err(key, s, c) / 5 for s in seeds) for c in corruptions}
+        mce = [100 * statistics.mean(err(key, s, c) / max(err("full", s, c), 1e-9) for c in corruptions)
+               for s in seeds]
+        clean = 100 * statistics.mean(errors[f"{key}/{s}/clean"] for s in seeds)
+        data[key] = dict(clean_error=clean, per_corruption=per, mce=mce)
+        lines.append(f"| {key} | {clean:.1f} | " + " | ".join(f"{per[c]:.1f}" for c in corruptions)
+                     + f" | {mean_std(mce)} |")
+    return lines + [""], data
+
+
 def suite_table(results: dict, tasks: list[str], methods: list[str], label: str) -> list[str]:
     groups = [g for g, ts in GROUPS.items() if any(t in tasks for t in ts)]
     lines = [f"| {label} | " + " | ".join(tasks) + " | " + " | ".join(groups) + " | mean | params (M) |",

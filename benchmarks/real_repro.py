@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mini_repro import execute, mean_std, result  # noqa: E402
+from mini_repro import execute, mean_std, result, robustness_table  # noqa: E402
 
 from scaleshift.io import write_json, write_text  # noqa: E402
 from scaleshift.runs import machine_info  # noqa: E402
@@ -282,24 +282,10 @@ def experiment_c(p: dict, runs: Path) -> tuple[list[str], dict]:
                        for chunk, target in zip(images.split(100), torch.as_tensor(labels).split(100)))
             errors[f"{name}/{split}"] = 1 - hits / len(images)
         write_json(cache, errors)            # after every split: an interrupted run resumes here
-    names = sorted({s.split("/")[0] for s in corrupted})
-
-    def err(key, seed, corruption):   # summed over the 5 severities
-        return sum(errors[f"{key}/{seed}/{corruption}/{s}"] for s in range(1, 6))
-    lines = [f"## (c) Robustness: the (b) models on fashion-mnist-C ({p['c_images']} images per split, "
+    title = (f"## (c) Robustness: the (b) models on fashion-mnist-C ({p['c_images']} images per split, "
              f"96 px), error % per corruption (mean over 5 severities and seeds), mCE relative to full "
-             f"fine-tuning of the same seed (= 100)", "",
-             "| method | clean err | " + " | ".join(names) + " | mCE |", "|---" * (len(names) + 3) + "|"]
-    data = {}
-    for key in done:
-        per = {c: 100 * statistics.mean(err(key, s, c) / 5 for s in p["seeds"]) for c in names}
-        mce = [100 * statistics.mean(err(key, s, c) / max(err("full", s, c), 1e-9) for c in names)
-               for s in p["seeds"]]
-        clean = 100 * statistics.mean(errors[f"{key}/{s}/clean"] for s in p["seeds"])
-        data[key] = dict(clean_error=clean, per_corruption=per, mce=mce)
-        lines.append(f"| {key} | {clean:.1f} | " + " | ".join(f"{per[c]:.1f}" for c in names)
-                     + f" | {mean_std(mce)} |")
-    return lines + [""], data
+             f"fine-tuning of the same seed (= 100)")
+    return robustness_table(title, errors, list(done), p["seeds"], sorted({s.split("/")[0] for s in corrupted}))
 
 
 def experiment_d(p: dict, runs: Path, a_data: dict) -> tuple[list[str], dict]:

@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mini_repro  # noqa: E402
-from mini_repro import execute, mean_std  # noqa: E402
+from mini_repro import execute, mean_std, robustness_table  # noqa: E402
 from real_repro import GROUPS, group_of  # noqa: E402  (the same suite as Lite0's reproduction)
 
 from scaleshift.extras import require  # noqa: E402
@@ -581,25 +581,12 @@ def experiment_c(p: dict, runs: Path, out: Path) -> tuple[list[str], dict]:
         for name, model in todo.items():
             errors[f"{name}/{split}"] = 1 - (model(images).argmax(1) == labels).float().mean().item()
         write_json(cache, errors)
-    names = sorted({s.split("/")[0] for s in splits if s != "clean"})
-
-    def err(key, seed, corruption):   # summed over the 5 severities
-        return sum(errors[f"{key}/{seed}/{corruption}/{s}"] for s in range(1, 6))
-    lines = [f"## (c) Robustness: the (a) models of {task} on its first {p['c_images']} test images under "
+    title = (f"## (c) Robustness: the (a) models of {task} on its first {p['c_images']} test images under "
              f"the 10 corruptions x 5 severities of fashion-mnist-C (applied to each colour channel, "
              f"at the task's 96 px, before the resize to {SIZE} px); error % per corruption (mean over "
-             f"5 severities and seeds), mCE relative to full fine-tuning of the same seed (= 100)", "",
-             "| method | clean err | " + " | ".join(names) + " | mCE |", "|---" + "|---:" * (len(names) + 2) + "|"]
-    data = {}
-    for key in done:
-        per = {c: 100 * statistics.mean(err(key, s, c) / 5 for s in p["seeds"]) for c in names}
-        mce = [100 * statistics.mean(err(key, s, c) / max(err("full", s, c), 1e-9) for c in names)
-               for s in p["seeds"]]
-        clean = 100 * statistics.mean(errors[f"{key}/{s}/clean"] for s in p["seeds"])
-        data[key] = dict(clean_error=clean, per_corruption=per, mce=mce)
-        lines.append(f"| {key} | {clean:.1f} | " + " | ".join(f"{per[c]:.1f}" for c in names)
-                     + f" | {mean_std(mce)} |")
-    return lines + [""], data
+             f"5 severities and seeds), mCE relative to full fine-tuning of the same seed (= 100)")
+    return robustness_table(title, errors, list(done), p["seeds"],
+                            sorted({s.split("/")[0] for s in splits if s != "clean"}), align="---:")
 
 
 def figures_done(p: dict, out: Path) -> bool:
