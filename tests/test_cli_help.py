@@ -112,9 +112,18 @@ def test_recipes_are_named_without_a_path_and_a_real_file_wins(tmp_path, monkeyp
     mine = load_recipe("vtab/dtd_ssf.yaml")               # a file at that path: the file
     assert (mine.dataset, mine.epochs) == ("digits", 3)
     assert load_recipe("vtab/dtd_ssf") == packaged         # no such file: the packaged one
-    with pytest.raises(ScaleshiftError, match=r"neither a file nor a packaged recipe; did you "
-                       r"mean vtab/dtd_ssf"):
+    with pytest.raises(ScaleshiftError, match=r"neither a file nor a packaged recipe "
+                       r"\(`scaleshift list recipes` lists them\); did you mean vtab/dtd_ssf"):
         load_recipe("vtab/dtd_sff")
+
+
+def test_train_without_a_recipe_names_one(capsys):
+    # the bare defaults are not a runnable config (the clean protocol needs a val_split), so
+    # `scaleshift train` alone points to a recipe instead of to a protocol detail
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "builtin/digits_ssf" in err and "scaleshift list recipes" in err and "Traceback" not in err
+    assert main(["train", "val_split=val", "--validate-only"]) == 0   # settings alone still work
 
 
 def test_train_with_an_unknown_recipe_exits_2(capsys):

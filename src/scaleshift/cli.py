@@ -107,6 +107,11 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from .config import check_environment, load_recipe
     from .engine import train
+    if args.recipe is None and not args.overrides:
+        raise ScaleshiftError("train needs a recipe (or key=value settings): `scaleshift train "
+                              "builtin/digits_ssf` fine-tunes a small pretrained ConvNeXt on the "
+                              "built-in digits in a few minutes; `scaleshift list recipes` lists "
+                              "every packaged recipe, and a YAML file of config keys works too")
     cfg = load_recipe(args.recipe, args.overrides)   # every error surfaces before any work
     check_environment(cfg)                           # data paths, weights file, optional packages
     if args.validate_only:
@@ -427,8 +432,8 @@ def add_train_parser(sub) -> None:
                        "missing data_root or weights file, or a missing optional package the run\n"
                        "needs is an error before any work.",
                        epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", nargs="?", help="packaged recipe name or YAML file (omit to use the "
-                   "defaults)")
+    p.add_argument("recipe", nargs="?", help="packaged recipe name or YAML file (omit it to "
+                   "start from the defaults, which then need key=value settings)")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
     p.add_argument("--validate-only", action="store_true",
                    help="check the config, its data and weights paths and the optional packages it "

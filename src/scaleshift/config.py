@@ -404,8 +404,8 @@ def find_recipe(name: str | Path) -> tuple[str, str]:
         return f"packaged recipe {key}", node.read_text(encoding="utf-8")
     close = difflib.get_close_matches(key, known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ScaleshiftError(f"recipe {str(name)!r} is neither a file nor a packaged recipe{hint} "
-                          f"List the packaged ones with `scaleshift list recipes`.")
+    raise ScaleshiftError(f"recipe {str(name)!r} is neither a file nor a packaged recipe "
+                          f"(`scaleshift list recipes` lists them){hint}")
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
