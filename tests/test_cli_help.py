@@ -131,3 +131,31 @@ def test_train_with_an_unknown_recipe_exits_2(capsys):
     err = capsys.readouterr().err
     assert "scaleshift list recipes" in err and "Traceback" not in err
     assert main(["train", "builtin/digits_ssf", "epochs=2", "--validate-only"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--model", "vit_tiny_patch16_224", "--batch-size", "0"], "--batch-size must be an integer in 1.."),
+    (["bench", "--model", "vit_tiny_patch16_224", "--batch-size", "-1"], "--batch-size must be an integer in 1.."),
+    (["bench", "--model", "vit_tiny_patch16_224", "--batch-size", "2", "--rounds", "0"], "--rounds must be"),
+    (["bench", "--model", "vit_tiny_patch16_224", "--batch-size", "2", "--size", "0"], "--size must be"),
+    (["params", "model=no_such_model"], "unknown model 'no_such_model'"),
+    (["methods", "sff"], "unknown method 'sff'"),
+])
+def test_out_of_range_counts_and_unknown_names_exit_2_before_any_work(argv, message, capsys):
+    # a zero batch once reached a native kernel and killed the process (SIGFPE); a zero --size
+    # or --epochs was read as "the default" and ran
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_demo_epochs_zero_is_refused_not_read_as_the_default(tmp_path, capsys):
+    assert main(["demo", "--epochs", "0", "--out", str(tmp_path / "demo")]) == 2
+    assert "epochs must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_methods_lists_one_method_when_named(capsys):
+    assert main(["methods", "ssf", "bias"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert names == ["ssf", "bias"]

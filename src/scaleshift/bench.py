@@ -47,6 +47,7 @@ from .methods import apply
 from .models import create_model
 from .profiles import input_size_of
 from .progress import progress
+from .records import check_input_size, check_int
 from .runs import machine_info
 
 
@@ -105,6 +106,7 @@ def applicable(model_name: str, model_kwargs: dict) -> list[Variant]:
 
 
 PRECISIONS = ("fp32", "bf16")
+MAX_BATCH, MAX_ROUNDS = 65536, 1000
 
 
 def autocast(device, precision: str):
@@ -378,6 +380,9 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
     """Time, memory, merge memory (default: with the memory probes, on CPU) and profiles of
     every applicable method on one backbone; writes bench.json/csv/png and results.md to `out`."""
     model_kwargs = model_kwargs or {}
+    check_input_size(size, "--size")
+    check_int(batch, "--batch-size", "bench", 1, MAX_BATCH)
+    check_int(rounds, "--rounds", "bench", 1, MAX_ROUNDS)
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ScaleshiftError("--device cuda but no CUDA device is available")

@@ -54,6 +54,8 @@ def cmd_params(args) -> int:
             if args.method:
                 raise
             rows.append(dict(model=args.model, method=method, error=str(exc)))
+    if all("error" in r for r in rows):   # no method applies: the model or an option is wrong
+        raise ScaleshiftError(rows[0]["error"])
     if args.json:
         out = [{k: r.get(k) for k in ("model", "method", "trainable", "total")} for r in rows]
         print(json.dumps(out[0] if len(out) == 1 else out))
@@ -89,7 +91,7 @@ def cmd_merge_check(args) -> int:
 
 def cmd_methods(args) -> int:
     from .methods import get_method, methods
-    for name in methods():
+    for name in args.names or methods():
         method = get_method(name)
         print(f"{name:12} {method.description}")
         for key, option in method.options.items():
@@ -405,6 +407,7 @@ def add_model_parsers(sub) -> None:
     model_args(p)
     p.set_defaults(func=cmd_merge_check, rest="options", required=("method",))
     p = sub.add_parser("methods", help="list methods and their options")
+    p.add_argument("names", nargs="*", metavar="METHOD", help="only these methods (default: all)")
     p.set_defaults(func=cmd_methods)
 
 
