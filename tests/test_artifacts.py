@@ -63,6 +63,15 @@ def test_export_refuses_an_out_scaleshift_did_not_write(ssf_run, tmp_path, capsy
     assert (tmp_path / "mine.onnx").read_text() == "keep"
 
 
+def test_file_exports_keep_their_suffix(ssf_run, tmp_path, capsys):
+    # eval and predict recognise an exported file by its suffix, so an --out without it would
+    # write a file nothing reads back
+    for fmt, out, fix in (("onnx", "model", "model.onnx"), ("safetensors", "model.bin", "model.safetensors")):
+        assert main(["export", str(ssf_run), "--format", fmt, "--out", str(tmp_path / out)]) == 2
+        assert f"pass --out {tmp_path / fix}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_onnx_export_carries_class_names_and_eval_transform(ssf_run, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

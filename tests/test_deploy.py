@@ -84,6 +84,16 @@ def test_predict_and_adapters_commands(runs, tmp_path, capsys):
                  "--input-size", "32", *paths]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [len(o["tasks"]) for o in out] == [3, 3]
+    folder = tmp_path / "many"   # a folder, as --model takes it, past one 32-image batch
+    folder.mkdir()
+    for i in range(34):
+        Image.new("RGB", (32, 32), (7 * i, 90, 200 - 5 * i)).save(folder / f"im{i:02d}.png")
+    (folder / "notes.txt").write_text("not an image")
+    assert main(["predict", "--adapters", adapters, "--pretrained", str(runs / "backbone.safetensors"),
+                 "--input-size", "32", str(folder), paths[0]]) == 0
+    many = json.loads(capsys.readouterr().out)
+    assert [o["image"] for o in many] == [str(folder / f"im{i:02d}.png") for i in range(34)] + [paths[0]]
+    assert many[-1]["tasks"] == out[0]["tasks"]
     assert main(["adapters", *[str(runs / t / "adapter") for t in TASKS], "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(0 < r["fraction"] < 0.2 for r in rows)

@@ -290,12 +290,13 @@ def cmd_predict(args) -> int:
     if args.model:
         return cmd_predict_artifact(args)
     from .adapter_files import resolve_dir, serving_transform
+    from .artifacts import image_files
     from .data.images import read_image_for_predict
     from .multitask import MultiTaskModel
     from .runs import parse_device
     device = parse_device(args.device)
     sources = [d for d in args.adapters.split(",") if d]
-    pictures = [read_image_for_predict(path) for path in args.images]   # fail before any model
+    paths = image_files(args.images)                 # every image found before any model
     directories = [resolve_dir(source) for source in sources]
     model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or None).to(device)
     metas = model.records
@@ -303,27 +304,29 @@ def cmd_predict(args) -> int:
         if meta["eval_transform"] is None:
             print(f"scaleshift: note: {source} predates recorded eval transforms; using the VTAB "
                   f"transform at the backbone's input size", file=sys.stderr)
-    # each task's images through that task's own eval transform, all in one batch: sample
-    # i*T + t goes to task t
     transforms = [serving_transform(meta, model.backbone, args.input_size) for meta in metas]
     tasks = len(directories)
-    samples = [transforms[t](p) for p in pictures for t in range(tasks)]
-    if len({tuple(x.shape) for x in samples}) > 1:
-        raise ScaleshiftError("the adapters evaluate at different input sizes; predict them "
-                              "separately, or pass --input-size N")
-    batch = torch.stack(samples).to(device)
-    task_ids = torch.arange(tasks, device=device).repeat(len(pictures))
-    logits = model(batch, task_ids)
     out = []
-    for i, name in enumerate(args.images):
-        per_task = {}
-        for t, (source, meta) in enumerate(zip(sources, metas)):
-            probs = logits[i * tasks + t].float().cpu().softmax(0)
-            top = probs.topk(min(args.top_k, len(probs)))
-            classes = meta["class_names"]
-            per_task[source] = [dict(label=classes[c] if classes else c, index=c, p=round(float(p), 4))
-                                for p, c in zip(top.values, top.indices.tolist())]
-        out.append(dict(image=name, tasks=per_task))
+    for start in range(0, len(paths), 32):
+        chunk = paths[start:start + 32]
+        # each task's images through that task's own eval transform, all in one batch: sample
+        # i*T + t goes to task t
+        samples = [transforms[t](read_image_for_predict(path)) for path in chunk for t in range(tasks)]
+        if len({tuple(x.shape) for x in samples}) > 1:
+            raise ScaleshiftError("the adapters evaluate at different input sizes; predict them "
+                                  "separately, or pass --input-size N")
+        with torch.no_grad():
+            logits = model(torch.stack(samples).to(device),
+                           torch.arange(tasks, device=device).repeat(len(chunk)))
+        for i, path in enumerate(chunk):
+            per_task = {}
+            for t, (source, meta) in enumerate(zip(sources, metas)):
+                probs = logits[i * tasks + t].float().cpu().softmax(0)
+                top = probs.topk(min(args.top_k, len(probs)))
+                classes = meta["class_names"]
+                per_task[source] = [dict(label=classes[c] if classes else c, index=c, p=round(float(p), 4))
+                                    for p, c in zip(top.values, top.indices.tolist())]
+            out.append(dict(image=str(path), tasks=per_task))
     print(json.dumps(out, indent=1))
     return 0
 

@@ -32,8 +32,14 @@ TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"   # timm's folder
 
 
 def _default_out(run_dir, out, name: str) -> Path:
-    """`out`, or `name` inside the run directory, which must then be a local one."""
+    """`out`, or `name` inside the run directory, which must then be a local one. A file
+    export keeps its format's suffix: `eval` and `predict` recognise the file by it."""
     if out is not None:
+        suffix = Path(name).suffix
+        if suffix and Path(out).suffix.lower() != suffix:
+            raise ScaleshiftError(f"--out {out}: this export is a {suffix} file, and scaleshift "
+                                  f"eval / predict recognise it by that suffix; pass --out "
+                                  f"{Path(out).with_suffix(suffix)} (nothing was written)")
         return Path(out)
     if resolve_dir(run_dir, "run") != Path(run_dir):
         raise ScaleshiftError(f"{run_dir} is a Hub repo (read from the Hub cache); pass --out "
