@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from scaleshift.cli import main
 from scaleshift.data import (build_dataset, check_dataset, get_dataset_spec, imagenet_a_mask,
                              imagenet_r_mask, imagenet_wnids, subset_predictions)
 from scaleshift.data.imagenet import imagenet_a_wnids, imagenet_r_wnids
@@ -358,3 +359,24 @@ def test_missing_root_and_bad_options(tmp_path):
         build_dataset("imagenet22k", tmp_path)
     with pytest.raises(ScaleshiftError, match="does not take option.*protocl"):
         build_dataset("cub2011", tmp_path, protocl="vpt")
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("digits", dict(seed="abc"), "dataset_options.seed must be an integer in 0.."),
+    ("digits", dict(seed=-1), "dataset_options.seed must be an integer in 0.."),
+    ("digits", dict(seed=True), "dataset_options.seed must be an integer"),
+    ("digits", dict(size=0), "dataset_options.size must be an integer in 8..4096"),
+    ("struct_count", dict(canvas=0), "dataset_options.canvas must be an integer in 32..1024"),
+    ("digits", dict(strict="maybe"), "dataset_options.strict must be true or false"),
+    ("digits", dict(num_classes="x"), "dataset_options.num_classes must be an integer"),
+])
+def test_bad_option_values_are_named_before_any_work(name, options, message, tmp_path, capsys):
+    # these reached numpy or PIL as a ValueError / TypeError traceback, or (canvas=0) built a
+    # dataset of empty images
+    with pytest.raises(ScaleshiftError, match=message):
+        build_dataset(name, split="train", **options)
+    key, value = next(iter(options.items()))
+    argv = ["train", "builtin/digits_ssf", f"dataset={name}", f"dataset_options.{key}={value}",
+            "--validate-only"]
+    assert main(argv) == 2                          # train --validate-only says so too
+    assert message.split(" must")[0] in capsys.readouterr().err

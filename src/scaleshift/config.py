@@ -340,8 +340,10 @@ def check_environment(cfg: RunConfig) -> None:
     """What `train --validate-only` checks beyond the values (and train before any work): the
     data and weights paths exist, and every optional package the run needs imports."""
     from .data import get_dataset_spec
+    from .data.registry import check_dataset_options
     from .extras import require
     spec = get_dataset_spec(cfg.dataset)
+    check_dataset_options(spec.name, cfg.dataset_options)
     if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
         raise ScaleshiftError(f"data_root {cfg.data_root} is not an existing folder; set "
                               f"data_root= to the folder holding {spec.name} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 
 from ..errors import ScaleshiftError
+from ..records import MAX_CLASSES, MAX_SEED, check_int
 from . import builtin, cifar, elpv, fgvc, folder, imagenet, imagenet_c, patches, structured, vtab
 from .base import DatasetSpec
 
@@ -62,17 +63,33 @@ def build_dataset(name: str, root=None, split: str | None = None, transform=None
     split = spec.resolve_split(split)
     if spec.needs_root and root is None:
         raise ScaleshiftError(f"{spec.name} needs a root folder; expected layout:\n{spec.layout}")
-    try:
-        inspect.signature(spec.build).bind(root=root, split=split, **options)
-    except TypeError:
-        accepted = [p for p in inspect.signature(spec.build).parameters
-                    if p not in ("root", "split")]
-        raise ScaleshiftError(f"{spec.name} does not take option(s) "
-                              f"{', '.join(sorted(set(options) - set(accepted)))}; "
-                              f"options: {', '.join(accepted)}") from None
+    check_dataset_options(spec.name, options)
     dataset = spec.build(root=root, split=split, **options)
     dataset.transform = transform
     return dataset
+
+
+# the values a builder's option may take: whole numbers in a range (None: the builder's default)
+_INT_OPTIONS = {"seed": (0, MAX_SEED), "size": (8, 4096), "canvas": (32, 1024),
+                "num_classes": (1, MAX_CLASSES)}
+_BOOL_OPTIONS = ("strict", "download")
+
+
+def check_dataset_options(name: str, options: dict) -> None:
+    """Every option is one the dataset's builder takes, with a value of the right kind."""
+    spec = get_dataset_spec(name)
+    accepted = [p for p in inspect.signature(spec.build).parameters if p not in ("root", "split")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ScaleshiftError(f"{spec.name} does not take option(s) {', '.join(unknown)}; "
+                              f"options: {', '.join(accepted)}")
+    where = f"dataset {spec.name}"
+    for key, value in options.items():
+        if key in _INT_OPTIONS and value is not None:
+            check_int(value, f"dataset_options.{key}", where, *_INT_OPTIONS[key])
+        if key in _BOOL_OPTIONS and not isinstance(value, bool):
+            raise ScaleshiftError(f"{where}: dataset_options.{key} must be true or false, got "
+                                  f"{value!r}")
 
 
 # The registry table: every family module lists its specs in SPECS; this is the listing order.
