@@ -60,7 +60,8 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     results = {}
     for method, (lr, method_epochs, extra) in demo["methods"].items():
         run_dir = out / method
-        cfg = make_config(dict(base, method=method, lr=lr, epochs=method_epochs if epochs is None else epochs,
+        cfg = make_config(dict(base, method=method, lr=lr,
+                               epochs=method_epochs if epochs is None else epochs,
                                out_dir=str(run_dir), **extra))
         check_earlier_run(run_dir, cfg, backbone)
         if (run_dir / "results.json").is_file():
