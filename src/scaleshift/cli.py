@@ -296,7 +296,9 @@ def cmd_predict(args) -> int:
     from .runs import parse_device
     device = parse_device(args.device)
     sources = [d for d in args.adapters.split(",") if d]
-    paths = image_files(args.images)                 # every image found before any model
+    paths = image_files(args.images)
+    for path in paths:   # every image readable before any model (read again batch by batch)
+        read_image_for_predict(path)
     directories = [resolve_dir(source) for source in sources]
     model = MultiTaskModel.from_adapters(directories, pretrained=args.pretrained or None).to(device)
     metas = model.records
