@@ -239,6 +239,36 @@ def recipe(text):
 ALIAS_BOMB = "\n".join(
     ["model: vit_tiny_patch16_224", "model_kwargs:", '  a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     + [f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]) + "\n"
+GOOD_RESULTS = dict(model="vit_tiny_patch16_224", method="ssf", dataset="digits", protocol="clean",
+                    reported=dict(top1=50.0), trainable_params=10)
+
+
+def run_files(results, log: str | None = None) -> Callable[[Path], None]:
+    """A run folder holding only results.json (a dict, or raw text) and log.jsonl."""
+    def setup(tmp: Path) -> None:
+        write(tmp / "r" / "results.json", results if isinstance(results, str) else json.dumps(results))
+        if log is not None:
+            write(tmp / "r" / "log.jsonl", log)
+    return setup
+
+
+def dangling_link(tmp: Path) -> None:
+    os.symlink(tmp / "missing.safetensors", tmp / "d.safetensors")
+
+
+PRETRAIN_CONFIG = dict(arch="vit", data="fractal", objective="simclr_rot", steps=1, batch_size=2,
+                       lr=0.001, weight_decay=0.05, warmup=0.05, temperature=0.2, rot_weight=0.5, seed=0)
+PRETRAIN = ["pretrain", "--data", "fractal", "--steps", "1", "--batch-size", "2", "--out", "{tmp}/pt"]
+
+
+def pretrain_checkpoint(tmp: Path) -> None:
+    """pretrain's folder whose checkpoint has its settings but a step and history of the wrong kind."""
+    (tmp / "pt").mkdir()
+    (tmp / "pt" / ".scaleshift-pretrain").touch()
+    torch.save(dict(config=PRETRAIN_CONFIG, step="x", history=5, model={}, heads={}, opt={}),
+               tmp / "pt" / "checkpoint.pt")
+
+
 TRAIN_VIT = ["train", "builtin/digits_ssf", "model=vit_tiny_patch16_224", "pretrained=false",
              "out_dir={tmp}/out"]
 PREDICT_A = ["predict", "--model", "{tmp}/a", "{tmp}/x.png"]
@@ -357,6 +387,25 @@ CASES = [
                  "holds Python objects, not tensors"),
     Case("train-pretrained-truncated", truncated_file("cut.pth"), TRAIN_VIT + ["pretrained={tmp}/cut.pth", "epochs=1"],
                  "truncated"),
+    Case("report-results-not-json", run_files("{bad"), ["report", "{tmp}/r"], "is not valid JSON"),
+    Case("report-results-wrong-kinds", run_files(dict(GOOD_RESULTS, dataset=5, trainable_params=None)),
+         ["report", "{tmp}/r"], "dataset, trainable_params missing or of the wrong kind"),
+    Case("report-log-not-rows", run_files(GOOD_RESULTS, '{"foo": 1}\n'),
+         ["report", "{tmp}/r", "--out", "{tmp}/rep"], "line 1 is not a training-log row"),
+    Case("analyze-into-a-user-folder", lambda tmp: write(tmp / "mine" / "weights.json", "mine\n"),
+         ["analyze", "weights", "{run}", "--out", "{tmp}/mine"], "never written into", needs_run=True),
+    Case("analyze-one-sample", nothing,
+         ["analyze", "similarity", "{run}", "{run}", "--data", "digits", "--samples", "1"],
+         "--samples must be an integer in 2..", needs_run=True),
+    Case("export-over-a-dangling-link", dangling_link, ["export", "{run}", "--out", "{tmp}/d.safetensors"],
+         "symbolic link to a missing file", needs_run=True),
+    Case("merge-out-under-a-file", a_file, ["merge", "{run}", "--out", "{tmp}/afile/x"],
+         "afile", needs_run=True),
+    Case("pretrain-log-every-zero", nothing, PRETRAIN + ["--log-every", "0"], "--log-every must be"),
+    Case("pretrain-into-a-user-folder", lambda tmp: write(tmp / "pt" / "summary.json", "mine\n"),
+         PRETRAIN, "never written into"),
+    Case("pretrain-resume-edited", pretrain_checkpoint, PRETRAIN + ["--resume"],
+         "lacks a field or holds one of the wrong kind"),
     Case("resume-pickle", resume_run(pickle_file("checkpoint.pt")),
                  ["train", "builtin/digits_ssf", "out_dir={tmp}/run", "epochs=1", "--resume"],
                  "holds Python objects, not tensors"),

@@ -16,6 +16,7 @@ import torch.nn as nn
 from .adapter_files import backbone_for, read_adapter_config
 from .data import build_dataset, build_transform
 from .errors import ScaleshiftError
+from .records import check_int
 from .io import figure, save_png, write_json
 from .models import classifier_parameter_names
 from .profiles import family_of
@@ -134,6 +135,7 @@ def similarity(run_dirs: list[str | Path], data: str, split: str = "test", sampl
     every other run, on `samples` images of `data`."""
     if len(run_dirs) < 2:
         raise ScaleshiftError("similarity needs a reference run and at least one more")
+    check_int(samples, "--samples", "similarity", 2, 100_000)   # CKA centres over the samples
     loaded = [load_run(r) for r in run_dirs]
     cfg0, model0 = loaded[0]
     dataset = build_dataset(data, split=split, transform=build_transform("vtab", model0, False,
@@ -183,9 +185,31 @@ def add_analyze_parser(subparsers) -> None:
     p.set_defaults(func=_cmd_similarity)
 
 
+ANALYSIS_MARKER = ".scaleshift-analysis"   # in every folder `scaleshift analyze` writes to
+
+
+ANALYSIS_FILES = {"weights.json", "weights.png", "similarity.json", "similarity.png"}
+
+
+def claim_analysis_dir(out: Path, in_run: bool) -> None:
+    """`out` as analyze's folder: new, empty, or one analyze wrote before (its files are
+    replaced); a file or a folder of the user's is refused before anything is written. The
+    default folder inside a run (in_run) may also hold analyze's files from before the marker."""
+    if out.exists() and not out.is_dir():
+        raise ScaleshiftError(f"--out {out} is a file; pass a folder for the analysis")
+    ours = (out / ANALYSIS_MARKER).is_file() or (
+        in_run and out.is_dir() and {p.name for p in out.iterdir()} <= ANALYSIS_FILES)
+    if out.is_dir() and any(out.iterdir()) and not ours:
+        raise ScaleshiftError(f"--out {out} is a non-empty folder scaleshift did not write; it is "
+                              f"never written into: pass a new or empty folder (nothing was written)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ANALYSIS_MARKER).touch()
+
+
 def _cmd_weights(args) -> int:
     hist = weight_histograms(args.run_dir, args.vs)
     out = Path(args.out or Path(args.run_dir) / "analysis")
+    claim_analysis_dir(out, in_run=args.out is None)
     write_json(out / "weights.json", hist)
     plot_weights(hist, out / "weights.png", f"backbone parameters: {', '.join(hist['weight']['counts'])}")
     print(f"written: {out / 'weights.png'}, {out / 'weights.json'}")
@@ -195,6 +219,7 @@ def _cmd_weights(args) -> int:
 def _cmd_similarity(args) -> int:
     result = similarity(args.run_dirs, args.data, args.split, args.samples)
     out = Path(args.out or Path(args.run_dirs[0]) / "analysis")
+    claim_analysis_dir(out, in_run=args.out is None)
     write_json(out / "similarity.json", result)
     plot_similarity(result, out / "similarity.png")
     for run in result["runs"]:

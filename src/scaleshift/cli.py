@@ -26,6 +26,10 @@ FILE_SYSTEM_HINTS = {
     errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
     errno.EISDIR: "that path is a folder where a file is needed: choose another path",
     errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+    errno.EEXIST: "a file (or a dangling link) stands where a folder is needed: choose another path",
+    errno.ENOENT: "that path does not exist and cannot be made here: check it or choose another",
+    errno.ELOOP: "a symbolic link on that path leads back to itself: remove the loop or choose "
+                 "another path",
 }
 
 

@@ -70,6 +70,9 @@ def _written_by_scaleshift(out: Path) -> bool:
 def check_target(out: Path, overwrite: bool) -> None:
     """An existing file or non-empty folder at `out` is refused; with --overwrite it is
     replaced only when scaleshift wrote it. A user's file is never replaced."""
+    if out.is_symlink() and not out.exists():   # a dangling link is the user's, never replaced
+        raise ScaleshiftError(f"{out} is a symbolic link to a missing file; it is never replaced: "
+                              f"pass another --out (nothing was written)")
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not _written_by_scaleshift(out):

@@ -52,8 +52,9 @@ import torch.nn.functional as F
 from .data import build_dataset
 from .data.builtin import fashion_pretrain_indices, load_fashion_mnist
 from .errors import ScaleshiftError
-from .io import atomic_path, file_sha256, save_safetensors
+from .io import atomic_path, file_sha256, save_safetensors, write_json
 from .models import create_model
+from .records import MAX_SEED, check_int, check_number
 
 SIZE = 32
 MEAN = STD = (0.5, 0.5, 0.5)     # inputs in [0, 1] are normalised to [-1, 1]
@@ -318,15 +319,81 @@ def self_supervised_loss(model: nn.Module, heads: Heads, x: torch.Tensor, g: tor
     return loss, logs
 
 
-def run_pretrain(args) -> dict:
-    if args.steps <= 0 or args.batch_size < 2:
-        raise ScaleshiftError("--steps must be > 0 and --batch-size >= 2")
+PRETRAIN_MARKER = ".scaleshift-pretrain"   # in every --out folder pretrain writes to
+PRETRAIN_FILES = {"checkpoint.pt", "backbone.safetensors", "summary.json", "teacher_pool.safetensors"}
+
+
+def check_pretrain_args(args) -> None:
+    """Every flag in its range before any work (a zero --log-every was a ZeroDivisionError)."""
+    for flag, low, high in (("steps", 1, 10**9), ("batch_size", 2, 65536), ("teacher_size", 8, 4096),
+                            ("pool", 1, 10**8), ("seed", 0, MAX_SEED), ("threads", 1, 4096),
+                            ("ckpt_every", 1, 10**9), ("log_every", 1, 10**9)):
+        check_int(getattr(args, flag), "--" + flag.replace("_", "-"), "pretrain", low, high)
+    if args.stop_at is not None:
+        check_int(args.stop_at, "--stop-at", "pretrain", 1, args.steps)
+    for flag, low, high, open_low in (("lr", 0.0, 10.0, True), ("weight_decay", 0.0, 10.0, False),
+                                      ("warmup", 0.0, 1.0, False), ("temperature", 0.0, 100.0, True),
+                                      ("rot_weight", 0.0, 100.0, False)):
+        check_number(getattr(args, flag), "--" + flag.replace("_", "-"), "pretrain", low, high,
+                     open_low=open_low)
     if args.objective not in OBJECTIVES:
         raise ScaleshiftError(f"unknown objective {args.objective!r}; "
                               f"one of {', '.join(OBJECTIVES)}")
+    unknown = [s.strip() for s in args.data.split(",") if s.strip() not in SOURCES]
+    if unknown or not args.data.strip():
+        raise ScaleshiftError(f"--data: unknown source(s) {unknown}; choose from {', '.join(SOURCES)}")
+
+
+def claim_pretrain_dir(out: Path) -> None:
+    """`out` as pretrain's folder: new, empty, or one pretrain wrote (its marker, or from before
+    the marker: only its own files, the backbone carrying pretrain's metadata). A file or a
+    folder of the user's is refused."""
+    if out.exists() and not out.is_dir():
+        raise ScaleshiftError(f"--out {out} is a file; pass a folder for the pretraining run")
+    if out.is_dir() and any(out.iterdir()) and not (out / PRETRAIN_MARKER).is_file() \
+            and not _written_before_the_marker(out):
+        raise ScaleshiftError(f"--out {out} is a non-empty folder scaleshift did not write; it is "
+                              f"never written into: pass a new or empty folder (nothing was written)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PRETRAIN_MARKER).touch()
+
+
+def _written_before_the_marker(out: Path) -> bool:
+    if not {p.name for p in out.iterdir()} <= PRETRAIN_FILES:
+        return False
+    try:
+        return {"timm_name", "config"} <= set(_metadata(out / "backbone.safetensors"))
+    except Exception:   # missing, or not a safetensors file: not pretrain's
+        return False
+
+
+def _resume_state(ckpt_path: Path, config: dict, steps: int) -> dict:
+    """A checkpoint pretrain wrote with these settings, every field of the right kind."""
+    from .records import load_tensors
+    fix = "run without --resume (and with --overwrite) to start over"
+    state = load_tensors(ckpt_path, "--resume: checkpoint", fix)
+    if not (isinstance(state, dict) and isinstance(state.get("config"), dict)):
+        raise ScaleshiftError(f"--resume: {ckpt_path} is not a pretraining checkpoint; {fix}")
+    if state["config"] != config:
+        diff = {k: (state["config"].get(k), config[k]) for k in config
+                if state["config"].get(k) != config[k]}
+        raise ScaleshiftError(f"--resume: checkpoint {ckpt_path} was made with other "
+                              f"settings (saved, given): {diff}; pass the same options")
+    step, history = state.get("step"), state.get("history")
+    ok = (all(isinstance(state.get(k), dict) for k in ("model", "heads", "opt"))
+          and isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= steps
+          and isinstance(history, list) and all(isinstance(h, dict) for h in history))
+    if not ok:
+        raise ScaleshiftError(f"--resume: {ckpt_path} lacks a field or holds one of the wrong kind "
+                              f"(model, heads, opt, step, history); it was edited or damaged: {fix}")
+    return state
+
+
+def run_pretrain(args) -> dict:
+    check_pretrain_args(args)
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_pretrain_dir(out)
     ckpt_path = out / "checkpoint.pt"
     config = {k: getattr(args, k) for k in CONFIG_KEYS
               + (DISTILL_KEYS if args.objective == "distill" else ())}
@@ -361,19 +428,15 @@ def run_pretrain(args) -> dict:
         if not ckpt_path.is_file():
             raise ScaleshiftError(f"--resume: no checkpoint at {ckpt_path}; run without --resume "
                                   f"to start")
-        from .records import load_tensors
-        state = load_tensors(ckpt_path, "--resume: checkpoint", "run without --resume to start over")
-        if not (isinstance(state, dict) and isinstance(state.get("config"), dict)):
-            raise ScaleshiftError(f"--resume: {ckpt_path} is not a pretraining checkpoint; run "
-                                  f"without --resume to start over")
-        if state["config"] != config:
-            diff = {k: (state["config"].get(k), config[k]) for k in config
-                    if state["config"].get(k) != config[k]}
-            raise ScaleshiftError(f"--resume: checkpoint {ckpt_path} was made with other "
-                                  f"settings (saved, given): {diff}; pass the same options")
-        model.load_state_dict(state["model"])
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
+        state = _resume_state(ckpt_path, config, args.steps)
+        try:
+            model.load_state_dict(state["model"])
+            heads.load_state_dict(state["heads"])
+            opt.load_state_dict(state["opt"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise ScaleshiftError(f"--resume: {ckpt_path} does not fit this model "
+                                  f"({type(exc).__name__}); run without --resume (and with "
+                                  f"--overwrite) to start over") from None
         step, history = state["step"], state["history"]
         print(f"resumed from {ckpt_path} at step {step}/{args.steps}", flush=True)
     elif ckpt_path.exists() and not args.overwrite:
@@ -424,7 +487,7 @@ def run_pretrain(args) -> dict:
     sha = export_backbone(model, out / "backbone.safetensors", meta)
     summary = dict(config=config, step=step, sha256=sha, file=str(out / "backbone.safetensors"),
                    timm_name=spec["timm_name"], kwargs=spec["kwargs"], history=history[-5:])
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     print(f"backbone: {out / 'backbone.safetensors'} (sha256 {sha})", flush=True)
     return summary
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from .errors import ScaleshiftError
 from .extras import require
 from .io import atomic_path, figure, save_png
+from .records import MAX_FILE_BYTES, parse_json, read_json, regular_file
 
 REPORT_MARKER = ".scaleshift-report"   # written first into every --out folder of `scaleshift report`
 REPORT_FILES = ("report.md", "report.csv", "curves.png")
@@ -82,15 +82,47 @@ def load_results(run_dirs: list[str | Path]) -> list[dict]:
         if not path.is_file():
             raise ScaleshiftError(f"{path} not found: pass run directories written by "
                                   f"`scaleshift train` (each holds results.json)")
-        data = json.loads(path.read_text())
-        if "top1" not in data["reported"]:
+        data = read_json(path, "run results")
+        reported = data.get("reported")
+        if isinstance(reported, dict) and "top1" not in reported:
             raise ScaleshiftError(f"{path.parent}: this run has no test top-1 (it trained without a "
                                   f"test split); report compares tested runs: leave it out, or "
                                   f"train it with test_split set")
-        rows.append(dict(model=data["model"], method=data["method"],
-                         dataset=data["dataset"].removeprefix("vtab_"),
-                         top1=data["reported"]["top1"], protocol=data["protocol"],
-                         params=data["trainable_params"] / 1e6, run=str(path.parent)))
+        fields = dict(model=data.get("model"), method=data.get("method"),
+                      dataset=data.get("dataset"), protocol=data.get("protocol"))
+        bad = [k for k, v in fields.items() if not isinstance(v, str)]
+        top1, params = (reported or {}).get("top1"), data.get("trainable_params")
+        if not (isinstance(top1, (int, float)) and not isinstance(top1, bool) and 0 <= top1 <= 100):
+            bad.append("reported.top1")
+        if not (isinstance(params, int) and not isinstance(params, bool) and params >= 0):
+            bad.append("trainable_params")
+        if bad:
+            raise ScaleshiftError(f"{path}: {', '.join(bad)} missing or of the wrong kind; the file "
+                                  f"was edited or damaged: leave the run out of the report")
+        rows.append(dict(fields, dataset=fields["dataset"].removeprefix("vtab_"), top1=top1,
+                         params=params / 1e6, run=str(path.parent)))
+    return rows
+
+
+def _log_rows(path: Path) -> list[dict]:
+    """log.jsonl's rows, each an object with a whole epoch >= 1 and finite numbers for the loss
+    and top-1 values the curves draw."""
+    text = regular_file(path, "training log", MAX_FILE_BYTES).read_bytes().decode("utf-8", "replace")
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        row = parse_json(line, f"{path} line {number}")
+        numbers = ("train_loss", "val_top1", "test_top1")
+        ok = (isinstance(row, dict) and isinstance(row.get("epoch"), int)
+              and not isinstance(row["epoch"], bool) and row["epoch"] >= 1 and "train_loss" in row
+              and all(isinstance(row[k], (int, float)) and not isinstance(row[k], bool)
+                      for k in numbers if k in row))
+        if not ok:
+            raise ScaleshiftError(f"{path} line {number} is not a training-log row (an object with "
+                                  f"epoch, train_loss and top-1 numbers); the file was edited or "
+                                  f"damaged: leave the run out of the report or drop --out")
+        rows.append(row)
     return rows
 
 
@@ -233,8 +265,7 @@ def load_logs(run_dirs: list[str | Path]) -> list[tuple[str, list[dict]]]:
         if not paths:
             raise ScaleshiftError(f"{directory} has no log.jsonl (nor select/ and retrain/ stages "
                                   f"with one): pass run directories written by `scaleshift train`")
-        logs += [(label, [json.loads(line) for line in path.read_text().splitlines()])
-                 for label, path in paths]
+        logs += [(label, _log_rows(path)) for label, path in paths]
     return logs
 
 
