@@ -406,6 +406,16 @@ CASES = [
          PRETRAIN, "never written into"),
     Case("pretrain-resume-edited", pretrain_checkpoint, PRETRAIN + ["--resume"],
          "lacks a field or holds one of the wrong kind"),
+    Case("recipe-integer-too-long", recipe("seed: " + "1" * 5000 + "\n"),
+         ["train", "{tmp}/recipe.yaml", "--validate-only"], "holds a value YAML cannot read"),
+    Case("recipe-key-not-a-name", recipe("1: 2\n"), ["train", "{tmp}/recipe.yaml", "--validate-only"],
+         "config key 1 is not a name"),
+    Case("recipe-python-tag", recipe("model: !!python/object:os.system [ls]\n"),
+         ["train", "{tmp}/recipe.yaml", "--validate-only"], "(line 1, column 8)"),
+    Case("override-integer-too-long", nothing, TRAIN_VIT + ["seed=" + "1" * 5000, "--validate-only"],
+         "the value of seed holds a value YAML cannot read"),
+    Case("override-option-key-not-a-name", nothing, TRAIN_VIT + ["dataset_options={1: 2}", "--validate-only"],
+         "config key dataset_options.1 is not a name"),
     Case("resume-pickle", resume_run(pickle_file("checkpoint.pt")),
                  ["train", "builtin/digits_ssf", "out_dir={tmp}/run", "epochs=1", "--resume"],
                  "holds Python objects, not tensors"),
@@ -485,3 +495,20 @@ def test_hostile_input_is_one_clear_line(case, tmp_path, request, monkeypatch):
     if case.code == 2:
         assert len(stderr.strip().splitlines()) == 1, stderr
     assert snapshot(tmp_path) == before   # nothing touched, nothing half-written, no trace
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("history", [[], ["x"], [{"epoch": 1}]], ids=["empty", "text", "no-scores"])
+def test_resume_refuses_an_edited_history(history, finished_run, tmp_path, capsys):
+    # an edited history once reached summarize() as max() of nothing or a KeyError
+    import shutil
+
+    from scaleshift.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["history"] = history
+    torch.save(state, run / "checkpoint.pt")
+    before = snapshot(run)
+    assert main(["train", *TINY, f"out_dir={run}", "--resume"]) == 2
+    assert "--resume" in capsys.readouterr().err and snapshot(run) == before

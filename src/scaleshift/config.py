@@ -304,6 +304,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def make_config(data: dict) -> RunConfig:
+    for where, mapping in [("", data)] + [(f"{k}.", v) for k, v in data.items() if isinstance(v, dict)]:
+        named = [k for k in mapping if not isinstance(k, str)]
+        if named:
+            raise ScaleshiftError(f"config key {where}{named[0]!r} is not a name: every key of a "
+                                  f"recipe (and of its mappings) is text, e.g. epochs: 10")
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise unknown_keys_error(unknown)

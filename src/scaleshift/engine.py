@@ -922,6 +922,18 @@ def load_checkpoint(t: Trainer) -> tuple[int, list]:
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise ScaleshiftError(f"--resume: {path} does not fit this run ({type(exc).__name__}: "
                               f"{str(exc)[:120]}); {fix}") from None
-    if not (isinstance(state["epoch"], int) and isinstance(state["history"], list)):
-        raise ScaleshiftError(f"--resume: {path} records no epoch count; {fix}")
-    return state["epoch"], state["history"]
+    epoch, history = state["epoch"], state["history"]
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= t.total_epochs
+            and isinstance(history, list) and len(history) == epoch):
+        raise ScaleshiftError(f"--resume: {path} records no consistent epoch count (epoch "
+                              f"{str(epoch)[:20]}, {len(history) if isinstance(history, list) else 'no'} "
+                              f"history rows); {fix}")
+    needed = ["train_loss"] + (["val_top1"] if t.loaders["val"] is not None else [])
+    for number, row in enumerate(history, 1):
+        if not (isinstance(row, dict) and row.get("epoch") == number
+                and all(isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+                        and math.isfinite(row[k]) for k in needed)):
+            raise ScaleshiftError(f"--resume: {path}: history row {number} is not that epoch's "
+                                  f"record (epoch, {', '.join(needed)}); it was edited or damaged; "
+                                  f"{fix}")
+    return epoch, history

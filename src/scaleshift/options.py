@@ -12,9 +12,8 @@ import difflib
 import re
 from typing import Any
 
-import yaml
-
 from .errors import ScaleshiftError
+from .records import read_yaml
 
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][\w.-]*=")
 
@@ -37,10 +36,7 @@ def parse_assignment(item: str) -> tuple[tuple[str, ...], Any]:
         if key.replace("-", "_") == "pretrained" and raw.lower() in ("true", "false"):
             return ("pretrained",), raw.lower() == "true"
         return (key.replace("-", "_"),), raw
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as exc:
-        raise ScaleshiftError(f"{item!r}: the value is not valid YAML ({exc})") from None
+    value = read_yaml(raw, f"the value of {key}") if raw != "" else ""
     return tuple(part.replace("-", "_") for part in key.split(".")), value
 
 

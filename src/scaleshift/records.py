@@ -104,7 +104,13 @@ def read_yaml(text: str, where) -> object:
         data = yaml.safe_load(text)
         size = expanded_size(data)
     except yaml.YAMLError as exc:
-        raise ScaleshiftError(f"{where} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ScaleshiftError(f"{where} is not valid YAML: {problem}{at}") from None
+    except ValueError as exc:   # an integer of more digits than Python converts
+        raise ScaleshiftError(f"{where} holds a value YAML cannot read ({exc}); write the value "
+                              f"out as a normal number") from None
     except RecursionError:
         raise ScaleshiftError(f"{where} nests too deeply to be a recipe") from None
     if size > MAX_EXPANDED_VALUES:

@@ -79,7 +79,7 @@ def check_dataset_options(name: str, options: dict) -> None:
     """Every option is one the dataset's builder takes, with a value of the right kind."""
     spec = get_dataset_spec(name)
     accepted = [p for p in inspect.signature(spec.build).parameters if p not in ("root", "split")]
-    unknown = sorted(set(options) - set(accepted))
+    unknown = sorted(str(k) for k in options if k not in accepted)
     if unknown:
         raise ScaleshiftError(f"{spec.name} does not take option(s) {', '.join(unknown)}; "
                               f"options: {', '.join(accepted)}")
