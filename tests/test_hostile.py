@@ -512,3 +512,42 @@ def test_resume_refuses_an_edited_history(history, finished_run, tmp_path, capsy
     before = snapshot(run)
     assert main(["train", *TINY, f"out_dir={run}", "--resume"]) == 2
     assert "--resume" in capsys.readouterr().err and snapshot(run) == before
+
+
+def _edit_adapter_weights(run: Path, edit) -> None:
+    """Rewrite a run's adapter tensors with `edit` and record the new file's sha256, as a
+    careful hand-editor would: the checksum no longer catches the change."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+    weights, config = run / "adapter" / "adapter_model.safetensors", run / "adapter" / "adapter_config.json"
+    state = load_file(weights)
+    edit(state)
+    save_file(state, weights)
+    record = json.loads(config.read_text())
+    record["scaleshift"]["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    config.write_text(json.dumps(record))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update({k: torch.full_like(v, float("nan")) for k, v in s.items()}), "NaN or infinite"),
+    (lambda s: s.update({"head.weight": torch.zeros(3)}), "head.weight"),
+    (lambda s: s.update({k: v.to(torch.int64) for k, v in s.items()}), "torch.int64"),
+    (lambda s: s.pop(sorted(s)[0]), "missing"),
+], ids=["nan", "shape", "int64", "missing"])
+@pytest.mark.parametrize("command", ["merge", "eval"])
+def test_edited_adapter_tensors_are_refused_by_merge_as_by_eval(edit, message, command, finished_run,
+                                                                  tmp_path, capsys):
+    # the pure merge (merge, export) once merged what eval refused, or crashed in load_state_dict
+    import shutil
+
+    from scaleshift.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    _edit_adapter_weights(run, edit)
+    before = snapshot(run)
+    assert main([command, str(run)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert snapshot(run) == before

@@ -259,9 +259,37 @@ def fit_adapter(model: nn.Module, meta: dict, state: dict[str, torch.Tensor]) ->
             if state[key].shape != target.shape:
                 raise ScaleshiftError(f"adapter tensor {key} has shape {tuple(state[key].shape)}, "
                                       f"the model expects {tuple(target.shape)}")
+            if not (state[key].is_floating_point() and torch.isfinite(state[key]).all()):
+                raise ScaleshiftError(f"adapter tensor {key} is not finite floats ({state[key].dtype}"
+                                      f", NaN or infinite values): the adapter was edited or "
+                                      f"damaged, or its training diverged")
         for key, target in expected.items():
             target.copy_(state[key])
     return model
+
+
+def check_adapter_fits(meta: dict, state: dict[str, torch.Tensor]) -> None:
+    """What fit_adapter checks of the tensors, for the pure merge, which applies no method to a
+    real model: the method and options apply to the adapter's architecture (built on the meta
+    device, no weights), and the tensors are exactly that method's, in shape, as finite floats."""
+    from .models import plain_model
+    with torch.device("meta"):
+        shell = plain_model(meta["base_model"], meta["num_classes"])
+        apply(shell, meta["method"], **meta["options"])
+    expected = adapter_state(shell)
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise ScaleshiftError(f"adapter tensors do not fit the model: missing {missing[:5]}, "
+                              f"unexpected {extra[:5]}")
+    for key, target in expected.items():
+        tensor = state[key]
+        if tensor.shape != target.shape or not tensor.is_floating_point():
+            raise ScaleshiftError(f"adapter tensor {key} is {tensor.dtype} of shape "
+                                  f"{tuple(tensor.shape)}; the model expects floats of shape "
+                                  f"{tuple(target.shape)}: the adapter was edited or damaged")
+        if not torch.isfinite(tensor).all():
+            raise ScaleshiftError(f"adapter tensor {key} holds NaN or infinite values: the adapter "
+                                  f"was edited or damaged, or its training diverged")
 
 
 def _architecture_kwargs(identity: dict) -> dict:
@@ -278,9 +306,17 @@ def adapter_tensors(source: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
     if file_sha256(weights_path) != meta["weights_sha256"]:
         raise ScaleshiftError(f"{weights_path} does not match the checksum in {CONFIG_NAME}: "
                               f"the file was changed or damaged; re-save the adapter")
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except Exception as exc:   # safetensors' own error type: a header or data it cannot read
+        raise ScaleshiftError(f"{weights_path} is not a readable safetensors file "
+                              f"({str(exc)[:100]}); re-save the adapter") from None
     if not meta["loadable_by_peft"]:
         return meta, state
     peft_only = set(meta.get("peft_only_tensors", []))
     ours = {k: v for k, v in state.items() if k not in peft_only}
-    return meta, get_method(meta["method"]).from_peft_keys(ours)
+    method = get_method(meta["method"])
+    if not hasattr(method, "from_peft_keys"):
+        raise ScaleshiftError(f"{directory}: loadable_by_peft is true, but {meta['method']} adapters "
+                              f"are never PEFT files: the record was edited; re-save the adapter")
+    return meta, method.from_peft_keys(ours)

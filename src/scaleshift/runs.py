@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .adapter_files import adapter_tensors, backbone_for, fit_adapter, resolve_dir
+from .adapter_files import adapter_tensors, backbone_for, check_adapter_fits, fit_adapter, resolve_dir
 from .artifacts import KINDS, OnnxModule, load_artifact
 from .config import RunConfig, make_config
 from .data import build_dataset, build_transform, get_dataset_spec
@@ -134,6 +134,7 @@ def merged_state(run_dir: str | Path, weights: str | None = None
     run_dir = resolve_dir(run_dir, "run")
     cfg = read_config(run_dir)
     meta, trained = adapter_tensors(weights_dir(run_dir, weights))
+    check_adapter_fits(meta, trained)
     backbone = backbone_for(meta)
     state, non_mergeable = merge_state(meta["method"], backbone.state_dict(), trained, meta["options"])
     if non_mergeable:
