@@ -5,6 +5,7 @@ FGVC trees use the full official class counts (one tiny JPEG per class and split
 """
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -380,3 +381,13 @@ def test_bad_option_values_are_named_before_any_work(name, options, message, tmp
             "--validate-only"]
     assert main(argv) == 2                          # train --validate-only says so too
     assert message.split(" must")[0] in capsys.readouterr().err
+
+
+def test_a_link_to_itself_inside_a_class_folder_is_skipped(tmp_path):
+    # os.DirEntry.is_dir() raises ELOOP on it; it once ended `datasets check` in a traceback
+    from PIL import Image
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / cls / "0.png")
+    os.symlink("loop", tmp_path / "train" / "b" / "loop")
+    assert len(build_dataset("folder", tmp_path, split="train")) == 2

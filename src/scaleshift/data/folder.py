@@ -84,7 +84,12 @@ def _walk_class(folder: Path, real_root: str, split_real: str
             name = entry.name
             if name.startswith("."):
                 continue
-            if entry.is_dir():                          # follows links
+            try:
+                is_dir = entry.is_dir()                 # follows links
+            except OSError as exc:                      # a link that leads back to itself (ELOOP)
+                log.warning("skipping %s: %s", entry.path, exc.strerror or exc)
+                continue
+            if is_dir:
                 if entry.is_symlink():
                     links.append(entry.path)
                 elif join(real_dir, name) not in visited:

@@ -358,7 +358,7 @@ class SSF(Method):
                           choices=("auto", "paper", "all")),
         "init": Option("normal", "scale/shift init (paper Table 6c)",
                        choices=("normal", "constant", "uniform", "trunc_normal", "random")),
-        "init_std": Option(0.02, "std of the scale/shift init", minimum=0.0),
+        "init_std": Option(0.02, "std of the scale/shift init", minimum=0.0, maximum=1.0),
         "layers": LayersOption(None, "k: SSF in the first k blocks only, plus embed and final "
                                "norm when k > 0 (paper Table 6a); last:k: in the last k blocks "
                                "plus the final norm, nothing before them (the frozen prefix "
