@@ -356,6 +356,9 @@ def check_environment(cfg: RunConfig) -> None:
     if spec.needs_root and cfg.data_root is None:
         raise ScaleshiftError(f"dataset {spec.name} needs data_root=FOLDER (layout: "
                               f"`scaleshift datasets`)")
+    if not isinstance(cfg.pretrained, (bool, str)):
+        raise ScaleshiftError(f"pretrained must be true (timm's weights), false (random init) or "
+                              f"the path of a weights file, got {str(cfg.pretrained)[:40]!r}")
     if isinstance(cfg.pretrained, str) and not Path(cfg.pretrained).exists():
         raise ScaleshiftError(f"pretrained={cfg.pretrained}: no such file; give the backbone's "
                               f"weights file, pretrained=true (timm's weights) or false")
