@@ -1,6 +1,7 @@
 """The engine on a tiny ViT and the built-in digits task: train, eval, merge, resume after
 SIGKILL, torchrun, divergence, bad overrides, recipes, report."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -77,9 +78,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert main(["train", *overrides(tmp_path, "straight", epochs=4)]) == 0
     killed, straight = history(tmp_path / "killed"), history(tmp_path / "straight")
+    # losses within 1e-6 relative, not bit for bit: the resumed epochs run in another process,
+    # where the BLAS may sum in another order (a full suite once saw 2.30170858 vs 2.30170856)
     for a, b in zip(killed, straight, strict=True):
-        for key in ("train_loss", "val_top1", "test_top1", "test_loss"):
+        for key in ("val_top1", "test_top1"):
             assert a[key] == b[key], (key, a["epoch"])
+        for key in ("train_loss", "test_loss"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-6), (key, a["epoch"], a[key], b[key])
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
