@@ -17,7 +17,7 @@ from .adapter_files import backbone_for, read_adapter_config
 from .data import build_dataset, build_transform
 from .errors import ScaleshiftError
 from .records import check_int
-from .io import figure, save_png, write_json
+from .io import claim_folder, figure, save_png, write_json
 from .models import classifier_parameter_names
 from .profiles import family_of
 from .runs import ADAPTER, load_run
@@ -192,18 +192,9 @@ ANALYSIS_FILES = {"weights.json", "weights.png", "similarity.json", "similarity.
 
 
 def claim_analysis_dir(out: Path, in_run: bool) -> None:
-    """`out` as analyze's folder: new, empty, or one analyze wrote before (its files are
-    replaced); a file or a folder of the user's is refused before anything is written. The
-    default folder inside a run (in_run) may also hold analyze's files from before the marker."""
-    if out.exists() and not out.is_dir():
-        raise ScaleshiftError(f"--out {out} is a file; pass a folder for the analysis")
-    ours = (out / ANALYSIS_MARKER).is_file() or (
-        in_run and out.is_dir() and {p.name for p in out.iterdir()} <= ANALYSIS_FILES)
-    if out.is_dir() and any(out.iterdir()) and not ours:
-        raise ScaleshiftError(f"--out {out} is a non-empty folder scaleshift did not write; it is "
-                              f"never written into: pass a new or empty folder (nothing was written)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ANALYSIS_MARKER).touch()
+    """The default folder inside a run (in_run) may hold analyze's files from before the marker."""
+    claim_folder(out, ANALYSIS_MARKER, "the analysis", lambda out: in_run and {
+        p.name for p in out.iterdir()} <= ANALYSIS_FILES)
 
 
 def _cmd_weights(args) -> int:

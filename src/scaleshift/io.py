@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import ScaleshiftError
 from .extras import require
 
 
@@ -84,6 +85,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def claim_folder(out: Path, marker: str, what: str, written_before=lambda out: False) -> None:
+    """`out` as the folder of a command that writes several files: new, empty, or one it wrote
+    before (its `marker`, or `written_before(out)` for folders older than the marker), whose
+    files are then replaced. A file or a folder of the user's is refused before any write."""
+    if out.exists() and not out.is_dir():
+        raise ScaleshiftError(f"--out {out} is a file; pass a folder for {what}")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file() \
+            and not written_before(out):
+        raise ScaleshiftError(f"--out {out} is a non-empty folder scaleshift did not write; it is "
+                              f"never written into: pass a new or empty folder (nothing was written)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / marker).touch()
 
 
 def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:

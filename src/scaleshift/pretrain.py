@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from .data import build_dataset
 from .data.builtin import fashion_pretrain_indices, load_fashion_mnist
 from .errors import ScaleshiftError
-from .io import atomic_path, file_sha256, save_safetensors, write_json
+from .io import atomic_path, claim_folder, file_sha256, save_safetensors, write_json
 from .models import create_model
 from .records import MAX_SEED, check_int, check_number
 
@@ -344,21 +344,8 @@ def check_pretrain_args(args) -> None:
         raise ScaleshiftError(f"--data: unknown source(s) {unknown}; choose from {', '.join(SOURCES)}")
 
 
-def claim_pretrain_dir(out: Path) -> None:
-    """`out` as pretrain's folder: new, empty, or one pretrain wrote (its marker, or from before
-    the marker: only its own files, the backbone carrying pretrain's metadata). A file or a
-    folder of the user's is refused."""
-    if out.exists() and not out.is_dir():
-        raise ScaleshiftError(f"--out {out} is a file; pass a folder for the pretraining run")
-    if out.is_dir() and any(out.iterdir()) and not (out / PRETRAIN_MARKER).is_file() \
-            and not _written_before_the_marker(out):
-        raise ScaleshiftError(f"--out {out} is a non-empty folder scaleshift did not write; it is "
-                              f"never written into: pass a new or empty folder (nothing was written)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PRETRAIN_MARKER).touch()
-
-
 def _written_before_the_marker(out: Path) -> bool:
+    """A pretrain folder from before the marker: only its files, the backbone carrying its metadata."""
     if not {p.name for p in out.iterdir()} <= PRETRAIN_FILES:
         return False
     try:
@@ -393,7 +380,7 @@ def run_pretrain(args) -> dict:
     check_pretrain_args(args)
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     out = Path(args.out)
-    claim_pretrain_dir(out)
+    claim_folder(out, PRETRAIN_MARKER, "the pretraining run", _written_before_the_marker)
     ckpt_path = out / "checkpoint.pt"
     config = {k: getattr(args, k) for k in CONFIG_KEYS
               + (DISTILL_KEYS if args.objective == "distill" else ())}
