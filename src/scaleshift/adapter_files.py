@@ -250,33 +250,15 @@ def fit_adapter(model: nn.Module, meta: dict, state: dict[str, torch.Tensor]) ->
                               f"{describe(trained_on)}; this model: "
                               f"{describe(identity) if identity else 'unknown'}. Load those weights")
     expected = adapter_state(model)
-    if set(state) != set(expected):
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise ScaleshiftError(f"adapter tensors do not fit the model: missing {missing[:5]}, "
-                              f"unexpected {extra[:5]}")
+    _check_tensors(state, expected)
     with torch.no_grad():
-        for key, target in expected.items():
-            if state[key].shape != target.shape:
-                raise ScaleshiftError(f"adapter tensor {key} has shape {tuple(state[key].shape)}, "
-                                      f"the model expects {tuple(target.shape)}")
-            if not (state[key].is_floating_point() and torch.isfinite(state[key]).all()):
-                raise ScaleshiftError(f"adapter tensor {key} is not finite floats ({state[key].dtype}"
-                                      f", NaN or infinite values): the adapter was edited or "
-                                      f"damaged, or its training diverged")
         for key, target in expected.items():
             target.copy_(state[key])
     return model
 
 
-def check_adapter_fits(meta: dict, state: dict[str, torch.Tensor]) -> None:
-    """What fit_adapter checks of the tensors, for the pure merge, which applies no method to a
-    real model: the method and options apply to the adapter's architecture (built on the meta
-    device, no weights), and the tensors are exactly that method's, in shape, as finite floats."""
-    from .models import plain_model
-    with torch.device("meta"):
-        shell = plain_model(meta["base_model"], meta["num_classes"])
-        apply(shell, meta["method"], **meta["options"])
-    expected = adapter_state(shell)
+def _check_tensors(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """The adapter's tensors are exactly the expected ones: the same names and shapes, finite floats."""
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise ScaleshiftError(f"adapter tensors do not fit the model: missing {missing[:5]}, "
@@ -290,6 +272,17 @@ def check_adapter_fits(meta: dict, state: dict[str, torch.Tensor]) -> None:
         if not torch.isfinite(tensor).all():
             raise ScaleshiftError(f"adapter tensor {key} holds NaN or infinite values: the adapter "
                                   f"was edited or damaged, or its training diverged")
+
+
+def check_adapter_fits(meta: dict, state: dict[str, torch.Tensor]) -> None:
+    """What fit_adapter checks of the tensors, for the pure merge, which applies no method to a
+    real model: the method and options apply to the adapter's architecture (built on the meta
+    device, no weights), and the tensors are exactly that method's, in shape, as finite floats."""
+    from .models import plain_model
+    with torch.device("meta"):
+        shell = plain_model(meta["base_model"], meta["num_classes"])
+        apply(shell, meta["method"], **meta["options"])
+    _check_tensors(state, adapter_state(shell))
 
 
 def _architecture_kwargs(identity: dict) -> dict:

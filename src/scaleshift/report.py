@@ -91,7 +91,8 @@ def load_results(run_dirs: list[str | Path]) -> list[dict]:
         fields = dict(model=data.get("model"), method=data.get("method"),
                       dataset=data.get("dataset"), protocol=data.get("protocol"))
         bad = [k for k, v in fields.items() if not isinstance(v, str)]
-        top1, params = (reported or {}).get("top1"), data.get("trainable_params")
+        top1 = reported.get("top1") if isinstance(reported, dict) else None
+        params = data.get("trainable_params")
         if not (isinstance(top1, (int, float)) and not isinstance(top1, bool) and 0 <= top1 <= 100):
             bad.append("reported.top1")
         if not (isinstance(params, int) and not isinstance(params, bool) and params >= 0):
