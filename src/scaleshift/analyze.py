@@ -16,10 +16,10 @@ import torch.nn as nn
 from .adapter_files import backbone_for, read_adapter_config
 from .data import build_dataset, build_transform
 from .errors import ScaleshiftError
-from .records import check_int
 from .io import claim_folder, figure, save_png, write_json
 from .models import classifier_parameter_names
 from .profiles import family_of
+from .records import check_int
 from .runs import ADAPTER, load_run
 
 
@@ -186,8 +186,6 @@ def add_analyze_parser(subparsers) -> None:
 
 
 ANALYSIS_MARKER = ".scaleshift-analysis"   # in every folder `scaleshift analyze` writes to
-
-
 ANALYSIS_FILES = {"weights.json", "weights.png", "similarity.json", "similarity.png"}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import ScaleshiftError
 from .extras import require
-from .io import atomic_path, figure, save_png
+from .io import atomic_path, claim_folder, figure, save_png
 from .records import MAX_FILE_BYTES, parse_json, read_json, regular_file
 
 REPORT_MARKER = ".scaleshift-report"   # written first into every --out folder of `scaleshift report`
@@ -28,18 +28,10 @@ REPORT_FILES = ("report.md", "report.csv", "curves.png")
 def claim_report_dir(out: Path, overwrite: bool) -> None:
     """Refuse a file or a non-empty folder at `out`, unless it is a folder an earlier report
     wrote (its marker) and --overwrite is given; then mark `out` as a report folder."""
-    if out.exists() and not out.is_dir():
-        raise ScaleshiftError(f"--out {out} is a file; pass a folder for the report")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / REPORT_MARKER).is_file():
-            raise ScaleshiftError(f"--out {out} is a non-empty folder scaleshift did not write; "
-                                  f"it is never written into: pass a new or empty folder "
-                                  f"(nothing was written)")
-        if not overwrite:
-            raise ScaleshiftError(f"--out {out} holds an earlier report; pass --overwrite to "
-                                  f"replace it or another --out (nothing was written)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_MARKER).touch()
+    if out.is_dir() and (out / REPORT_MARKER).is_file() and not overwrite:
+        raise ScaleshiftError(f"--out {out} holds an earlier report; pass --overwrite to "
+                              f"replace it or another --out (nothing was written)")
+    claim_folder(out, REPORT_MARKER, "the report")
 
 
 FGVC = ["cub2011", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars"]
