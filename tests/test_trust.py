@@ -310,3 +310,16 @@ def test_predict_refuses_a_bad_top_k_and_a_decompression_bomb_before_any_model(t
     assert main(["predict", "--adapters", str(tmp_path / "none"), str(tmp_path / "big.png")]) == 2
     err = capsys.readouterr().err
     assert "big.png" in err and "decompression bomb" in err.lower() and "Traceback" not in err
+
+
+def test_predict_names_a_pipe_and_a_dangling_or_looping_link(tmp_path, capsys):
+    import os
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    for name, words in (("pipe.png", "neither an image file nor a folder"),
+                        ("loop.png", "symbolic link to nothing"), ("dangling.png", "symbolic link to nothing"),
+                        ("absent.png", "not found")):
+        assert main(["predict", "--adapters", str(tmp_path / "none"), str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert name in err and words in err and "Traceback" not in err

@@ -199,6 +199,12 @@ def image_files(sources: list[str]) -> list[Path]:
             out += found
         elif path.is_file():
             out.append(path)
+        elif path.is_symlink():
+            raise ScaleshiftError(f"image {path} is a symbolic link to nothing (a missing target or "
+                                  f"a loop); pass the image file itself")
+        elif path.exists():
+            raise ScaleshiftError(f"{path} is neither an image file nor a folder (a pipe, socket or "
+                                  f"device); pass image files or folders of them")
         else:
             raise ScaleshiftError(f"image {path} not found; pass image files or folders of them")
     return out
