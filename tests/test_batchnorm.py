@@ -59,4 +59,8 @@ def test_test_limit_tests_on_the_first_items_only(tmp_path):
     # 37 images: every accuracy is a multiple of 100/37
     top1 = results["reported"]["top1"]
     assert abs(top1 * 37 / 100 - round(top1 * 37 / 100)) < 1e-6
+    from scaleshift.runs import evaluate_run   # eval reports the run's number: on the same 37
+    again = evaluate_run(out)
+    assert again["count"] == 37 and again["top1"] == top1
+    assert evaluate_run(out, split="val200")["count"] == 200        # another split: all of it
     assert main(["train", *TINY_BN, "test_limit=0", "--validate-only"]) == 2

@@ -70,3 +70,33 @@ def test_demo_refuses_a_run_folder_of_another_demo(tmp_path, capsys):
     assert "holds another run" in err and "tf_efficientnet_lite0" in err and "--out" in err
     assert "model" in err and "dataset" in err and "Traceback" not in err
     assert (folder / "results.json").read_text() == "{}"           # untouched
+
+
+def test_demo_never_writes_into_a_folder_or_file_of_the_users(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.md").write_text("MY NOTES")
+    (mine / "results.json").write_text('{"mine": 1}')
+    assert main(["demo", "--out", str(mine), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "non-empty folder scaleshift did not write" in err and "Traceback" not in err
+    assert sorted(p.name for p in mine.iterdir()) == ["results.json", "results.md"]
+    assert (mine / "results.md").read_text() == "MY NOTES"
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "file"), "--epochs", "1"]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "x"
+
+
+def test_a_demo_folder_from_before_the_marker_is_still_the_demos(tmp_path):
+    from scaleshift.demo import _written_before_the_marker
+    old = tmp_path / "old"
+    (old / "ssf").mkdir(parents=True)
+    assert not _written_before_the_marker(old)
+    (old / "ssf" / "config.yaml").write_text("model: x\n")
+    assert _written_before_the_marker(old)
+    summary = tmp_path / "summary"
+    summary.mkdir()
+    (summary / "results.json").write_text(json.dumps(dict(task="t", backbone="b", methods={}, merge={})))
+    assert _written_before_the_marker(summary)
+    (summary / "results.json").write_text("[1, 2]")
+    assert not _written_before_the_marker(summary)

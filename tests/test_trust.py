@@ -323,3 +323,19 @@ def test_predict_names_a_pipe_and_a_dangling_or_looping_link(tmp_path, capsys):
         assert main(["predict", "--adapters", str(tmp_path / "none"), str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert name in err and words in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_eval_of_a_run_on_a_built_in_task_whose_classes_have_no_names(tmp_path, capsys):
+    # struct_* tasks name no classes: eval used to fail on len(None), the default demo's task too
+    out = tmp_path / "count"
+    cfg = [*TINY, "dataset=struct_count", "test_limit=30", "epochs=1", "max_steps_per_epoch=1", f"out_dir={out}"]
+    assert main(["train", *cfg]) == 0
+    reported = json.loads((out / "results.json").read_text())["reported"]["top1"]
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == reported
+    assert main(["merge", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "merged"), "--dataset", "struct_count"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] > 30    # not the run's data: all of the split

@@ -45,7 +45,7 @@ from .io import figure, save_png, write_json, write_text
 from .merge import merge, perturb_trainable
 from .methods import apply
 from .models import create_model
-from .profiles import input_size_of
+from .profiles import check_takes_input, input_size_of
 from .progress import progress
 from .records import check_input_size, check_int
 from .runs import machine_info
@@ -173,15 +173,9 @@ def checked_input_shape(model_name: str, model_kwargs: dict, batch: int, size: i
     model = build(model_name, model_kwargs, VARIANTS[0], 10, "cpu").eval()
     shape = input_shape(model, batch, size)
     if size is not None:
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, *shape[1:]))
-        except (AssertionError, RuntimeError, ValueError) as e:
-            why = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
-            raise ScaleshiftError(
-                f"--size {size}: {model_name} does not take {size} px input ({why}); "
-                f"a ViT is built for one input size, so pass model_kwargs.img_size={size} as well, "
-                f"or leave --size out") from None
+        check_takes_input(model, torch.zeros(1, *shape[1:]), f"--size {size}",
+                          f"a ViT is built for one input size, so pass model_kwargs.img_size={size} "
+                          f"as well, or leave --size out")
     return shape
 
 

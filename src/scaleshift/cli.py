@@ -270,10 +270,23 @@ def cmd_predict_artifact(args) -> int:
     device = parse_device(args.device)
     paths = image_files(args.images)                 # every image found before any model
     artifact = load_artifact(args.model, args.input_size)
+    if args.input_size is not None:
+        check_predict_size(artifact.model, artifact.transform, args.input_size)
     rows = predict(artifact, paths, args.top_k, device)
     print(json.dumps(rows, indent=1) if args.json else format_csv(rows) if args.csv
           else format_table(rows))
     return 0
+
+
+def check_predict_size(model, transform, size: int, *more_inputs) -> None:
+    """--input-size N the model cannot take: a usage error before any image is predicted."""
+    from PIL import Image
+
+    from .profiles import check_takes_input
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    probe = transform(Image.new("RGB", (size, size)))[None].to(device)
+    check_takes_input(model, probe, f"--input-size {size}", "leave --input-size out to predict at "
+                      "the size the model was trained at", *(x.to(device) for x in more_inputs))
 
 
 def cmd_predict(args) -> int:
@@ -311,6 +324,8 @@ def cmd_predict(args) -> int:
             print(f"scaleshift: note: {source} predates recorded eval transforms; using the VTAB "
                   f"transform at the backbone's input size", file=sys.stderr)
     transforms = [serving_transform(meta, model.backbone, args.input_size) for meta in metas]
+    if args.input_size is not None:
+        check_predict_size(model, transforms[0], args.input_size, torch.zeros(1, dtype=torch.long))
     tasks = len(directories)
     out = []
     for start in range(0, len(paths), 32):
@@ -461,7 +476,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the run's")
     p.add_argument("--data-root", default=None, help="the dataset's folder instead of the run's")
     p.add_argument("--merged", action="store_true", help="evaluate the merged plain model")
-    p.add_argument("--split", default=None, help="default: the run's test split")
+    p.add_argument("--split", default=None, help="default: the run's test split (its first "
+                   "test_limit images if the run set test_limit, as its reported top-1 did)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     weights_arg(p)
     p.set_defaults(func=cmd_eval)

@@ -140,6 +140,7 @@ class RunConfig:
                                       "backbone; set one of them")
         if self.precision == "fp16" and self.device == "cpu":
             raise ScaleshiftError("precision=fp16 needs CUDA; use precision=bf16 on CPU")
+        check_optimizer(self.opt)
 
     def _check_names(self) -> None:
         from .data import get_dataset_spec
@@ -341,6 +342,23 @@ def flags_to_assignments(tokens: list[str], own_flags: set[str]) -> list[str]:
     return out
 
 
+def check_optimizer(opt: str) -> None:
+    """`opt` names an optimizer of timm's registry (optionally 'lookahead_NAME') the loop runs."""
+    import timm.optim
+    name = opt.lower().removeprefix("lookahead_")
+    if name.startswith(("bnb", "fused")):
+        why = "needs CUDA and bitsandbytes or APEX, which scaleshift does not install"
+    elif name == "adahessian":
+        why = "needs a second-order backward pass, which the training loop does not run"
+    elif name not in timm.optim.list_optimizers():
+        why = "is not one of timm's optimizers"
+    else:
+        return
+    raise ScaleshiftError(f"opt={opt!r} {why}; use adamw (the paper's), sgd, momentum, lamb, lion or "
+                          f"another name `python -c \"import timm.optim; print(timm.optim."
+                          f"list_optimizers())\"` prints")
+
+
 def check_environment(cfg: RunConfig) -> None:
     """What `train --validate-only` checks beyond the values (and train before any work): the
     data and weights paths exist, and every optional package the run needs imports."""
@@ -359,9 +377,17 @@ def check_environment(cfg: RunConfig) -> None:
     if not isinstance(cfg.pretrained, (bool, str)):
         raise ScaleshiftError(f"pretrained must be true (timm's weights), false (random init) or "
                               f"the path of a weights file, got {str(cfg.pretrained)[:40]!r}")
-    if isinstance(cfg.pretrained, str) and not Path(cfg.pretrained).exists():
-        raise ScaleshiftError(f"pretrained={cfg.pretrained}: no such file; give the backbone's "
+    if isinstance(cfg.pretrained, str) and not Path(cfg.pretrained).is_file():
+        what = "is a folder" if cfg.pretrained.strip() and Path(cfg.pretrained).is_dir() else \
+            "is empty" if not cfg.pretrained.strip() else "no such file"
+        raise ScaleshiftError(f"pretrained={cfg.pretrained!r}: {what}; give the backbone's "
                               f"weights file, pretrained=true (timm's weights) or false")
+    import torch
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ScaleshiftError("device=cuda but no CUDA device is available; use device=cpu")
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise ScaleshiftError("precision=fp16 needs CUDA, and this machine has none; use "
+                              "precision=bf16 or auto")
     needs = [(module, f"dataset {spec.name}") for module in spec.extras]
     if cfg.method == "lora":
         needs.append(("peft", "method=lora"))

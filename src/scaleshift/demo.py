@@ -19,12 +19,13 @@ from .config import make_config
 from .data import build_dataset, build_transform
 from .engine import config_changes, config_fingerprint, train
 from .errors import ScaleshiftError
-from .io import figure, save_png, write_json, write_text
+from .io import claim_folder, figure, save_png, write_json, write_text
 from .methods import get_method
 from .models import identity_of, plain_model
 from .runs import load_run, machine_info, read_config
 
 DEMO_BACKBONE = "vit_small_patch14_dinov2"
+DEMO_MARKER = ".scaleshift-demo"   # written first into every --out folder of `scaleshift demo`
 # backbone -> its task, input size, batch, model kwargs and per method (lr, epochs, extra config).
 # The real backbones' settings are the val200 grid choices (lr, epochs) of the reproductions on the
 # same task (benchmarks/vit_repro.py, results/vit/repro_full; benchmarks/real_repro.py,
@@ -50,6 +51,7 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
              task: str | None = None, backbone: str = DEMO_BACKBONE) -> dict:
     started = time.time()
     out = Path(out_dir)
+    claim_folder(out, DEMO_MARKER, "the demo", _written_before_the_marker)
     demo = DEMOS[backbone]
     task = task or demo["task"]
     base = dict(model=backbone, model_kwargs=demo.get("model_kwargs", {}), pretrained=True,
@@ -108,6 +110,17 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
     print(f"[demo] results: {out / 'results.md'}, {out / 'results.json'}, plot: {out / 'results.png'}")
     print(f"[demo] SSF adapter: {out / 'ssf' / 'adapter'} ({summary['adapter_bytes']:,} bytes)")
     return summary
+
+
+def _written_before_the_marker(out: Path) -> bool:
+    """A demo folder from before the marker: its method run folders, or its results.json."""
+    if any((out / method / "config.yaml").is_file() for method in ("linear", "ssf", "full")):
+        return True
+    try:
+        summary = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"task", "backbone", "methods", "merge"} <= summary.keys()
 
 
 def check_earlier_run(run_dir: Path, cfg, backbone: str) -> None:

@@ -55,6 +55,7 @@ from .methods.ssf import last_blocks
 from .models import create_model, identity_of
 from .prefix_cache import CACHE_DIR, CacheBudget, Suffix, cache_prefix, prefix_cut
 from .progress import progress, replaces_lines, say
+from .profiles import check_takes_input, input_size_of
 from .runs import (ADAPTER, CHECKPOINT, CONFIG, LOCK, MARKER, NAMED, RESULTS, SNAPSHOTS,
                    all_reduce_sum, autocast_for, dataset_classes, evaluate, is_run_dir, machine_info,
                    resolve_precision)
@@ -339,6 +340,13 @@ def build_model(t: Trainer) -> None:
                            seed=cfg.seed, **kwargs)
     apply(t.model, cfg.method, **cfg.method_options)
     t.model.to(t.device)
+    if cfg.input_size is not None:
+        size = cfg.input_size
+        vit = getattr(getattr(t.model, "patch_embed", None), "img_size", None) is not None
+        check_takes_input(t.model, torch.zeros(1, input_size_of(t.model)[0], size, size, device=t.device),
+                          f"input_size={size}", f"a ViT is built for one input size, so pass "
+                          f"model_kwargs.img_size={size} as well" if vit else "give a larger "
+                          "input_size, or leave it out for the backbone's own")
     t.trained = t.model
 
 

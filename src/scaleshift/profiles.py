@@ -254,6 +254,24 @@ def input_size_of(model: nn.Module) -> tuple[int, ...]:
     return cfg_size
 
 
+def check_takes_input(model: nn.Module, images: torch.Tensor, setting: str, hint: str,
+                      *more_inputs) -> None:
+    """`images` through the model once (eval mode, no grad; its mode restored): an input size the
+    backbone cannot take (a ViT's is fixed when it is built, a convolution needs a minimum) is a
+    usage error naming `setting`, not a traceback from the middle of a run."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(images, *more_inputs)
+    except Exception as e:   # a ViT asserts, a convolution raises RuntimeError, ONNX Runtime its own
+        why = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+        raise ScaleshiftError(f"{setting}: the model does not take {tuple(images.shape[1:])} input "
+                              f"({why[:200]}); {hint}") from None
+    finally:
+        model.train(was_training)
+
+
 def called_modules(model: nn.Module, names: list[str]) -> set[str] | None:
     """Which of `names` the model actually calls in a forward pass (some models read a layer's
     weight directly instead, e.g. BEiT's qkv with its separate q/v biases). None when a dry run

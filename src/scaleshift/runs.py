@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .adapter_files import adapter_tensors, backbone_for, check_adapter_fits, fit_adapter, resolve_dir
 from .artifacts import KINDS, OnnxModule, load_artifact
@@ -105,7 +105,12 @@ def dataset_classes(cfg: RunConfig) -> int:
         return spec.num_classes
     dataset = build_dataset(cfg.dataset, root=cfg.data_root, split=cfg.train_split,
                             **cfg.dataset_options)
-    return len(dataset.classes)
+    return class_count(dataset)
+
+
+def class_count(dataset: Dataset) -> int:
+    """How many classes a built dataset has (built-in tasks name none, so no `classes` list)."""
+    return dataset.num_classes if dataset.classes is None else len(dataset.classes)
 
 
 def load_run(run_dir: str | Path, merged: bool = False,
@@ -205,8 +210,8 @@ def eval_dataset(cfg: RunConfig, model: nn.Module, split: str) -> Dataset:
 
 
 def _check_classes(dataset: Dataset, name: str, classes: int | None, what) -> None:
-    if classes is not None and len(dataset.classes) != classes:
-        raise ScaleshiftError(f"{name} has {len(dataset.classes)} classes but {what} has "
+    if classes is not None and class_count(dataset) != classes:
+        raise ScaleshiftError(f"{name} has {class_count(dataset)} classes but {what} has "
                               f"{classes}; evaluate it on a dataset with the classes it was trained on")
 
 
@@ -233,6 +238,9 @@ def evaluate_run(run_dir: str | Path, merged: bool = False, split: str | None = 
         raise ScaleshiftError(f"{run_dir} has no test split; pass --split NAME")
     data = eval_dataset(cfg, model, split)
     _check_classes(data, cfg.dataset, getattr(model, "num_classes", None), f"the run {run_dir}")
+    own_test = split == cfg.test_split and dataset is None and data_root is None
+    if own_test and cfg.test_limit is not None and cfg.test_limit < len(data):
+        data = Subset(data, range(cfg.test_limit))   # the images the run's own test top-1 used
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False)
     target = parse_device(device)
     return evaluate(model.to(target), loader, target, autocast_for(cfg.precision, target))
