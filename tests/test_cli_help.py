@@ -140,6 +140,14 @@ def test_train_with_an_unknown_recipe_exits_2(capsys):
     (["bench", "--model", "vit_tiny_patch16_224", "--batch-size", "2", "--size", "0"], "--size must be"),
     (["params", "model=no_such_model"], "unknown model 'no_such_model'"),
     (["methods", "sff"], "unknown method 'sff'"),
+    (["params", "--model", "vit_tiny_patch16_224", "bogus=1"], "bogus is an option of no method"),
+    (["params", "--model", "vit_tiny_patch16_224", "--method", "ssf", "layers=13"],
+     "layers=13, but VisionTransformer has 12 blocks; use 0 to 12"),
+    (["export", "runs/none", "--out", ""], "--out is empty; pass a path"),
+    (["merge", "runs/none", "--out", " "], "--out is empty; pass a path"),
+    (["train", "builtin/digits_ssf", "out_dir=", "--validate-only"], "out_dir is empty"),
+    (["bench", "--model", "vit_tiny_patch16_224", "--batch-size", "2", "--parts", ""], "--parts is empty"),
+    (["datasets", "check", "digits", "--root", "/nonexistent/digits"], "dataset root not found: /nonexistent"),
 ])
 def test_out_of_range_counts_and_unknown_names_exit_2_before_any_work(argv, message, capsys):
     # a zero batch once reached a native kernel and killed the process (SIGFPE); a zero --size

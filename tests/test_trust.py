@@ -339,3 +339,19 @@ def test_eval_of_a_run_on_a_built_in_task_whose_classes_have_no_names(tmp_path, 
     capsys.readouterr()
     assert main(["eval", str(out / "merged"), "--dataset", "struct_count"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] > 30    # not the run's data: all of the split
+
+
+@pytest.mark.slow
+def test_an_edited_run_config_is_named_in_the_error(clean_run, tmp_path, capsys):
+    import shutil
+    out, _ = clean_run
+    copy = tmp_path / "edited"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".lock"))
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("\nepochs: 4\n", "\nepochs: abc\n"))
+    assert "epochs: abc" in config.read_text()
+    for argv in (["eval", str(copy)], ["merge", str(copy)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{config} does not hold a valid run config" in err and "epochs must be int" in err
+        assert "Traceback" not in err

@@ -48,6 +48,11 @@ def cmd_params(args) -> int:
     from .methods import get_method
     opts = args.options
     chosen = args.method.split(",") if args.method else methods()
+    if not args.method:
+        unknown = sorted(set(opts) - {k for method in chosen for k in get_method(method).options})
+        if unknown:
+            raise ScaleshiftError(f"{unknown[0]} is an option of no method; `scaleshift methods` "
+                                  f"lists each method's options")
     rows = []
     for method in chosen:
         known = {k: v for k, v in opts.items() if k in get_method(method).options} \
@@ -234,6 +239,9 @@ def cmd_list(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
     parts = {x for x in args.parts.split(",") if x}
+    if not parts:
+        raise ScaleshiftError("--parts is empty, so nothing would be measured; pass some of "
+                              "time,memory,merge")
     if parts - {"time", "memory", "merge"}:
         raise ScaleshiftError(f"--parts: unknown {sorted(parts - {'time', 'memory', 'merge'})}; "
                               f"choose from time, memory, merge")
@@ -633,6 +641,10 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) 
     if missing:
         args.command_parser.error("the following options are required: " + ", ".join(
             f"--{k.replace('_', '-')} (or {k}=...)" for k in missing))
+    for name, value in vars(args).items():   # a path given as "" would be read as "."
+        if name in ("out", "out_dir", "root", "data_root", "pretrained") and isinstance(value, str) \
+                and not value.strip():
+            raise ScaleshiftError(f"--{name.replace('_', '-')} is empty; pass a path")
     return args
 
 

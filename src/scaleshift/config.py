@@ -141,6 +141,8 @@ class RunConfig:
         if self.precision == "fp16" and self.device == "cpu":
             raise ScaleshiftError("precision=fp16 needs CUDA; use precision=bf16 on CPU")
         check_optimizer(self.opt)
+        if not self.out_dir.strip():
+            raise ScaleshiftError("out_dir is empty; pass the folder the run goes to (out_dir=runs/NAME)")
 
     def _check_names(self) -> None:
         from .data import get_dataset_spec

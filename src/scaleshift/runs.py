@@ -96,7 +96,11 @@ def read_config(run_dir: str | Path) -> RunConfig:
     data = read_yaml(text, path)
     if not isinstance(data, dict):
         raise ScaleshiftError(f"{path} is not a mapping of config keys; the file was edited")
-    return make_config(data)
+    try:
+        return make_config(data)
+    except ScaleshiftError as exc:
+        raise ScaleshiftError(f"{path} does not hold a valid run config (edited, or written by "
+                              f"another version of scaleshift): {exc}") from None
 
 
 def dataset_classes(cfg: RunConfig) -> int:

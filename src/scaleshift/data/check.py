@@ -41,7 +41,7 @@ def check_dataset(name: str, root=None, strict: bool = False, splits=None, decod
     root_path = Path(root) if root is not None else None
     if spec.needs_root and root_path is None:
         raise ScaleshiftError(f"{spec.name} needs --root; expected layout:\n{spec.layout}")
-    if root_path is not None and spec.needs_root and not root_path.exists():
+    if root_path is not None and not root_path.exists():   # given and wrong: never ignored
         raise ScaleshiftError(f"dataset root not found: {root_path}\n"
                               f"expected layout:\n{spec.layout}")
     restricted = bool(splits)

@@ -420,6 +420,10 @@ class SSF(Method):
                       or (p.block is not None and p.block >= depth - last)]
         elif opts["layers"] is not None:
             k = opts["layers"]
+            depth = 1 + max((p.block for p in points if p.block is not None), default=-1)
+            if k > depth:
+                raise ScaleshiftError(f"layers={k}, but {type(model).__name__} has {depth} blocks; "
+                                      f"use 0 to {depth} (or last:1 to last:{depth})")
             points = [] if k == 0 else [p for p in points if p.block is None or p.block < k]
         if opts["exclude"]:
             points = [p for p in points if p.group not in opts["exclude"]]
