@@ -138,6 +138,8 @@ def test_predict_on_every_artifact_gives_evals_top1_labels(ssf_run, lora_run, te
 def test_eval_takes_any_artifact_and_data_overrides(ssf_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     assert main(["eval", str(ssf_run)]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 40    # the run's test_limit, as reported
+    assert main(["eval", str(ssf_run), "--split", "test"]) == 0  # a split named: all of it
     run = json.loads(capsys.readouterr().out)
     assert main(["merge", str(ssf_run), "--out", str(tmp_path / "merged")]) == 0
     assert main(["export", str(ssf_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0

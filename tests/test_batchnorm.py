@@ -62,5 +62,6 @@ def test_test_limit_tests_on_the_first_items_only(tmp_path):
     from scaleshift.runs import evaluate_run   # eval reports the run's number: on the same 37
     again = evaluate_run(out)
     assert again["count"] == 37 and again["top1"] == top1
-    assert evaluate_run(out, split="val200")["count"] == 200        # another split: all of it
+    assert evaluate_run(out, split="val200")["count"] == 200        # a split named: all of it
+    assert evaluate_run(out, split="test")["count"] > 37
     assert main(["train", *TINY_BN, "test_limit=0", "--validate-only"]) == 2

@@ -484,8 +484,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the run's")
     p.add_argument("--data-root", default=None, help="the dataset's folder instead of the run's")
     p.add_argument("--merged", action="store_true", help="evaluate the merged plain model")
-    p.add_argument("--split", default=None, help="default: the run's test split (its first "
-                   "test_limit images if the run set test_limit, as its reported top-1 did)")
+    p.add_argument("--split", default=None, help="default: the run's test split, its first test_limit "
+                   "images if the run set test_limit (as its reported top-1 did); a split named "
+                   "here is evaluated whole")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     weights_arg(p)
     p.set_defaults(func=cmd_eval)

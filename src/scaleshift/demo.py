@@ -51,7 +51,6 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
              task: str | None = None, backbone: str = DEMO_BACKBONE) -> dict:
     started = time.time()
     out = Path(out_dir)
-    claim_folder(out, DEMO_MARKER, "the demo", _written_before_the_marker)
     demo = DEMOS[backbone]
     task = task or demo["task"]
     base = dict(model=backbone, model_kwargs=demo.get("model_kwargs", {}), pretrained=True,
@@ -59,12 +58,14 @@ def run_demo(out_dir: str = "runs/demo", epochs: int | None = None, seed: int = 
                 val_split="val200", test_split="test", augment="vtab", input_size=demo["input_size"],
                 batch_size=demo["batch_size"], warmup_epochs=1, weight_decay=0.05, protocol="clean",
                 test_every_epoch=False, seed=seed, log_every=1000)
+    configs = {method: make_config(dict(base, method=method, lr=lr,
+                                        epochs=method_epochs if epochs is None else epochs,
+                                        out_dir=str(out / method), **extra))
+               for method, (lr, method_epochs, extra) in demo["methods"].items()}
+    claim_folder(out, DEMO_MARKER, "the demo", _written_before_the_marker)   # settings checked first
     results = {}
-    for method, (lr, method_epochs, extra) in demo["methods"].items():
+    for method, cfg in configs.items():
         run_dir = out / method
-        cfg = make_config(dict(base, method=method, lr=lr,
-                               epochs=method_epochs if epochs is None else epochs,
-                               out_dir=str(run_dir), **extra))
         check_earlier_run(run_dir, cfg, backbone)
         if (run_dir / "results.json").is_file():
             results[method] = json.loads((run_dir / "results.json").read_text())

@@ -237,12 +237,12 @@ def evaluate_run(run_dir: str | Path, merged: bool = False, split: str | None = 
         cfg = dataclasses.replace(cfg, dataset=dataset or cfg.dataset,
                                   data_root=cfg.data_root if data_root is None else data_root,
                                   dataset_options={} if dataset else cfg.dataset_options)
+    own_test = split is None and dataset is None and data_root is None
     split = split or cfg.test_split
     if split is None:
         raise ScaleshiftError(f"{run_dir} has no test split; pass --split NAME")
     data = eval_dataset(cfg, model, split)
     _check_classes(data, cfg.dataset, getattr(model, "num_classes", None), f"the run {run_dir}")
-    own_test = split == cfg.test_split and dataset is None and data_root is None
     if own_test and cfg.test_limit is not None and cfg.test_limit < len(data):
         data = Subset(data, range(cfg.test_limit))   # the images the run's own test top-1 used
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False)
