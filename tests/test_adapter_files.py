@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 import scaleshift
 from scaleshift.adapter_files import CONFIG_NAME, WEIGHTS_NAME
+from scaleshift.errors import ScaleshiftError
 from scaleshift.merge import perturb_trainable
 
 from conftest import make_model
@@ -106,3 +107,52 @@ def test_vit_base_cifar100_ssf_adapter_is_under_1_2_mb(tmp_path):
     scaleshift.save_adapter(model, tmp_path / "vitb")
     size = sum(p.stat().st_size for p in (tmp_path / "vitb").iterdir())
     assert size < 1.2e6, size
+
+
+def test_save_adapter_replaces_only_a_folder_it_wrote(tmp_path):
+    model = scaleshift.apply(make_model("vit"), "ssf", layers=1)
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ScaleshiftError, match="not an adapter scaleshift wrote"):
+        scaleshift.save_adapter(model, mine)
+    assert (mine / "notes.txt").read_text() == "mine" and (mine / "sub").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ScaleshiftError, match="is a file"):
+        scaleshift.save_adapter(model, tmp_path / "file")
+    peft_like = tmp_path / "peft"   # a PEFT adapter of the user's: same file names, no record
+    peft_like.mkdir()
+    (peft_like / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    with pytest.raises(ScaleshiftError, match="not an adapter scaleshift wrote"):
+        scaleshift.save_adapter(model, peft_like)
+    ours = scaleshift.save_adapter(model, tmp_path / "ours")
+    assert scaleshift.save_adapter(model, ours) == ours          # its own adapter: replaced
+    (tmp_path / "empty").mkdir()
+    scaleshift.save_adapter(model, tmp_path / "empty")
+
+
+def test_save_adapter_refuses_what_it_could_not_load_again(tmp_path):
+    model = scaleshift.apply(make_model("vit"), "ssf", layers=1)
+    with pytest.raises(ScaleshiftError, match="eval_transform"):
+        scaleshift.save_adapter(model, tmp_path / "a", eval_transform={"input_size": -1})
+    with pytest.raises(ScaleshiftError, match="not one string"):
+        scaleshift.save_adapter(model, tmp_path / "a", class_names="abcde")
+    with pytest.raises(ScaleshiftError, match="needs the model in float32.*torch.bfloat16"):
+        scaleshift.save_adapter(model.to(torch.bfloat16), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_api_names_a_wrong_model_argument(tmp_path):
+    from scaleshift.multitask import MultiTaskModel
+    for call in (lambda: scaleshift.apply(None, "ssf"), lambda: scaleshift.apply("vit", "ssf"),
+                 lambda: scaleshift.merge(None), lambda: scaleshift.save_adapter(None, tmp_path / "a"),
+                 lambda: scaleshift.load_adapter(None, tmp_path / "a")):
+        with pytest.raises(ScaleshiftError, match="takes a torch.nn.Module"):
+            call()
+    with torch.device("meta"):
+        meta = scaleshift.apply(make_model("vit"), "ssf", layers=1)
+    for call in (lambda: scaleshift.merge(meta), lambda: scaleshift.save_adapter(meta, tmp_path / "a")):
+        with pytest.raises(ScaleshiftError, match="meta device"):
+            call()
+    with pytest.raises(ScaleshiftError, match="takes a list of adapter folders"):
+        MultiTaskModel.from_adapters(str(tmp_path / "a"))

@@ -349,6 +349,12 @@ def test_convert_raw_training_checkpoint(tmp_path):
         dst = as_mlp.convert_official_checkpoint(str(raw), str(tmp_path / name))
         loaded = timm.create_model('as_mlp_test', pretrained=True, pretrained_cfg_overlay=dict(file=dst))
         _assert_same_weights(loaded, sd)
+    from scaleshift.errors import ScaleshiftError
+    mine = tmp_path / 'mine.safetensors'   # a file of the user's is never replaced
+    mine.write_text('USER DATA')
+    with pytest.raises(ScaleshiftError, match='never replaces a file'):
+        as_mlp.convert_official_checkpoint(str(raw), str(mine))
+    assert mine.read_text() == 'USER DATA'
 
 
 def test_torchscript_and_fx():

@@ -81,6 +81,16 @@ def test_the_pillow_drawing_puts_each_point_where_its_value_is():
 def test_a_run_without_its_log_stops_the_report_before_anything_is_written(tmp_path):
     write_run(tmp_path / "a", "ssf")
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "results.json").write_text((tmp_path / "a" / "results.json").read_text())
+    (tmp_path / "b" / "results.json").write_text(
+        (tmp_path / "a" / "results.json").read_text().replace('"ssf"', '"linear"'))
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep")]) == 2
     assert not (tmp_path / "rep").exists()
+
+
+def test_two_runs_for_one_cell_are_refused_not_one_silently_dropped(tmp_path, capsys):
+    write_run(tmp_path / "a", "ssf")
+    write_run(tmp_path / "b", "ssf")
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a'} and {tmp_path / 'b'} are both ssf on m / digits" in err
+    assert "Traceback" not in err

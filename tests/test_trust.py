@@ -88,6 +88,14 @@ def test_clean_protocol_runs_both_stages_in_one_command(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "two" / "retrain" / "log.jsonl").read_text().splitlines()]
     assert [("test_top1" in row) for row in log] == [False] * (len(log) - 1) + [True]   # tested once
     assert eval_top1(tmp_path / "two") == results["reported"]["top1"]
+    # a finished run resumed: the same config keeps its record byte for byte, another is refused
+    record = (tmp_path / "two" / "results.json").read_bytes()
+    assert main(["train", *TINY, f"out_dir={tmp_path / 'two'}", "epochs=3",
+                 "retrain_split=train800val200", "--resume"]) == 0
+    assert (tmp_path / "two" / "results.json").read_bytes() == record
+    assert main(["train", *TINY, f"out_dir={tmp_path / 'two'}", "epochs=4", "lr=0.3",
+                 "retrain_split=train800val200", "--resume"]) == 2
+    assert (tmp_path / "two" / "results.json").read_bytes() == record
 
 
 # ----------------------------------------------------------------------------- validation

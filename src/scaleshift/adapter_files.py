@@ -25,7 +25,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .version import __version__
-from .errors import ScaleshiftError
+from .errors import ScaleshiftError, check_model_argument
 from .io import atomic_dir, file_sha256
 from .methods import apply, config_of, get_method, plain_key
 from .models import HUB_REPO_ID, build_model, describe, identity_of, num_classes_of
@@ -87,17 +87,51 @@ def backbone_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _check_replaceable(directory: Path) -> None:
+    """save_adapter replaces its folder whole: only a new or empty folder, or an adapter
+    scaleshift wrote (nothing but its files, and its record), may be replaced."""
+    if directory.exists() and not directory.is_dir():
+        raise ScaleshiftError(f"{directory} is a file; save_adapter writes a folder: pass a new "
+                              f"or empty folder (nothing was written)")
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return
+    names = {child.name for child in directory.iterdir()}
+    ours = names <= {CONFIG_NAME, WEIGHTS_NAME, RECORD_NAME} and (RECORD_NAME in names or _has_record(directory))
+    if not ours:
+        raise ScaleshiftError(f"{directory} is a non-empty folder that is not an adapter scaleshift "
+                              f"wrote, and save_adapter replaces its folder whole: pass a new or "
+                              f"empty folder (nothing was written)")
+
+
+def _has_record(directory: Path) -> bool:
+    try:
+        return BLOCK in json.loads((directory / CONFIG_NAME).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def save_adapter(model: nn.Module, directory: str | os.PathLike, *,
                  class_names: list[str] | None = None, eval_transform: dict | None = None) -> Path:
     """Write the adapter of `model` (a method applied) to `directory`. `class_names`: one name
     per class, index order (None: unknown). `eval_transform`: the evaluation transform as
     scaleshift.data.eval_transform_config records it; default: the backbone's own."""
     from .data.transforms import eval_transform_config
+    check_model_argument(model, "save_adapter", needs_values=True)
     config = config_of(model)
     if config is None:
         raise ScaleshiftError("save_adapter needs a model with a method applied "
                               "(scaleshift.apply(model, method=...))")
+    low = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()} - {"torch.float32"})
+    if low:
+        raise ScaleshiftError(f"save_adapter needs the model in float32 (its backbone fingerprint is "
+                              f"taken in float32), but it holds {', '.join(low)} parameters: save "
+                              f"model.float(), and train in low precision with autocast instead")
+    if eval_transform is not None:
+        from .records import check_eval_transform
+        check_eval_transform(eval_transform, "save_adapter")
     num_classes = num_classes_of(model)
+    if isinstance(class_names, str):
+        raise ScaleshiftError("class_names must be a list of strings, one per class, not one string")
     if class_names is not None:
         class_names = list(class_names)
         if not all(isinstance(c, str) for c in class_names) or len(class_names) != num_classes:
@@ -111,6 +145,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, *,
     if peft_fields:
         peft_fields["base_model_name_or_path"] = base_model_name_or_path(identity)
     directory = Path(directory)
+    _check_replaceable(directory)
     with atomic_dir(directory) as tmp:
         save_file(file_state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})   # as PEFT writes
         record = dict(
@@ -220,6 +255,7 @@ def load_adapter(model: nn.Module, source: str | os.PathLike) -> nn.Module:
     """Load an adapter (a directory or a Hub repo id) onto `model`: a plain model gets the
     adapter's method applied first. Refuses another backbone, class count, method or options,
     and tampered weights."""
+    check_model_argument(model, "load_adapter", needs_values=True)
     meta, state = adapter_tensors(source)
     return fit_adapter(model, meta, state)
 

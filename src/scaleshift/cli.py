@@ -495,7 +495,8 @@ def add_eval_parser(sub) -> None:
 def add_merge_parser(sub) -> None:
     p = sub.add_parser("merge", help="fold a run's adapter into plain weights: timm's folder "
                        "(RUN/merged: config.json with class names and eval transform + "
-                       "model.safetensors, loads with timm.create_model('local-dir:RUN/merged'))")
+                       "model.safetensors, loads with timm.create_model('local-dir:RUN/merged', "
+                       "pretrained=True))")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="folder (or a .safetensors file: the bare weights)")
     p.add_argument("--format", choices=("timm", "safetensors"), default=None,

@@ -58,7 +58,7 @@ from .progress import progress, replaces_lines, say
 from .profiles import check_takes_input, input_size_of
 from .runs import (ADAPTER, CHECKPOINT, CONFIG, LOCK, MARKER, NAMED, RESULTS, SNAPSHOTS,
                    all_reduce_sum, autocast_for, dataset_classes, evaluate, is_run_dir, machine_info,
-                   resolve_precision)
+                   read_config, resolve_precision)
 
 
 # what results.json says about time besides wall_time_s (per stage under the clean protocol)
@@ -128,6 +128,10 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         build_optimisation(t)
         if resume:
             t.start_epoch, t.history = load_checkpoint(t)
+            if t.start_epoch >= t.total_epochs and (t.out / RESULTS).is_file():
+                say(f"[scaleshift] {t.out} is finished; its results.json is kept as written")
+                finished = True   # nothing ran, so nothing is rewritten (timings included)
+                return json.loads((t.out / RESULTS).read_text())
         t.tensorboard = open_tensorboard(t)
         announce(t)
         for epoch in range(t.start_epoch, t.total_epochs):
@@ -215,6 +219,11 @@ def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
 
 def run_stage(cfg: RunConfig, resume: bool) -> dict:
     out = Path(cfg.out_dir)
+    if (out / CONFIG).is_file():   # a stage trained before: only the same config continues it
+        changed = config_changes(config_fingerprint(read_config(out)), config_fingerprint(cfg))
+        if changed:
+            raise ScaleshiftError(f"--resume: the config differs from the one {out} was trained "
+                                  f"with in {changed}; resume with the same recipe and overrides")
     if (out / RESULTS).is_file():
         return json.loads((out / RESULTS).read_text())
     return train(cfg, resume=resume and (out / CHECKPOINT).is_file())

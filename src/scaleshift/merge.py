@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .adapter_files import adapter_state
-from .errors import ScaleshiftError
+from .errors import ScaleshiftError, check_model_argument
 from .methods import apply, config_of, get_method, plain_key, replace_module, total_parameters
 from .models import attach_identity, create_model, identity_of, num_classes_of, plain_model
 from .profiles import input_size_of
@@ -125,6 +125,7 @@ def _keep_unfolded(plain: nn.Module, model: nn.Module, state: dict, config: dict
 def merge(model: nn.Module) -> nn.Module:
     """A NEW model of the original class with the method folded into its weights; `model` is
     untouched. What cannot fold (adapters, prompts) stays, with a warning naming it."""
+    check_model_argument(model, "merge", needs_values=True)
     merged, non_mergeable = merge_with_report(model)
     if non_mergeable:
         warnings.warn("not folded: " + "; ".join(f"{d['module']}: {d['reason']}"

@@ -80,7 +80,8 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     else:
         path = Path(pretrained)
         model = _create_from_file(name, num_classes, path, timm_kwargs)
-        identity = replace(identity, source="file", weights_file=str(path),
+        # absolute, so that eval / merge / predict find it from any working directory
+        identity = replace(identity, source="file", weights_file=str(path.resolve()),
                            weights_sha256=file_sha256(path))
     setattr(model, IDENTITY_ATTR, identity)
     return model

@@ -10,6 +10,7 @@ outputs equal each task's merged model on that sample; the backbone weights exis
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -79,6 +80,9 @@ class MultiTaskModel(nn.Module):
         from .adapter_files import adapter_state, adapter_tensors, backbone_for, fit_adapter
         from .methods.ssf import ScaleShift
         from .models import classifier_parameter_names
+        if isinstance(directories, (str, os.PathLike)):
+            raise ScaleshiftError("from_adapters takes a list of adapter folders; put a single "
+                                  "one in a list")
         if not directories:
             raise ScaleshiftError("give at least one adapter directory")
         adapters = [adapter_tensors(d) for d in directories]   # each adapter read once

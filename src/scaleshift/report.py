@@ -94,6 +94,14 @@ def load_results(run_dirs: list[str | Path]) -> list[dict]:
                                   f"was edited or damaged: leave the run out of the report")
         rows.append(dict(fields, dataset=fields["dataset"].removeprefix("vtab_"), top1=top1,
                          params=params / 1e6, run=str(path.parent)))
+    seen: dict[tuple, str] = {}
+    for row in rows:   # a table cell holds one run: a second one would silently replace it
+        key = (row["model"], row["method"], row["dataset"])
+        if key in seen:
+            raise ScaleshiftError(f"{seen[key]} and {row['run']} are both {row['method']} on "
+                                  f"{row['model']} / {row['dataset']}, and a report cell holds one "
+                                  f"run: pass one of them (report the others separately)")
+        seen[key] = row["run"]
     return rows
 
 

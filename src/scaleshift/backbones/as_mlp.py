@@ -513,14 +513,21 @@ def convert_official_checkpoint(src: str, dst: str) -> str:
     ``dst`` -- as safetensors if ``dst`` ends with ``.safetensors``, else as ``{'model': sd}``.
     The result can then be used via ``pretrained_cfg_overlay=dict(file=dst)``.
     """
+    from pathlib import Path
+
+    from ..errors import ScaleshiftError
+    from ..io import atomic_path, save_safetensors
+    if Path(dst).exists() or Path(dst).is_symlink():
+        raise ScaleshiftError(f"{dst} exists, and convert_official_checkpoint never replaces a "
+                              f"file: pass a new path (nothing was written)")
     ckpt = torch.load(src, map_location='cpu', weights_only=False)
     sd = checkpoint_filter_fn(ckpt)
     sd = {k: v.detach().contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if str(dst).endswith('.safetensors'):
-        from safetensors.torch import save_file
-        save_file(sd, str(dst))
+        save_safetensors(sd, dst)
     else:
-        torch.save({'model': sd}, dst)
+        with atomic_path(dst) as tmp:
+            torch.save({'model': sd}, tmp)
     return str(dst)
 
 

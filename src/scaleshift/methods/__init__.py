@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..errors import ScaleshiftError
+from ..errors import ScaleshiftError, check_model_argument
 from ..models import IDENTITY_ATTR, classifier_parameter_names, identity_of, is_transformers_model
 from ..profiles import transformers_family
 from . import adapter, bias, full, linear, lora, ssf, vpt
@@ -31,6 +31,7 @@ def get_method(name: str) -> Method:
 
 def apply(model: nn.Module, method: str = "ssf", **options) -> nn.Module:
     """Insert `method` into `model` (in place) and freeze all but its parameters and the head."""
+    check_model_argument(model, "apply")
     if config_of(model) is not None:
         raise ScaleshiftError(f"this model already has method {config_of(model)['method']!r} "
                               f"applied; create a fresh model to apply another one")
