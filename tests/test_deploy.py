@@ -97,11 +97,23 @@ def test_predict_and_adapters_commands(runs, tmp_path, capsys):
     assert main(["adapters", *[str(runs / t / "adapter") for t in TASKS], "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(0 < r["fraction"] < 0.2 for r in rows)
+    assert main(["predict", "--adapters", adapters, "--pretrained", str(runs / "backbone.safetensors"),
+                 "--input-size", "32", "--csv", paths[0]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "image,task,rank,label,index,p" and len(lines) == 1 + sum(map(len, out[0]["tasks"].values()))
+    twice = f"{runs / TASKS[0] / 'adapter'},{runs / TASKS[0] / 'adapter'}"
+    assert main(["predict", "--adapters", twice, "--pretrained", str(runs / "backbone.safetensors"), paths[0]]) == 2
+    assert "are the same adapter" in capsys.readouterr().err
+    assert main(["adapters", str(runs / TASKS[0] / "adapter"), str(runs / TASKS[0] / "adapter")]) == 2
+    assert "are the same adapter" in capsys.readouterr().err
 
 
-def test_multitask_refuses_mixed_backbones(runs, tmp_path):
+def test_multitask_refuses_mixed_backbones(runs, tmp_path, capsys):
     other = scaleshift.apply(scaleshift.create_model("vit_tiny_patch16_224", 4, **KWARGS), "ssf")
     scaleshift.save_adapter(other, tmp_path / "other")
     with pytest.raises(scaleshift.ScaleshiftError, match="backbone_fingerprint"):
         MultiTaskModel.from_adapters([runs / "digits" / "adapter", tmp_path / "other"],
                                      pretrained=runs / "backbone.safetensors")
+    capsys.readouterr()
+    assert main(["adapters", str(runs / "digits" / "adapter"), str(tmp_path / "other")]) == 0
+    assert "2 different backbones" in capsys.readouterr().out

@@ -245,8 +245,9 @@ def format_csv(rows: list[dict]) -> str:
     import io
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["image", "rank", "label", "index", "p"])
+    tasks = any("task" in r for r in rows)   # predict --adapters: one block per task
+    writer.writerow(["image", *(["task"] if tasks else []), "rank", "label", "index", "p"])
     for r in rows:
         for rank, t in enumerate(r["top"], start=1):
-            writer.writerow([r["image"], rank, t["label"], t["index"], t["p"]])
+            writer.writerow([r["image"], *([r["task"]] if tasks else []), rank, t["label"], t["index"], t["p"]])
     return text.getvalue().rstrip("\n")

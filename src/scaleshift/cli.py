@@ -321,6 +321,7 @@ def cmd_predict(args) -> int:
     from .runs import parse_device
     device = parse_device(args.device)
     sources = [d for d in args.adapters.split(",") if d]
+    check_distinct_adapters(sources)
     paths = image_files(args.images)
     for path in paths:   # every image readable before any model (read again batch by batch)
         read_image_for_predict(path)
@@ -356,7 +357,12 @@ def cmd_predict(args) -> int:
                 per_task[source] = [dict(label=classes[c] if classes else c, index=c, p=round(float(p), 4))
                                     for p, c in zip(top.values, top.indices.tolist())]
             out.append(dict(image=str(path), tasks=per_task))
-    print(json.dumps(out, indent=1))
+    if args.csv:   # one row per image, task and rank
+        from .artifacts import format_csv
+        print(format_csv([dict(image=row["image"], task=task, top=top) for row in out
+                          for task, top in row["tasks"].items()]))
+    else:
+        print(json.dumps(out, indent=1))
     return 0
 
 
@@ -365,10 +371,12 @@ def cmd_adapters(args) -> int:
 
     from .adapter_files import WEIGHTS_NAME, read_adapter_config, resolve_dir
     from .models import plain_model
-    rows = []
+    rows, backbones = [], set()
+    check_distinct_adapters(args.directories)
     for source in args.directories:
         directory = resolve_dir(source)
         meta = read_adapter_config(directory)
+        backbones.add(json.dumps(meta["base_model"], sort_keys=True))
         size = sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file())
         with torch.device("meta"):
             full = plain_model(meta["base_model"], meta["num_classes"])
@@ -384,9 +392,21 @@ def cmd_adapters(args) -> int:
         print(f"{r['adapter']:40} {r['method']:8} {r['classes']:>7} {r['bytes']:>12,} "
               f"{r['full_model_bytes']:>12,} {100 * r['fraction']:>7.2f}%")
     total = sum(r["bytes"] for r in rows)
-    print(f"{len(rows)} tasks: {total:,} bytes of adapters + one backbone, instead of "
+    shared = "one backbone" if len(backbones) == 1 else f"{len(backbones)} different backbones"
+    print(f"{len(rows)} tasks: {total:,} bytes of adapters + {shared}, instead of "
           f"{sum(r['full_model_bytes'] for r in rows):,} bytes for {len(rows)} full models")
     return 0
+
+
+def check_distinct_adapters(sources: list[str]) -> None:
+    """The same adapter named twice would be one task counted (or served) twice."""
+    from pathlib import Path
+    seen: dict[str, str] = {}
+    for source in sources:
+        key = str(Path(source).resolve()) if Path(source).exists() else source
+        if key in seen:
+            raise ScaleshiftError(f"{seen[key]} and {source} are the same adapter; name each task once")
+        seen[key] = source
 
 
 TRAIN_EXAMPLES = """\
