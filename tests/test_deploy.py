@@ -108,6 +108,18 @@ def test_predict_and_adapters_commands(runs, tmp_path, capsys):
     assert "are the same adapter" in capsys.readouterr().err
 
 
+def test_multitask_forward_refuses_bad_task_ids_and_an_empty_batch(runs):
+    mt = MultiTaskModel.from_adapters([runs / t / "adapter" for t in TASKS],
+                                      pretrained=runs / "backbone.safetensors")
+    images = torch.zeros(2, 3, 32, 32)
+    for ids, message in ((torch.tensor([0.9, 1.7]), "must be integers"), (torch.tensor([0, 3]), "one id in 0..2"),
+                         (torch.tensor([0]), "one id in 0..2")):
+        with pytest.raises(scaleshift.ScaleshiftError, match=message):
+            mt(images, ids)
+    with pytest.raises(scaleshift.ScaleshiftError, match="empty batch"):
+        mt(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long))
+
+
 def test_multitask_refuses_mixed_backbones(runs, tmp_path, capsys):
     other = scaleshift.apply(scaleshift.create_model("vit_tiny_patch16_224", 4, **KWARGS), "ssf")
     scaleshift.save_adapter(other, tmp_path / "other")

@@ -144,7 +144,12 @@ class MultiTaskModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, task_ids: torch.Tensor) -> list[torch.Tensor]:
-        task_ids = torch.as_tensor(task_ids, dtype=torch.long, device=images.device)
+        ids = torch.as_tensor(task_ids, device=images.device)
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ScaleshiftError(f"task_ids must be integers, got {ids.dtype}")
+        task_ids = ids.long()
+        if images.shape[0] == 0:
+            raise ScaleshiftError("images is an empty batch; pass at least one image")
         if task_ids.shape != (images.shape[0],) or task_ids.min() < 0 or task_ids.max() >= len(self.heads):
             raise ScaleshiftError(f"task_ids must hold one id in 0..{len(self.heads) - 1} per image")
         self._set_tasks(task_ids)
