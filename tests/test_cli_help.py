@@ -167,3 +167,11 @@ def test_methods_lists_one_method_when_named(capsys):
     assert main(["methods", "ssf", "bias"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
     assert names == ["ssf", "bias"]
+
+
+def test_a_refused_write_names_the_path_asked_for_not_the_temporary_one():
+    from scaleshift.cli import written_path
+    assert written_path("nb/run/.merged.9ojqlj6e") == "nb/run/merged"             # atomic_dir
+    assert written_path("/a/.x.safetensors.ab_cd12e.tmp") == "/a/x.safetensors"   # atomic_path
+    assert written_path("/a/.merged.old.abcdefgh") == "/a/merged"
+    assert written_path("/a/.hidden") == "/a/.hidden" and written_path(b"/a/b.txt") == "/a/b.txt"

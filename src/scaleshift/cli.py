@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 
 import torch
@@ -31,6 +32,16 @@ FILE_SYSTEM_HINTS = {
     errno.ELOOP: "a symbolic link on that path leads back to itself: remove the loop or choose "
                  "another path",
 }
+
+
+def written_path(filename) -> str:
+    """The path the user asked for, in place of the temporary file or folder next to it that an
+    atomic write (io.atomic_path / atomic_dir) was making when the file system refused."""
+    import re
+    from pathlib import Path
+    path = Path(os.fsdecode(filename))
+    temporary = re.fullmatch(r"\.(.+?)\.(?:old\.)?[A-Za-z0-9_]{8}(?:\.tmp)?", path.name)
+    return str(path.parent / temporary.group(1)) if temporary else str(path)
 
 
 def _params_row(model_name: str, method: str, num_classes: int, opts: dict) -> dict:
@@ -685,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = FILE_SYSTEM_HINTS.get(exc.errno)
         if hint is None:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = f"{written_path(exc.filename)}: " if exc.filename else ""
         print(f"scaleshift: error: {where}{exc.strerror or exc}; {hint}", file=sys.stderr)
         return 2
     except Interrupted as exc:
