@@ -361,6 +361,16 @@ def check_optimizer(opt: str) -> None:
                           f"list_optimizers())\"` prints")
 
 
+def check_train_range(cfg: RunConfig, items: int) -> None:
+    """train_offset (and train_limit) pick a non-empty range inside the train split's items."""
+    stop = items if cfg.train_limit is None else cfg.train_offset + cfg.train_limit
+    if cfg.train_offset >= items or stop > items:
+        what = (f"train_offset + train_limit = {stop}" if cfg.train_limit is not None
+                else f"train_offset = {cfg.train_offset}")
+        raise ScaleshiftError(f"{what} exceeds the {items} items of split {cfg.train_split!r}; "
+                              f"lower it")
+
+
 def check_environment(cfg: RunConfig) -> None:
     """What `train --validate-only` checks beyond the values (and train before any work): the
     data and weights paths exist, and every optional package the run needs imports."""
@@ -397,6 +407,10 @@ def check_environment(cfg: RunConfig) -> None:
         needs.append(("tensorboard", "logger=tensorboard"))
     for module, purpose in needs:
         require(module, purpose)
+    if cfg.train_offset or cfg.train_limit is not None:
+        from .data import build_dataset   # the split's length is what the offset is checked against
+        check_train_range(cfg, len(build_dataset(spec.name, root=cfg.data_root, split=cfg.train_split,
+                                                 **cfg.dataset_options)))
 
 
 RECIPE_SUFFIX = ".yaml"

@@ -45,7 +45,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from .adapter_files import adapter_state, save_adapter
-from .config import RunConfig
+from .config import RunConfig, check_train_range
 from .data import build_dataset, build_transform, eval_transform_config, skipped_counts
 from .errors import Interrupted, ScaleshiftError
 from .extras import require
@@ -738,10 +738,8 @@ def load_splits(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | No
     val = load(cfg.val_split, eval_tf) if cfg.val_split else None
     train_set = load(cfg.train_split, train_tf)
     if cfg.train_offset or cfg.train_limit is not None:
+        check_train_range(cfg, len(train_set))
         stop = len(train_set) if cfg.train_limit is None else cfg.train_offset + cfg.train_limit
-        if stop > len(train_set):
-            raise ScaleshiftError(f"train_offset + train_limit = {stop} exceeds the "
-                                  f"{len(train_set)} items of split {cfg.train_split!r}")
         train_set = torch.utils.data.Subset(train_set, range(cfg.train_offset, stop))
     test = load(cfg.test_split, eval_tf) if cfg.test_split else None
     if test is not None and cfg.test_limit is not None and cfg.test_limit < len(test):
