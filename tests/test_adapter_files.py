@@ -156,3 +156,20 @@ def test_the_api_names_a_wrong_model_argument(tmp_path):
             call()
     with pytest.raises(ScaleshiftError, match="takes a list of adapter folders"):
         MultiTaskModel.from_adapters(str(tmp_path / "a"))
+
+
+def test_a_missing_weights_file_says_where_it_was_and_how_to_serve_it(tmp_path, monkeypatch):
+    from conftest import TINY
+    from safetensors.torch import save_file
+
+    from scaleshift.models import build_model, identity_of
+    name, kwargs, _ = TINY["vit"]
+    save_file(make_model("vit").state_dict(), str(tmp_path / "bb.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    model = scaleshift.create_model(name, num_classes=5, pretrained="bb.safetensors", **kwargs)
+    identity = dict(identity_of(model))
+    assert identity["weights_file"] == str(tmp_path / "bb.safetensors")   # recorded absolute
+    monkeypatch.chdir(tmp_path.parent)
+    assert build_model(identity, 5) is not None                          # found from elsewhere
+    with pytest.raises(ScaleshiftError, match="run the command there.*--pretrained FILE"):
+        build_model(dict(identity, weights_file="bb.safetensors"), 5)      # an older, relative record

@@ -361,8 +361,12 @@ def build_model(identity: dict, num_classes: int | None = None, *,
     if source == "file":
         path = Path(pretrained or identity["weights_file"])
         if not path.is_file():
-            raise ScaleshiftError(f"the backbone's weights file {path} is not there; pass the file "
-                                  f"it was trained on (sha256 {identity['weights_sha256']})")
+            where = (" (a path relative to the folder the run was trained from: run the command "
+                     "there)" if not pretrained and not path.is_absolute() else "")
+            raise ScaleshiftError(f"the backbone's weights file {path} is not there{where}; put the "
+                                  f"file it was trained on (sha256 {identity['weights_sha256']}) back "
+                                  f"at that path, or pass it where the command takes one "
+                                  f"(`predict --adapters ... --pretrained FILE`)")
         if file_sha256(path) != identity["weights_sha256"]:
             raise ScaleshiftError(f"{path} is not the weights file the backbone was built from "
                                   f"(sha256 differs from {identity['weights_sha256']}); pass that file")
