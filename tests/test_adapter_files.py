@@ -146,7 +146,8 @@ def test_the_api_names_a_wrong_model_argument(tmp_path):
     from scaleshift.multitask import MultiTaskModel
     for call in (lambda: scaleshift.apply(None, "ssf"), lambda: scaleshift.apply("vit", "ssf"),
                  lambda: scaleshift.merge(None), lambda: scaleshift.save_adapter(None, tmp_path / "a"),
-                 lambda: scaleshift.load_adapter(None, tmp_path / "a")):
+                 lambda: scaleshift.load_adapter(None, tmp_path / "a"),
+                 lambda: scaleshift.print_trainable_parameters(None)):
         with pytest.raises(ScaleshiftError, match="takes a torch.nn.Module"):
             call()
     with torch.device("meta"):

@@ -118,6 +118,8 @@ def test_multitask_forward_refuses_bad_task_ids_and_an_empty_batch(runs):
             mt(images, ids)
     with pytest.raises(scaleshift.ScaleshiftError, match="empty batch"):
         mt(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(scaleshift.ScaleshiftError, match=r"does not take images of shape \(3, 64, 64\)"):
+        mt(torch.zeros(1, 3, 64, 64), torch.zeros(1, dtype=torch.long))
 
 
 def test_multitask_refuses_mixed_backbones(runs, tmp_path, capsys):

@@ -155,6 +155,13 @@ class MultiTaskModel(nn.Module):
         self._set_tasks(task_ids)
         try:
             features = self.backbone(images)       # (B, num_features): pre-logits
+        except (AssertionError, RuntimeError) as exc:   # a ViT asserts its size, a conv raises
+            if isinstance(exc, RuntimeError) and "size" not in str(exc):
+                raise   # not a shape problem (e.g. out of memory): as it is
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ScaleshiftError(f"the backbone does not take images of shape {tuple(images.shape[1:])} "
+                                  f"({why[:200]}); pass them at the size the adapters were trained "
+                                  f"at") from None
         finally:
             self._set_tasks(None)
         logits: list = [None] * len(task_ids)

@@ -66,6 +66,7 @@ def total_parameters(model: nn.Module) -> int:
 
 
 def print_trainable_parameters(model: nn.Module) -> None:
+    check_model_argument(model, "print_trainable_parameters")
     trainable, total = trainable_parameters(model), total_parameters(model)
     print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
           f"trainable%: {100 * trainable / max(total, 1):.4f}")
