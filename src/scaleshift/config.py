@@ -361,14 +361,15 @@ def check_optimizer(opt: str) -> None:
                           f"list_optimizers())\"` prints")
 
 
-def check_train_range(cfg: RunConfig, items: int) -> None:
-    """train_offset (and train_limit) pick a non-empty range inside the train split's items."""
+def check_train_range(cfg: RunConfig, items: int) -> range:
+    """The items train_offset (and train_limit) pick of the train split's: a non-empty range."""
     stop = items if cfg.train_limit is None else cfg.train_offset + cfg.train_limit
     if cfg.train_offset >= items or stop > items:
         what = (f"train_offset + train_limit = {stop}" if cfg.train_limit is not None
                 else f"train_offset = {cfg.train_offset}")
         raise ScaleshiftError(f"{what} exceeds the {items} items of split {cfg.train_split!r}; "
                               f"lower it")
+    return range(cfg.train_offset, stop)
 
 
 def check_environment(cfg: RunConfig) -> None:

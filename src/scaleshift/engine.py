@@ -738,9 +738,7 @@ def load_splits(cfg: RunConfig, model: nn.Module) -> tuple[Dataset, Dataset | No
     val = load(cfg.val_split, eval_tf) if cfg.val_split else None
     train_set = load(cfg.train_split, train_tf)
     if cfg.train_offset or cfg.train_limit is not None:
-        check_train_range(cfg, len(train_set))
-        stop = len(train_set) if cfg.train_limit is None else cfg.train_offset + cfg.train_limit
-        train_set = torch.utils.data.Subset(train_set, range(cfg.train_offset, stop))
+        train_set = torch.utils.data.Subset(train_set, check_train_range(cfg, len(train_set)))
     test = load(cfg.test_split, eval_tf) if cfg.test_split else None
     if test is not None and cfg.test_limit is not None and cfg.test_limit < len(test):
         test = torch.utils.data.Subset(test, range(cfg.test_limit))

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ScaleshiftError
+from .profiles import first_line
 
 
 class TaskScaleShift(nn.Module):
@@ -158,10 +159,9 @@ class MultiTaskModel(nn.Module):
         except (AssertionError, RuntimeError) as exc:   # a ViT asserts its size, a conv raises
             if isinstance(exc, RuntimeError) and "size" not in str(exc):
                 raise   # not a shape problem (e.g. out of memory): as it is
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ScaleshiftError(f"the backbone does not take images of shape {tuple(images.shape[1:])} "
-                                  f"({why[:200]}); pass them at the size the adapters were trained "
-                                  f"at") from None
+                                  f"({first_line(exc)}); pass them at the size the adapters were "
+                                  f"trained at") from None
         finally:
             self._set_tasks(None)
         logits: list = [None] * len(task_ids)

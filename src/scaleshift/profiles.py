@@ -254,6 +254,12 @@ def input_size_of(model: nn.Module) -> tuple[int, ...]:
     return cfg_size
 
 
+def first_line(error: Exception) -> str:
+    """An exception's first line (at most 200 characters), or its type when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(".")[:200] if text else type(error).__name__
+
+
 def check_takes_input(model: nn.Module, images: torch.Tensor, setting: str, hint: str,
                       *more_inputs) -> None:
     """`images` through the model once (eval mode, no grad; its mode restored): an input size the
@@ -265,9 +271,8 @@ def check_takes_input(model: nn.Module, images: torch.Tensor, setting: str, hint
         with torch.no_grad():
             model(images, *more_inputs)
     except Exception as e:   # a ViT asserts, a convolution raises RuntimeError, ONNX Runtime its own
-        why = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise ScaleshiftError(f"{setting}: the model does not take {tuple(images.shape[1:])} input "
-                              f"({why[:200]}); {hint}") from None
+                              f"({first_line(e)}); {hint}") from None
     finally:
         model.train(was_training)
 
