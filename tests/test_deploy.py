@@ -131,3 +131,41 @@ def test_multitask_refuses_mixed_backbones(runs, tmp_path, capsys):
     capsys.readouterr()
     assert main(["adapters", str(runs / "digits" / "adapter"), str(tmp_path / "other")]) == 0
     assert "2 different backbones" in capsys.readouterr().out
+
+
+def test_a_run_whose_backbone_file_moved_is_served_with_pretrained(tmp_path, capsys):
+    from PIL import Image
+    torch.manual_seed(6)
+    backbone = scaleshift.create_model("vit_tiny_patch16_224", 0, **KWARGS)
+    (tmp_path / "old").mkdir()
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(tmp_path / "old" / "bb.safetensors"))
+    run, image = tmp_path / "run", tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (40, 90, 200)).save(image)
+    kwargs = "{img_size: 32, patch_size: 8, depth: 2, embed_dim: 32, num_heads: 2}"
+    assert main(["train", f"model_kwargs={kwargs}", f"pretrained={tmp_path / 'old' / 'bb.safetensors'}",
+                 "dataset=digits", "train_split=train800", "val_split=val200", "test_split=test",
+                 "test_limit=40", "input_size=32", "batch_size=50", "epochs=1", "max_steps_per_epoch=2",
+                 f"out_dir={run}"]) == 0
+    reported = json.loads((run / "results.json").read_text())
+    moved = tmp_path / "moved.safetensors"
+    (tmp_path / "old" / "bb.safetensors").rename(moved)
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    assert "--pretrained FILE" in capsys.readouterr().err
+    assert main(["eval", str(run), "--pretrained", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(reported["reported"]["top1"])
+    for argv in (["merge", str(run), "--out", str(tmp_path / "merged")],
+                 ["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")],
+                 ["predict", "--model", str(run), str(image)],
+                 ["predict", "--model", str(run / "adapter"), str(image)],
+                 ["eval", str(run / "adapter"), "--dataset", "digits", "--split", "test"]):
+        assert main([*argv, "--pretrained", str(moved)]) == 0, argv
+    capsys.readouterr()
+    save_file({k: torch.zeros_like(v) for k, v in backbone.state_dict().items()}, str(tmp_path / "other.safetensors"))
+    for pretrained, message in ((tmp_path / "other.safetensors", "sha256 differs"),
+                                (tmp_path / "old", "is a folder"),
+                                (tmp_path / "nosuch.safetensors", "nosuch.safetensors not found")):
+        assert main(["eval", str(run), "--pretrained", str(pretrained)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path / "m.safetensors"), "--pretrained", str(moved), str(image)]) == 2
+    assert "drop --pretrained" in capsys.readouterr().err

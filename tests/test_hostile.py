@@ -357,7 +357,7 @@ CASES = [
     Case("predict-pretrained-missing", lambda tmp: adapter(tmp), ["predict", "--adapters", "{tmp}/a", "--pretrained",
                                             "{tmp}/nosuch.safetensors", "{tmp}/x.png"],
                  "nosuch.safetensors not found"),
-    Case("predict-pretrained-with-model", lambda tmp: adapter(tmp), ["predict", "--model", "{tmp}/a", "--pretrained",
+    Case("predict-pretrained-for-a-backbone-without-file", lambda tmp: adapter(tmp), ["predict", "--model", "{tmp}/a", "--pretrained",
                                             "{tmp}/a/adapter_model.safetensors", "{tmp}/x.png"],
                  "drop --pretrained"),
     Case("merged-header-depth-huge", merged_file({"timm_kwargs": json.dumps(dict(TINY_VIT, depth=10**6))}),

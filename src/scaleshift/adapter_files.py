@@ -246,8 +246,8 @@ def backbone_for(meta: dict, pretrained=None) -> nn.Module:
     weights file, when it has moved since training."""
     if pretrained is not None and meta["base_model"].get("source") != "file":
         raise ScaleshiftError(f"the adapter's backbone is {describe(meta['base_model'])}: its "
-                              f"weights are not a file, so there is no weights file to pass; drop "
-                              f"the weights file ({pretrained})")
+                              f"weights are not a file, so it takes no weights file: drop --pretrained "
+                              f"{pretrained} (pretrained= in the library)")
     return build_model(meta["base_model"], meta["num_classes"], pretrained=pretrained)
 
 

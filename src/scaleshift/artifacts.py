@@ -152,8 +152,11 @@ def _from_timm_folder(directory: Path, input_size: int | None) -> Artifact:
                     names, "merged folder")
 
 
-def load_artifact(source: str | os.PathLike, input_size: int | None = None) -> Artifact:
-    """The artifact at `source` (a local path, or a Hub repo id of a run or adapter)."""
+def load_artifact(source: str | os.PathLike, input_size: int | None = None,
+                  pretrained: str | os.PathLike | None = None) -> Artifact:
+    """The artifact at `source` (a local path, or a Hub repo id of a run or adapter).
+    `pretrained`: a run's or adapter's backbone weights file, when it has moved since training
+    (a merged model or ONNX file holds its weights itself)."""
     from .adapter_files import (CONFIG_NAME, adapter_tensors, backbone_for, fit_adapter,
                                 resolve_dir, serving_transform)
     from .data import build_transform
@@ -161,6 +164,11 @@ def load_artifact(source: str | os.PathLike, input_size: int | None = None) -> A
     from .runs import ADAPTER, CONFIG, read_config
     input_size = check_input_size(input_size)
     path = Path(source)
+    merged = path.is_file() and path.suffix.lower() in (".onnx", ".safetensors")
+    if pretrained is not None and (merged or (path.is_dir() and not (path / CONFIG).is_file()
+                                              and not (path / CONFIG_NAME).is_file())):
+        raise ScaleshiftError(f"{source} is not a run or an adapter: it holds its weights itself, "
+                              f"so it takes no backbone weights file; drop --pretrained")
     if path.is_file() and path.suffix.lower() == ".onnx":
         return _from_onnx(path, input_size)
     if path.is_file() and path.suffix.lower() == ".safetensors":
@@ -171,13 +179,13 @@ def load_artifact(source: str | os.PathLike, input_size: int | None = None) -> A
     if (directory / CONFIG).is_file():   # each file of the run or adapter is read once
         cfg = read_config(directory)
         meta, state = adapter_tensors(directory / ADAPTER)
-        model = fit_adapter(backbone_for(meta), meta, state)
+        model = fit_adapter(backbone_for(meta, pretrained), meta, state)
         size = cfg.input_size if input_size is None else input_size
         return Artifact(model.eval(), build_transform(cfg.augment, model, False, size),
                         meta.get("class_names"), "run", cfg)
     if (directory / CONFIG_NAME).is_file():
         meta, state = adapter_tensors(directory)
-        model = fit_adapter(backbone_for(meta), meta, state).eval()
+        model = fit_adapter(backbone_for(meta, pretrained), meta, state).eval()
         return Artifact(model, serving_transform(meta, model, input_size), meta.get("class_names"),
                         f"{meta['method']} adapter")
     if (directory / "config.json").is_file():

@@ -149,17 +149,20 @@ def cmd_eval(args) -> int:
     from .adapter_files import resolve_dir
     from .runs import CONFIG, evaluate_artifact, evaluate_run
     source = args.run_dir
+    pretrained = checked_pretrained(args)
     is_file = Path(source).is_file()
     if not is_file and (resolve_dir(source, "run") / CONFIG).is_file():
         metrics = evaluate_run(source, merged=args.merged, split=args.split, weights=args.weights,
-                               device=args.device, dataset=args.dataset, data_root=args.data_root)
+                               device=args.device, dataset=args.dataset, data_root=args.data_root,
+                               pretrained=pretrained)
         print(json.dumps(dict(run=source, merged=args.merged, weights=args.weights or "reported",
                               **metrics)))
         return 0
     if args.merged or args.weights:
         raise ScaleshiftError("--merged and --weights choose among a run folder's weights; "
                               f"{source} is not a run folder")
-    metrics = evaluate_artifact(source, args.dataset, args.data_root, args.split, args.device)
+    metrics = evaluate_artifact(source, args.dataset, args.data_root, args.split, args.device,
+                                pretrained=pretrained)
     print(json.dumps(dict(artifact=source, dataset=args.dataset, **metrics)))
     return 0
 
@@ -168,7 +171,8 @@ def cmd_merge(args) -> int:
     from .export import export_safetensors, export_timm
     fmt = args.format or ("safetensors" if str(args.out or "").endswith(".safetensors") else "timm")
     export = export_timm if fmt == "timm" else export_safetensors
-    report = export(args.run_dir, args.out, args.weights, overwrite=args.overwrite)   # checks a strict load
+    report = export(args.run_dir, args.out, args.weights, overwrite=args.overwrite,   # checks a strict load
+                    pretrained=checked_pretrained(args))
     print(f"merged into plain timm weights ({report['tensors']} tensors): {report['path']}")
     if fmt == "timm":
         print(f"load it with {report['load_with']}")
@@ -273,12 +277,9 @@ def cmd_bench(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_onnx, export_safetensors, export_timm
-    if args.format == "timm":
-        report = export_timm(args.run_dir, args.out, args.weights, overwrite=args.overwrite)
-    elif args.format == "safetensors":
-        report = export_safetensors(args.run_dir, args.out, args.weights, overwrite=args.overwrite)
-    else:
-        report = export_onnx(args.run_dir, args.out, weights=args.weights, overwrite=args.overwrite)
+    export = dict(timm=export_timm, safetensors=export_safetensors, onnx=export_onnx)[args.format]
+    report = export(args.run_dir, args.out, weights=args.weights, overwrite=args.overwrite,
+                    pretrained=checked_pretrained(args))
     print(json.dumps(report, indent=1))
     return 0
 
@@ -288,7 +289,7 @@ def cmd_predict_artifact(args) -> int:
     from .runs import parse_device
     device = parse_device(args.device)
     paths = image_files(args.images)                 # every image found before any model
-    artifact = load_artifact(args.model, args.input_size)
+    artifact = load_artifact(args.model, args.input_size, pretrained=args.pretrained)
     if args.input_size is not None:
         check_predict_size(artifact.model, artifact.transform, args.input_size)
     rows = predict(artifact, paths, args.top_k, device)
@@ -316,13 +317,9 @@ def cmd_predict(args) -> int:
                               "an ONNX file) or --adapters A1,A2 (many tasks on one backbone)")
     if args.json and args.csv:
         raise ScaleshiftError("choose one of --json and --csv")
-    from .records import check_input_size, regular_file
+    from .records import check_input_size
     args.input_size = check_input_size(args.input_size)
-    if args.pretrained is not None and args.model:
-        raise ScaleshiftError("--pretrained names the backbone weights file of --adapters; an "
-                              "artifact given with --model names its own backbone: drop --pretrained")
-    if args.pretrained is not None:
-        regular_file(args.pretrained, "--pretrained: weights file")
+    checked_pretrained(args)
     if args.model:
         return cmd_predict_artifact(args)
     from .adapter_files import resolve_dir, serving_transform
@@ -444,6 +441,22 @@ def overwrite_arg(p: argparse.ArgumentParser) -> None:
                         "not write is never replaced)")
 
 
+def pretrained_arg(p: argparse.ArgumentParser, what: str = "the run's") -> None:
+    p.add_argument("--pretrained", default=None, metavar="FILE",
+                   help=f"{what} backbone weights file (a local-dir: backbone's folder), when it "
+                        f"has moved since training; its sha256 must match the recorded one")
+
+
+def checked_pretrained(args) -> str | None:
+    """--pretrained as given, after checking that it is a readable file (or a folder: a
+    local-dir: backbone's)."""
+    if args.pretrained is None or os.path.isdir(args.pretrained):
+        return args.pretrained
+    from .records import regular_file
+    regular_file(args.pretrained, "--pretrained: weights file")
+    return args.pretrained
+
+
 def weights_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
                    help="which of the run's weights: the reported ones (default), or final, "
@@ -520,6 +533,7 @@ def add_eval_parser(sub) -> None:
                    "here is evaluated whole")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     weights_arg(p)
+    pretrained_arg(p, "the run's or the adapter's")
     p.set_defaults(func=cmd_eval)
 
 
@@ -534,6 +548,7 @@ def add_merge_parser(sub) -> None:
                    help="timm: the folder (default); safetensors: one file (the default for an "
                         "--out ending in .safetensors)")
     weights_arg(p)
+    pretrained_arg(p)
     overwrite_arg(p)
     p.set_defaults(func=cmd_merge)
 
@@ -588,6 +603,7 @@ def add_export_parser(sub) -> None:
     p.add_argument("--format", choices=("safetensors", "timm", "onnx"), default="safetensors")
     p.add_argument("--out", default=None)
     weights_arg(p)
+    pretrained_arg(p)
     overwrite_arg(p)
     p.set_defaults(func=cmd_export)
 
@@ -601,8 +617,7 @@ def add_predict_parser(sub) -> None:
                    "Hub repo ids (output: JSON)")
     p.add_argument("--json", action="store_true", help="with --model: JSON instead of the table")
     p.add_argument("--csv", action="store_true", help="with --model: CSV (image,rank,label,index,p)")
-    p.add_argument("--pretrained", default=None, help="with --adapters: the backbone weights file the "
-                   "adapters were trained on, when it has moved since training")
+    pretrained_arg(p, "the run's, the adapter's or the adapters'")
     p.add_argument("--input-size", type=int, default=None,
                    help="override the input size of the adapters' recorded eval transform")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

@@ -12,6 +12,7 @@ is refused; with --overwrite it is replaced only when scaleshift wrote it, a use
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -92,13 +93,13 @@ def export_record(meta: dict) -> dict:
                 num_classes=meta["num_classes"], method=meta["method"], base_model=identity)
 
 
-def export_timm(run_dir: str | Path, out: str | Path | None = None,
-                weights: str | None = None, overwrite: bool = False) -> dict:
+def export_timm(run_dir: str | Path, out: str | Path | None = None, weights: str | None = None,
+                overwrite: bool = False, pretrained: str | os.PathLike | None = None) -> dict:
     """The merged run in timm's folder format (timm's own save_config_for_hf): config.json
     with the architecture, num_classes, label_names, model_args and a pretrained_cfg holding the
     eval transform, plus model.safetensors; `timm.create_model("local-dir:OUT")` loads it."""
     from timm.models._hub import save_config_for_hf
-    _, meta, state = merged_state(run_dir, weights)
+    _, meta, state = merged_state(run_dir, weights, pretrained)
     out = _default_out(run_dir, out, "merged")
     check_target(out, overwrite)
     identity = meta["base_model"]
@@ -130,11 +131,11 @@ def _input(model: nn.Module, cfg, batch: int = 1) -> torch.Tensor:
                        generator=torch.Generator().manual_seed(0))
 
 
-def export_safetensors(run_dir: str | Path, out: str | Path | None = None,
-                weights: str | None = None, overwrite: bool = False) -> dict:
+def export_safetensors(run_dir: str | Path, out: str | Path | None = None, weights: str | None = None,
+                overwrite: bool = False, pretrained: str | os.PathLike | None = None) -> dict:
     """The run's adapter folded into its backbone's weights by the pure merge, saved as the
     plain timm architecture's state dict (checked with a strict load)."""
-    _, meta, state = merged_state(run_dir, weights)
+    _, meta, state = merged_state(run_dir, weights, pretrained)
     out = _default_out(run_dir, out, "merged.safetensors")
     check_target(out, overwrite)
     state = {k: v.contiguous() for k, v in state.items()}
@@ -174,14 +175,15 @@ def _to_onnx(model: nn.Module, x: torch.Tensor, path: Path, record: dict | None 
 
 
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, tolerance: float = 1e-4,
-                weights: str | None = None, overwrite: bool = False) -> dict:
+                weights: str | None = None, overwrite: bool = False,
+                pretrained: str | os.PathLike | None = None) -> dict:
     """Merged model -> ONNX with a dynamic batch axis; checks that its operator counts equal
     the plain backbone's export and that onnxruntime reproduces PyTorch within `tolerance` at
     batch 1 and batch 8."""
     for module in ("onnx", "onnxscript"):   # the exporter's and the op count's
         require(module, "ONNX export")
     onnxruntime = require("onnxruntime", "the ONNX parity check")
-    cfg, meta, merged = load_run_record(run_dir, merged=True, weights=weights)
+    cfg, meta, merged = load_run_record(run_dir, merged=True, weights=weights, pretrained=pretrained)
     out = _default_out(run_dir, out, "merged.onnx")
     for target in (out, out.with_suffix(".json")):   # the graph and its check report
         check_target(target, overwrite)

@@ -360,13 +360,16 @@ def build_model(identity: dict, num_classes: int | None = None, *,
                             seed=identity.get("seed"), **extra)
     if source == "file":
         path = Path(pretrained or identity["weights_file"])
+        if pretrained and path.is_dir():
+            raise ScaleshiftError(f"{path} is a folder; the backbone was built from one weights "
+                                  f"file (sha256 {identity['weights_sha256']}): pass that file")
         if not path.is_file():
             where = (" (a path relative to the folder the run was trained from: run the command "
                      "there)" if not pretrained and not path.is_absolute() else "")
             raise ScaleshiftError(f"the backbone's weights file {path} is not there{where}; put the "
                                   f"file it was trained on (sha256 {identity['weights_sha256']}) back "
-                                  f"at that path, or pass it where the command takes one "
-                                  f"(`predict --adapters ... --pretrained FILE`)")
+                                  f"at that path, or pass it: --pretrained FILE (eval, merge, export, "
+                                  f"predict), pretrained=FILE in the library")
         if file_sha256(path) != identity["weights_sha256"]:
             raise ScaleshiftError(f"{path} is not the weights file the backbone was built from "
                                   f"(sha256 differs from {identity['weights_sha256']}); pass that file")

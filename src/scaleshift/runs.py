@@ -117,26 +117,28 @@ def class_count(dataset: Dataset) -> int:
     return dataset.num_classes if dataset.classes is None else len(dataset.classes)
 
 
-def load_run(run_dir: str | Path, merged: bool = False,
-             weights: str | None = None) -> tuple[RunConfig, nn.Module]:
+def load_run(run_dir: str | Path, merged: bool = False, weights: str | None = None,
+             pretrained: str | os.PathLike | None = None) -> tuple[RunConfig, nn.Module]:
     """A finished run's config and model: the backbone its adapter names, rebuilt from the
     adapter's identity record, with the adapter loaded (merged on request). `weights`: the
-    reported ones by default, or another set by name. `run_dir`: a directory or a Hub repo id."""
-    cfg, _, model = load_run_record(run_dir, merged, weights)
+    reported ones by default, or another set by name. `run_dir`: a directory or a Hub repo id.
+    `pretrained`: the backbone's weights file, when it has moved since training."""
+    cfg, _, model = load_run_record(run_dir, merged, weights, pretrained)
     return cfg, model
 
 
-def load_run_record(run_dir: str | Path, merged: bool = False,
-                    weights: str | None = None) -> tuple[RunConfig, dict, nn.Module]:
+def load_run_record(run_dir: str | Path, merged: bool = False, weights: str | None = None,
+                    pretrained: str | os.PathLike | None = None) -> tuple[RunConfig, dict, nn.Module]:
     """load_run, and the adapter's record as read (each file of the run read once)."""
     run_dir = resolve_dir(run_dir, "run")
     cfg = read_config(run_dir)
     meta, state = adapter_tensors(weights_dir(run_dir, weights))
-    model = fit_adapter(backbone_for(meta), meta, state)
+    model = fit_adapter(backbone_for(meta, pretrained), meta, state)
     return cfg, meta, (merge(model) if merged else model)
 
 
-def merged_state(run_dir: str | Path, weights: str | None = None
+def merged_state(run_dir: str | Path, weights: str | None = None,
+                 pretrained: str | os.PathLike | None = None
                  ) -> tuple[RunConfig, dict, dict[str, torch.Tensor]]:
     """(config, adapter meta, the plain merged state dict) of a run, by the pure merge: the
     backbone's state dict + the adapter's tensors; no method is applied to any model."""
@@ -144,7 +146,7 @@ def merged_state(run_dir: str | Path, weights: str | None = None
     cfg = read_config(run_dir)
     meta, trained = adapter_tensors(weights_dir(run_dir, weights))
     check_adapter_fits(meta, trained)
-    backbone = backbone_for(meta)
+    backbone = backbone_for(meta, pretrained)
     state, non_mergeable = merge_state(meta["method"], backbone.state_dict(), trained, meta["options"])
     if non_mergeable:
         raise ScaleshiftError(f"{run_dir}: a {meta['method']} adapter does not fold into the plain "
@@ -227,12 +229,12 @@ def _check_data_root(data_root: str | None) -> None:
 
 def evaluate_run(run_dir: str | Path, merged: bool = False, split: str | None = None,
                  weights: str | None = None, device: str = "cpu", dataset: str | None = None,
-                 data_root: str | None = None) -> dict:
+                 data_root: str | None = None, pretrained: str | os.PathLike | None = None) -> dict:
     """Rebuild a finished run's model from its adapter (merged or not) and evaluate it, on the
     run's data or on `dataset` / `data_root` (the run's transform either way)."""
     import dataclasses
     _check_data_root(data_root)
-    cfg, model = load_run(run_dir, merged, weights)
+    cfg, model = load_run(run_dir, merged, weights, pretrained)
     if dataset is not None or data_root is not None:
         cfg = dataclasses.replace(cfg, dataset=dataset or cfg.dataset,
                                   data_root=cfg.data_root if data_root is None else data_root,
@@ -251,7 +253,8 @@ def evaluate_run(run_dir: str | Path, merged: bool = False, split: str | None = 
 
 
 def evaluate_artifact(source: str | Path, dataset: str | None, data_root: str | None = None,
-                      split: str | None = None, device: str = "cpu", batch_size: int = 32) -> dict:
+                      split: str | None = None, device: str = "cpu", batch_size: int = 32,
+                      pretrained: str | os.PathLike | None = None) -> dict:
     """Evaluate any artifact (an adapter, a merged folder or file, an ONNX file) on `dataset`
     through its own recorded eval transform."""
     if not Path(source).exists():
@@ -260,7 +263,7 @@ def evaluate_artifact(source: str | Path, dataset: str | None, data_root: str | 
         raise ScaleshiftError(f"{source} is not a run folder, so it names no data: pass "
                               f"dataset=NAME (and data_root=FOLDER, split=NAME) to evaluate it")
     _check_data_root(data_root)
-    artifact = load_artifact(source)
+    artifact = load_artifact(source, pretrained=pretrained)
     data = build_dataset(dataset, root=data_root, split=split or "test", transform=artifact.transform)
     classes = len(artifact.class_names) if artifact.class_names else getattr(artifact.model, "num_classes", None)
     _check_classes(data, dataset, classes, source)
