@@ -272,6 +272,19 @@ def test_bomb_and_truncated_are_skipped_with_reasons(tmp_path, small_bomb_limit)
         strict[3]
 
 
+def test_a_trusted_large_image_is_read_with_the_environment_limit(tmp_path, small_bomb_limit, monkeypatch):
+    from scaleshift.data.images import load_rgb
+    path = tmp_path / "big.png"
+    _write(path, Image.new("RGB", (10, 10)))                         # 100 px, over the 64 limit
+    with pytest.raises(ScaleshiftError, match="SCALESHIFT_MAX_IMAGE_PIXELS=N"):
+        load_rgb(path)
+    monkeypatch.setenv("SCALESHIFT_MAX_IMAGE_PIXELS", "200")
+    assert load_rgb(path).size == (10, 10)
+    monkeypatch.setenv("SCALESHIFT_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ScaleshiftError, match="must be a whole number of pixels"):
+        load_rgb(path)
+
+
 def _stack(batch):
     return [label for _, label in batch]
 

@@ -155,6 +155,20 @@ def adapter(tmp_path, edit=None, name="a"):
         path.write_text(text if isinstance(text, str) else json.dumps(raw))
 
 
+def backbone_file(name="bb.safetensors", extra=False, **kwargs):
+    """A tiny ViT's weights saved to tmp/name, built with TINY_VIT changed by `kwargs` (and a
+    tensor no ViT has, with extra=True)."""
+    def make(tmp_path):
+        import scaleshift
+        from safetensors.torch import save_file
+        model = scaleshift.create_model("vit_tiny_patch16_224", 0, seed=0, **dict(TINY_VIT, **kwargs))
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if extra:
+            state["adapter.down.weight"] = torch.zeros(4, 4)
+        save_file(state, str(tmp_path / name))
+    return make
+
+
 def edited(**changes):
     """An adapter whose record gets `changes` (dotted keys reach into sub-records)."""
     def edit(record):
@@ -368,6 +382,27 @@ CASES = [
                  "num_classes must be an integer"),
     Case("recipe-alias-bomb", recipe(ALIAS_BOMB), ["train", "{tmp}/recipe.yaml", "--validate-only"],
                  "expands to"),
+    Case("train-min-lr-above-lr", nothing, TRAIN_VIT + ["min_lr=1", "--validate-only"],
+         "min_lr=1 is above lr="),
+    Case("train-warmup-lr-above-lr", nothing, TRAIN_VIT + ["warmup_lr=0.5", "--validate-only"],
+         "warmup_lr=0.5 is above lr="),
+    Case("train-stop-epoch-past-schedule", nothing, TRAIN_VIT + ["stop_epoch=50", "--validate-only"],
+         "stop_epoch=50 is past the schedule's last epoch"),
+    Case("train-cache-prefix-on-convnext", nothing,
+         ["train", "builtin/digits_ssf", "cache_prefix=true", "out_dir={tmp}/out", "--validate-only"],
+         "not ConvNeXt; set cache_prefix=false"),
+    Case("train-pretrained-lacks-blocks", backbone_file(depth=1),
+         ["train", *TINY, "pretrained={tmp}/bb.safetensors", "out_dir={tmp}/out", "--validate-only"],
+         "has no values for 12 of the model's tensors (blocks.1."),
+    Case("train-pretrained-lacks-blocks-trains-nothing", backbone_file(depth=1),
+         ["train", *TINY, "pretrained={tmp}/bb.safetensors", "out_dir={tmp}/out"],
+         "has no values for 12 of the model's tensors"),
+    Case("train-pretrained-has-more", backbone_file(extra=True),
+         ["train", *TINY, "pretrained={tmp}/bb.safetensors", "out_dir={tmp}/out", "--validate-only"],
+         "holds 1 tensors the model does not have (adapter.down.weight)"),
+    Case("train-pretrained-other-width", backbone_file(embed_dim=64),
+         ["train", *TINY, "pretrained={tmp}/bb.safetensors", "out_dir={tmp}/out", "--validate-only"],
+         "tensors have other shapes: cls_token is [1, 1, 64] in the file, [1, 1, 32] in the model"),
     Case("train-seed-huge", nothing, TRAIN_VIT + ["seed=100000000000000000000000", "--validate-only"],
                  "seed must be"),
     Case("train-kwargs-depth-negative", nothing, TRAIN_VIT + ["model_kwargs.depth=-1", "--validate-only"],
@@ -582,3 +617,50 @@ def test_edited_adapter_tensors_are_refused_by_merge_as_by_eval(edit, message, c
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_refusals_name_what_is_in_the_way(finished_run, tmp_path, capsys):
+    from scaleshift.cli import main
+    photo(tmp_path)
+    assert main(["merge", str(finished_run), "--out", str(tmp_path / "m")]) == 0
+    (tmp_path / "m" / "README.md").write_text("my notes")
+    for argv, message in (
+            (["merge", str(finished_run), "--out", str(tmp_path / "m"), "--overwrite"],
+             "now holds README.md as well, which replacing it would delete"),
+            (["merge", str(finished_run), "--out", str(finished_run / "adapter"), "--overwrite"],
+             "is an adapter folder, not a merged export"),
+            (["merge", str(finished_run), "--out", str(finished_run), "--overwrite"], "is a run folder"),
+            (["predict", "--model", str(tmp_path / "m" / "model.safetensors"), str(tmp_path / "x.png")],
+             "is the weights file of the timm folder")):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert (tmp_path / "m" / "README.md").read_text() == "my notes"
+
+
+def test_class_names_that_are_not_strings_are_named():
+    import scaleshift
+    from scaleshift.errors import ScaleshiftError
+    model = scaleshift.create_model("vit_tiny_patch16_224", num_classes=3, seed=0, **TINY_VIT)
+    scaleshift.apply(model, "ssf")
+    with pytest.raises(ScaleshiftError, match="got int '1'"):
+        scaleshift.save_adapter(model, "unused", class_names=[1, 2, 3])
+
+
+@pytest.mark.slow
+def test_a_users_file_in_the_adapter_folder_is_found_before_training(finished_run, tmp_path, capsys):
+    import shutil
+
+    from scaleshift.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "results.json").unlink()       # the last epoch trained, its results never written
+    (run / "adapter" / "README.md").write_text("model card")
+    argv = ["train", *TINY, f"out_dir={run}", "--resume"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "adapter holds README.md, which scaleshift did not write" in err and "(with --resume)" in err
+    assert (run / "adapter" / "README.md").read_text() == "model card" and not (run / "results.json").exists()
+    (run / "adapter" / "README.md").unlink()
+    assert main(argv) == 0 and (run / "results.json").is_file()

@@ -93,14 +93,22 @@ def _check_replaceable(directory: Path) -> None:
     if directory.exists() and not directory.is_dir():
         raise ScaleshiftError(f"{directory} is a file; save_adapter writes a folder: pass a new "
                               f"or empty folder (nothing was written)")
-    if not directory.is_dir() or not any(directory.iterdir()):
-        return
-    names = {child.name for child in directory.iterdir()}
-    ours = names <= {CONFIG_NAME, WEIGHTS_NAME, RECORD_NAME} and (RECORD_NAME in names or _has_record(directory))
-    if not ours:
+    if foreign_files(directory):
         raise ScaleshiftError(f"{directory} is a non-empty folder that is not an adapter scaleshift "
                               f"wrote, and save_adapter replaces its folder whole: pass a new or "
                               f"empty folder (nothing was written)")
+
+
+def foreign_files(directory: Path) -> list[str]:
+    """The names in `directory` that are not an adapter scaleshift wrote: every name when the
+    folder holds no scaleshift record, else the names beside the adapter's own files."""
+    if not directory.is_dir():
+        return []
+    names = sorted(child.name for child in directory.iterdir())
+    ours = {CONFIG_NAME, WEIGHTS_NAME, RECORD_NAME}
+    if RECORD_NAME in names or (CONFIG_NAME in names and _has_record(directory)):
+        return [n for n in names if n not in ours]
+    return names
 
 
 def _has_record(directory: Path) -> bool:
@@ -134,9 +142,13 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, *,
         raise ScaleshiftError("class_names must be a list of strings, one per class, not one string")
     if class_names is not None:
         class_names = list(class_names)
-        if not all(isinstance(c, str) for c in class_names) or len(class_names) != num_classes:
+        if len(class_names) != num_classes:
             raise ScaleshiftError(f"class_names must be {num_classes} strings (one per class of "
                                   f"the head), got {len(class_names)} items")
+        wrong = next((c for c in class_names if not isinstance(c, str)), None)
+        if wrong is not None:
+            raise ScaleshiftError(f"class_names must be strings, one per class; got "
+                                  f"{type(wrong).__name__} {str(wrong)[:40]!r} (str() each name)")
     state = {k: v.contiguous() for k, v in adapter_state(model).items()}
     impl = get_method(config["method"])
     peft_fields, file_state, peft_only = impl.to_peft(model, config["options"], state) \

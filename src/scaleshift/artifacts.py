@@ -96,6 +96,9 @@ def _from_safetensors(path: Path, input_size: int | None) -> Artifact:
     except Exception:   # not a safetensors file
         raise ScaleshiftError(f"{path} is not a readable safetensors file") from None
     if "timm_model" not in header:
+        if (path.parent / "config.json").is_file() and path.name == "model.safetensors":
+            raise ScaleshiftError(f"{path} is the weights file of the timm folder {path.parent}, "
+                                  f"whose config.json names the architecture: pass the folder")
         raise ScaleshiftError(f"{path} is not a merged model scaleshift wrote (no timm_model in "
                               f"its header); pass {KINDS}")
     from .models import check_model_kwargs, check_model_name

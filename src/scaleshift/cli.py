@@ -137,7 +137,9 @@ def cmd_train(args) -> int:
     cfg = load_recipe(args.recipe, args.overrides)   # every error surfaces before any work
     check_environment(cfg)                           # data paths, weights file, optional packages
     if args.validate_only:
-        print(f"{args.recipe or 'defaults'}: valid (config, data paths and optional packages)")
+        from .engine import check_model
+        checked = check_model(cfg)
+        print(f"{args.recipe or 'defaults'}: valid (config, data paths, optional packages; {checked})")
         return 0
     train(cfg, resume=args.resume)
     return 0

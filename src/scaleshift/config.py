@@ -140,6 +140,15 @@ class RunConfig:
                                       "backbone; set one of them")
         if self.precision == "fp16" and self.device == "cpu":
             raise ScaleshiftError("precision=fp16 needs CUDA; use precision=bf16 on CPU")
+        for key in ("min_lr", "warmup_lr"):
+            if getattr(self, key) > self.lr:
+                raise ScaleshiftError(f"{key}={getattr(self, key):g} is above lr={self.lr:g}, so the "
+                                      f"schedule would raise the learning rate past the one set; set "
+                                      f"{key} below lr (default {getattr(RunConfig, key):g})")
+        last = self.epochs + self.cooldown_epochs
+        if self.stop_epoch is not None and self.stop_epoch > last:
+            raise ScaleshiftError(f"stop_epoch={self.stop_epoch} is past the schedule's last epoch "
+                                  f"(epochs + cooldown_epochs = {last}); lower it or leave it out")
         check_optimizer(self.opt)
         if not self.out_dir.strip():
             raise ScaleshiftError("out_dir is empty; pass the folder the run goes to (out_dir=runs/NAME)")

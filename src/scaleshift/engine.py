@@ -44,7 +44,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from .adapter_files import adapter_state, save_adapter
+from .adapter_files import adapter_state, foreign_files, save_adapter
 from .config import RunConfig, check_train_range
 from .data import build_dataset, build_transform, eval_transform_config, skipped_counts
 from .errors import Interrupted, ScaleshiftError
@@ -52,7 +52,7 @@ from .extras import require
 from .io import atomic_dir, atomic_path, write_json, write_text
 from .methods import apply, config_of, total_parameters, trainable_parameters
 from .methods.ssf import last_blocks
-from .models import create_model, identity_of
+from .models import create_model, fetches_from_hub, identity_of
 from .prefix_cache import CACHE_DIR, CacheBudget, Suffix, cache_prefix, prefix_cut
 from .progress import progress, replaces_lines, say
 from .profiles import check_takes_input, input_size_of
@@ -132,6 +132,8 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
                 say(f"[scaleshift] {t.out} is finished; its results.json is kept as written")
                 finished = True   # nothing ran, so nothing is rewritten (timings included)
                 return json.loads((t.out / RESULTS).read_text())
+        if t.rank == 0:
+            check_adapter_folders(t.out, resume)
         t.tensorboard = open_tensorboard(t)
         announce(t)
         for epoch in range(t.start_epoch, t.total_epochs):
@@ -180,6 +182,16 @@ def train_two_stages(cfg: RunConfig, resume: bool) -> dict:
     out, rank = Path(cfg.out_dir), int(os.environ.get("RANK", "0"))
     claim = claim_out_dir(out, rank, refuse=() if resume else (RESULTS,))
     try:
+        if resume and (out / RESULTS).is_file() and (out / CONFIG).is_file():
+            changed = config_changes(config_fingerprint(read_config(out)), config_fingerprint(cfg))
+            if changed:
+                raise ScaleshiftError(f"--resume: the config differs from the one {out} was "
+                                      f"trained with in {changed}; resume with the same recipe "
+                                      f"and overrides")
+            say(f"[scaleshift] {out} is finished; its results.json is kept as written")
+            return json.loads((out / RESULTS).read_text())
+        if rank == 0:
+            check_adapter_folders(out, resume)
         stages = {}
         select = dataclasses.replace(cfg, retrain_split=None, test_split=None,
                                      out_dir=str(out / "select"))
@@ -227,6 +239,26 @@ def run_stage(cfg: RunConfig, resume: bool) -> dict:
     if (out / RESULTS).is_file():
         return json.loads((out / RESULTS).read_text())
     return train(cfg, resume=resume and (out / CHECKPOINT).is_file())
+
+
+def check_adapter_folders(out: Path, resume: bool) -> None:
+    """The adapter folders a finished run replaces (out/adapter, out/adapters/NAME) hold only
+    an adapter scaleshift wrote: a file of the user's there is found before any training, not
+    after the last epoch, and is never removed."""
+    named = sorted(p for p in (out / NAMED).iterdir()) if (out / NAMED).is_dir() else []
+    for folder in (out / ADAPTER, *named):
+        if folder.exists() and not folder.is_dir():
+            foreign = [folder.name]
+            folder = folder.parent
+        else:
+            foreign = foreign_files(folder)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ScaleshiftError(f"{folder} holds {shown}, which scaleshift did not write, and the "
+                                  f"run writes its adapter there when it finishes: move "
+                                  f"{'them' if len(foreign) > 1 else 'it'} elsewhere, then run the "
+                                  f"same command again{' (with --resume)' if resume else ''}; "
+                                  f"nothing was trained or removed")
 
 
 def copy_dir(source: Path, target: Path) -> None:
@@ -338,25 +370,49 @@ def claim_out_dir(out: Path, rank: int, refuse: tuple[str, ...] = ()) -> Claim |
 
 
 def build_model(t: Trainer) -> None:
+    t.num_classes = dataset_classes(t.cfg)
+    t.model = t.trained = model_for(t.cfg, t.num_classes, t.device)
+
+
+def model_for(cfg: RunConfig, num_classes: int, device) -> nn.Module:
     """The backbone (seeded first, so a random-init backbone is the same one every time) with
-    the method applied."""
-    cfg = t.cfg
-    t.num_classes = dataset_classes(cfg)
+    the method applied, on `device`, checked to take the config's input_size."""
     seed_everything(cfg.seed)
     # a drop_path the config sets reaches the model as written, 0 included (Swin's own default is 0.1)
     kwargs = dict(cfg.model_kwargs, **({} if cfg.drop_path is None else {"drop_path_rate": cfg.drop_path}))
-    t.model = create_model(cfg.model, num_classes=t.num_classes, pretrained=cfg.pretrained,
-                           seed=cfg.seed, **kwargs)
-    apply(t.model, cfg.method, **cfg.method_options)
-    t.model.to(t.device)
+    model = create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained,
+                         seed=cfg.seed, **kwargs)
+    apply(model, cfg.method, **cfg.method_options)
+    model.to(device)
     if cfg.input_size is not None:
         size = cfg.input_size
-        vit = getattr(getattr(t.model, "patch_embed", None), "img_size", None) is not None
-        check_takes_input(t.model, torch.zeros(1, input_size_of(t.model)[0], size, size, device=t.device),
+        vit = getattr(getattr(model, "patch_embed", None), "img_size", None) is not None
+        check_takes_input(model, torch.zeros(1, input_size_of(model)[0], size, size, device=device),
                           f"input_size={size}", f"a ViT is built for one input size, so pass "
                           f"model_kwargs.img_size={size} as well" if vit else "give a larger "
                           "input_size, or leave it out for the backbone's own")
-    t.trained = t.model
+    return model
+
+
+def check_model(cfg: RunConfig) -> str:
+    """What `train --validate-only` checks by building the model (on the CPU) as training
+    would: the weights file fits the architecture, the model takes input_size, and
+    cache_prefix=true can be honoured. Weights on the Hub are not fetched for a check: such a
+    backbone is built from random init (an hf-hub: name, whose architecture is on the Hub too,
+    is not built). Returns what was checked, for the user."""
+    if fetches_from_hub(cfg.model, cfg.pretrained):
+        if cfg.model.startswith("hf-hub:"):
+            return "the model is on the Hub and was not built"
+        cfg = dataclasses.replace(cfg, pretrained=False)
+        checked = "the model builds (its Hub weights were not fetched)"
+    elif cfg.pretrained is False:
+        checked = "the model builds (random init)"
+    else:
+        checked = "the model builds from its weights"
+    model = model_for(cfg, dataset_classes(cfg), torch.device("cpu"))
+    if cfg.cache_prefix:
+        plan_prefix_cache(cfg, model)
+    return checked
 
 
 def build_data(t: Trainer) -> None:
@@ -479,6 +535,9 @@ def announce(t: Trainer) -> None:
         f"{trainable_parameters(t.model):,} trainable of {total_parameters(t.model):,}; "
         f"{len(t.sets['train'])} train, {tested}, {t.world} process(es), "
         f"epochs {t.start_epoch + 1}..{t.total_epochs}")
+    if t.cfg.warmup_epochs >= t.cfg.epochs:
+        say(f"[scaleshift] note: warmup_epochs={t.cfg.warmup_epochs} >= epochs={t.cfg.epochs}: the "
+            f"learning rate never reaches lr={t.cfg.lr:g}; lower warmup_epochs for a short run")
     if t.cfg.precision == "auto":
         used = resolve_precision("auto", t.device)
         device = "this GPU" if t.device.type == "cuda" else "this CPU"

@@ -48,12 +48,20 @@ def _default_out(run_dir, out, name: str) -> Path:
     return Path(run_dir) / name
 
 
+def _written_by_scaleshift_config(out: Path) -> bool:
+    """Whether the folder's timm config.json carries scaleshift's record."""
+    try:
+        return BLOCK in json.loads((out / TIMM_CONFIG).read_text())
+    except Exception:   # unreadable, foreign: not ours
+        return False
+
+
 def _written_by_scaleshift(out: Path) -> bool:
     """Whether `out` is an export scaleshift wrote: its record in timm's config.json, in the
     ONNX graph's metadata_props, in the safetensors header; or an ONNX check report."""
     try:
         if out.is_dir():
-            return (BLOCK in json.loads((out / TIMM_CONFIG).read_text())
+            return (_written_by_scaleshift_config(out)
                     and {p.name for p in out.iterdir()} <= {TIMM_CONFIG, TIMM_WEIGHTS})
         if out.suffix == ".onnx":
             onnx = require("onnx", "ONNX export")
@@ -68,6 +76,23 @@ def _written_by_scaleshift(out: Path) -> bool:
         return False
 
 
+def _what_is_there(out: Path) -> str:
+    """Why an existing `out` is not an export scaleshift may replace, in words."""
+    from .adapter_files import CONFIG_NAME, foreign_files
+    from .runs import is_run_dir
+    if out.is_dir():
+        if is_run_dir(out):
+            return "is a run folder"
+        if (out / CONFIG_NAME).is_file() and not foreign_files(out):
+            return "is an adapter folder, not a merged export"
+        extra = sorted(p.name for p in out.iterdir() if p.name not in (TIMM_CONFIG, TIMM_WEIGHTS))
+        if extra and (out / TIMM_CONFIG).is_file() and _written_by_scaleshift_config(out):
+            shown = ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else "")
+            return (f"is a merged folder scaleshift wrote, but it now holds {shown} as well, which "
+                    f"replacing it would delete")
+    return "exists and was not written by scaleshift"
+
+
 def check_target(out: Path, overwrite: bool) -> None:
     """An existing file or non-empty folder at `out` is refused; with --overwrite it is
     replaced only when scaleshift wrote it. A user's file is never replaced."""
@@ -77,8 +102,8 @@ def check_target(out: Path, overwrite: bool) -> None:
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not _written_by_scaleshift(out):
-        raise ScaleshiftError(f"{out} exists and was not written by scaleshift; it is never "
-                              f"replaced: pass another --out (nothing was written)")
+        raise ScaleshiftError(f"{out} {_what_is_there(out)}; it is never replaced: pass another "
+                              f"--out (nothing was written)")
     if not overwrite:
         raise ScaleshiftError(f"{out} exists (an earlier export); pass --overwrite to replace it "
                               f"or another --out (nothing was written)")

@@ -8,6 +8,8 @@ plain architecture a merged state dict loads into.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import math
 import re
@@ -85,6 +87,16 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
                            weights_sha256=file_sha256(path))
     setattr(model, IDENTITY_ATTR, identity)
     return model
+
+
+def fetches_from_hub(name: str, pretrained) -> bool:
+    """Whether building `name` with `pretrained` reaches for the Hugging Face Hub (or its cache)."""
+    from .backbones.embedded import EMBEDDED
+    if name in EMBEDDED or name.startswith("local-dir:"):
+        return False
+    if name.startswith("hf-hub:"):
+        return True
+    return pretrained is True and not efficientnet_lite.lite_name(name) and not dinov2_focus.wanted(name)
 
 
 def check_model_name(name: str) -> None:
@@ -245,8 +257,11 @@ def _create_from_file(name: str, num_classes: int, path: Path, timm_kwargs: dict
         rows = _classifier_rows(path, name, timm_kwargs)
         if rows is not None:   # timm keeps the file's head only when it has this many classes
             overlay["num_classes"] = rows
-        return timm.create_model(name, pretrained=True, num_classes=num_classes,
-                                 pretrained_cfg_overlay=overlay, **timm_kwargs)
+        with _load_report() as report:
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                      pretrained_cfg_overlay=overlay, **timm_kwargs)
+        _check_loaded(model, report, path, name)
+        return model
     except ScaleshiftError:
         raise
     except pickle.UnpicklingError:   # weights_only=True refused it: its code never ran
@@ -258,13 +273,94 @@ def _create_from_file(name: str, num_classes: int, path: Path, timm_kwargs: dict
                                   f"to .safetensors where it was made") from None
         if "zip archive" in str(exc) or "central directory" in str(exc):
             raise ScaleshiftError(_truncated(path, exc)) from None
-        raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {exc}") from exc  # shapes, keys
+        raise ScaleshiftError(_misfit(path, name, str(exc))) from None
     except (EOFError, OSError, ValueError) as exc:
         raise ScaleshiftError(_truncated(path, exc)) from None
     except Exception as exc:     # safetensors' and numpy's refusals of a damaged file
         if type(exc).__name__ in ("SafetensorError", "BadZipFile"):
             raise ScaleshiftError(_truncated(path, exc)) from None
         raise
+
+
+_TIMM_LOAD_LOGGER = "timm.models._builder"
+_KEYS_REPORTED = re.compile(r"(Missing|Unexpected) keys \((.*?)\) (?:discovered|found) while loading")
+
+
+@contextlib.contextmanager
+def _load_report():
+    """What timm's pretrained loader reports as it loads: {"Missing": [...], "Unexpected": [...]}.
+    timm loads non-strictly whenever the head is replaced, and only logs the keys a file lacks
+    or has in excess, so they are collected from its log records."""
+    report: dict[str, list[str]] = {"Missing": [], "Unexpected": []}
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            match = _KEYS_REPORTED.search(record.getMessage())
+            if match:
+                report[match.group(1)].extend(k for k in match.group(2).split(", ") if k)
+
+    logger = logging.getLogger(_TIMM_LOAD_LOGGER)
+    handler, level = Collect(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield report
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _check_loaded(model: nn.Module, report: dict, path: Path, name: str) -> None:
+    """Every tensor of the backbone came from the file (only the classifier may be new) and the
+    file held nothing the model lacks: otherwise part of the model would train from random init
+    under a record saying it was pretrained."""
+    head = tuple(f"{n}." for n in _classifier_names(model))
+    missing = [k for k in report["Missing"] if not k.startswith(head)]
+    unexpected = [k for k in report["Unexpected"] if not k.startswith(head)]
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"it has no values for {len(missing)} of the model's tensors "
+                     f"({_some(missing)})")
+    if unexpected:
+        parts.append(f"it holds {len(unexpected)} tensors the model does not have "
+                     f"({_some(unexpected)})")
+    raise ScaleshiftError(f"weights in {path} do not fit {name!r}: {'; '.join(parts)}. The file "
+                          f"was saved from another architecture or other model_kwargs (depth, "
+                          f"embed_dim, ...): pass the file made for this model, or set model and "
+                          f"model_kwargs to the ones the file was made with")
+
+
+def _classifier_names(model: nn.Module) -> list[str]:
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (f", ... {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for ([^:]+): copying a param with shape "
+                            r"torch\.Size\(\[([^\]]*)\]\) from checkpoint, the shape in current "
+                            r"model is torch\.Size\(\[([^\]]*)\]\)")
+
+
+def _misfit(path: Path, name: str, error: str) -> str:
+    """One line for load_state_dict's multi-line refusal: how many tensors differ in shape, the
+    first few with both shapes, and the fix."""
+    mismatches = _SIZE_MISMATCH.findall(error)
+    if not mismatches:
+        first = next((line.strip() for line in error.splitlines() if line.strip()), error)
+        return (f"weights in {path} do not fit {name!r}: {first[:300]}; pass the file made for "
+                f"this model, or set model and model_kwargs to the ones the file was made with")
+    shown = "; ".join(f"{key} is [{file}] in the file, [{model}] in the model"
+                      for key, file, model in mismatches[:2])
+    more = f" (and {len(mismatches) - 2} more)" if len(mismatches) > 2 else ""
+    return (f"weights in {path} do not fit {name!r}: {len(mismatches)} tensors have other shapes: "
+            f"{shown}{more}. The file was saved with other model_kwargs (embed_dim, depth, "
+            f"num_heads, mlp_ratio, ...): set model_kwargs to the file's, or pass the file made for "
+            f"this model")
 
 
 def _truncated(path: Path, exc: Exception) -> str:

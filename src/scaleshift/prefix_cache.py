@@ -51,7 +51,7 @@ def prefix_cut(model: nn.Module) -> int:
             or not isinstance(model, VisionTransformer):
         raise ScaleshiftError(f"the prefix cache is implemented for timm's VisionTransformer "
                               f"(ViT, DeiT, DINOv2), not {type(model).__name__}; set "
-                              f"cache_prefix=false to train last-k SSF on images")
+                              f"cache_prefix=false to train on images")
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     cut = min((int(name.split(".")[1]) for name in trainable if name.startswith("blocks.")),
               default=len(model.blocks))

@@ -52,8 +52,9 @@ KINDS = ("not found", "not readable", "decompression bomb", "corrupt or truncate
 _FIXES = {
     "not found": "restore the file, or remove it from the split",
     "not readable": "check that it is a file you can read (permissions)",
-    "decompression bomb": "if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS (now {limit}) "
-                          "before reading, or downscale the image",
+    "decompression bomb": "downscale the image, or if you trust the file raise the limit (now "
+                          "{limit} pixels): SCALESHIFT_MAX_IMAGE_PIXELS=N in the environment, "
+                          "PIL.Image.MAX_IMAGE_PIXELS from Python",
     "corrupt or truncated": "re-download or re-export the file, or delete it",
     "unsupported pixel format": "convert it to an 8- or 16-bit PNG",
     "not a regular file": "only regular files are read: replace it with the image file",
@@ -86,8 +87,24 @@ def _unreadable(path, kind: str, detail: str) -> UnreadableImage:
     return UnreadableImage(f"{path}: {kind}: {detail}; {fix}", kind, detail, fix)
 
 
+PIXEL_LIMIT_VARIABLE = "SCALESHIFT_MAX_IMAGE_PIXELS"
+
+
+def apply_pixel_limit() -> None:
+    """SCALESHIFT_MAX_IMAGE_PIXELS=N, when set, becomes Pillow's decompression-bomb limit (the
+    command line's way to read a large image the user trusts)."""
+    value = os.environ.get(PIXEL_LIMIT_VARIABLE)
+    if value is None:
+        return
+    if not value.strip().isdigit() or not 0 < int(value) <= 10**12:
+        raise ScaleshiftError(f"{PIXEL_LIMIT_VARIABLE}={value[:40]!r} must be a whole number of "
+                              f"pixels in 1..10^12 (e.g. 1000000000); unset it for Pillow's limit")
+    Image.MAX_IMAGE_PIXELS = int(value)
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode the whole file and return it as 8-bit RGB (rules in the module doc)."""
+    apply_pixel_limit()
     try:   # a FIFO or a device would block the read or never end: never opened
         mode = os.stat(path).st_mode
     except OSError:
