@@ -124,6 +124,11 @@ def test_train_without_a_recipe_names_one(capsys):
     err = capsys.readouterr().err
     assert "builtin/digits_ssf" in err and "scaleshift list recipes" in err and "Traceback" not in err
     assert main(["train", "val_split=val", "--validate-only"]) == 0   # settings alone still work
+    assert "the model builds (random init)" in capsys.readouterr().out
+    # offline: a hub backbone is checked by its architecture, its weights are not fetched
+    assert main(["train", "builtin/digits_ssf", "model=vit_tiny_patch16_224", "pretrained=true", "model_kwargs.img_size=32",
+                 "--validate-only"]) == 0
+    assert "its Hub weights were not fetched" in capsys.readouterr().out
 
 
 def test_train_with_an_unknown_recipe_exits_2(capsys):
