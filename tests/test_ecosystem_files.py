@@ -291,6 +291,29 @@ def test_load_adapter_from_the_hub_cache_offline(tmp_path, hub_cache):
     assert "'someone/not-cached' is neither a local directory" in proc.stderr
 
 
+@pytest.mark.slow
+def test_an_unreachable_hub_is_read_from_the_cache_at_once(tmp_path, hub_cache, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from scaleshift import models
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)   # not set: the Hub would be asked
+    monkeypatch.setattr(models, "_hub_reachable", lambda endpoint, timeout=3.0: False)
+    model = scaleshift.apply(make_model("vit"), "ssf")
+    scaleshift.save_adapter(model, tmp_path / "a")
+    hub_repo(hub_cache, "someone/digits-ssf", {n: tmp_path / "a" / n for n in (CONFIG_NAME, WEIGHTS_NAME)})
+    scaleshift.load_adapter(make_model("vit"), "someone/digits-ssf")            # from the cache
+    started = time.time()
+    for call, name in ((lambda: scaleshift.load_adapter(make_model("vit"), "someone/not-cached"), "adapter"),
+                       (lambda: scaleshift.create_model("hf-hub:someone/no-model", 3), "hf-hub model"),
+                       (lambda: scaleshift.create_model("vit_tiny_patch16_224", 3, pretrained=True), "timm weights")):
+        with pytest.raises(ScaleshiftError, match="cannot be reached from this machine"):
+            call()
+        assert constants.HF_HUB_OFFLINE is False, name                        # as it was
+    assert time.time() - started < 60                                         # no retries with back-off
+
+
 def timm_folder(directory, num_classes=7, seed=11, **kwargs):
     """A timm model folder as the Hub holds one (config.json + model.safetensors), written by
     timm itself from a randomly initialised vit_tiny_patch16_224 tagged augreg_in21k (`kwargs`,

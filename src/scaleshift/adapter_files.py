@@ -28,7 +28,8 @@ from .version import __version__
 from .errors import ScaleshiftError, check_model_argument
 from .io import atomic_dir, file_sha256
 from .methods import apply, config_of, get_method, plain_key
-from .models import HUB_REPO_ID, build_model, describe, identity_of, num_classes_of
+from .models import (HUB_REPO_ID, build_model, describe, hub_access, hub_unreachable_note,
+                     identity_of, num_classes_of)
 from .records import AdapterRecord, read_json, regular_file
 
 CONFIG_NAME = "adapter_config.json"
@@ -49,16 +50,14 @@ def resolve_dir(source: str | os.PathLike, what: str = "adapter") -> Path:
     if path.exists() or match is None:
         return path
     import huggingface_hub   # a dependency of timm, so always there
-    from huggingface_hub import constants
     repo_id = match.group(2)
-    try:
-        return Path(huggingface_hub.snapshot_download(repo_id))
-    except Exception as exc:   # offline misses, unknown repos and network errors have many types
-        where = (f"the Hub cache ({constants.HF_HUB_CACHE}) has no snapshot of it and "
-                 f"HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
-                 f"it could not be fetched from the Hugging Face Hub")
+    with hub_access() as cache_only:
+        try:
+            return Path(huggingface_hub.snapshot_download(repo_id))
+        except Exception as exc:   # offline misses, unknown repos and network errors have many types
+            where, error = hub_unreachable_note(cache_only), type(exc).__name__
         raise ScaleshiftError(f"{what} {str(source)!r} is neither a local directory nor available "
-                              f"as a Hub repo: {where} ({type(exc).__name__}). Pass an existing "
+                              f"as a Hub repo: {where} ({error}). Pass an existing "
                               f"directory, or fetch the repo into the Hub cache while online "
                               f"(huggingface_hub.snapshot_download({repo_id!r}))") from None
 
@@ -106,15 +105,19 @@ def foreign_files(directory: Path) -> list[str]:
         return []
     names = sorted(child.name for child in directory.iterdir())
     ours = {CONFIG_NAME, WEIGHTS_NAME, RECORD_NAME}
-    if RECORD_NAME in names or (CONFIG_NAME in names and _has_record(directory)):
+    if _has_record(directory):
         return [n for n in names if n not in ours]
     return names
 
 
 def _has_record(directory: Path) -> bool:
+    """Whether scaleshift's record is in the folder: its own file (beside PEFT's config) or the
+    block in adapter_config.json, read, not guessed from a file name."""
     try:
+        if (directory / RECORD_NAME).is_file():
+            return json.loads((directory / RECORD_NAME).read_text()).get("format") == FORMAT
         return BLOCK in json.loads((directory / CONFIG_NAME).read_text())
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):
         return False
 
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ScaleshiftError
-from .io import figure, save_png, write_json, write_text
+from .io import claim_folder, figure, save_png, write_json, write_text
 from .merge import merge, perturb_trainable
 from .methods import apply
 from .models import create_model
@@ -390,6 +390,8 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
         raise ScaleshiftError("the merge memory probe reads the process's RSS: CPU only")
     variants = applicable(model_name, model_kwargs)
     shape = checked_input_shape(model_name, model_kwargs, batch, size)
+    if out:   # claimed before the minutes of measuring, refused before any write
+        claim_folder(Path(out), MARKER, "bench results", written_before=_bench_folder)
     started, load_before = time.time(), os.getloadavg()
     times = measure_times(model_name, model_kwargs, batch, rounds, device, size, variants,
                           precision, list(modes)) if with_time else {}
@@ -426,6 +428,17 @@ def run_bench(model_name: str, batch: int, device_name: str = "cpu", rounds: int
     if out:
         write_bench(result, Path(out))
     return result
+
+
+MARKER = ".scaleshift-bench"
+
+
+def _bench_folder(out: Path) -> bool:
+    """A bench folder written before the marker: its bench.json is a bench result."""
+    try:
+        return {"model", "rows", "machine"} <= set(json.loads((out / "bench.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def goals(result: dict) -> list[dict]:

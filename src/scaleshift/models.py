@@ -194,6 +194,51 @@ def check_kwargs_of(name: str, kwargs: dict, num_classes: int = 1,
         check_model_kwargs(name.split(".")[0], num_classes, kwargs, where)
 
 
+_HUB_REACHABLE: dict[str, bool] = {}
+
+
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's host opens within `timeout` (asked once per process)."""
+    import socket
+    from urllib.parse import urlparse
+    if endpoint not in _HUB_REACHABLE:
+        url = urlparse(endpoint)
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                     timeout=timeout).close()
+            _HUB_REACHABLE[endpoint] = True
+        except OSError:
+            _HUB_REACHABLE[endpoint] = False
+    return _HUB_REACHABLE[endpoint]
+
+
+@contextlib.contextmanager
+def hub_access():
+    """Hub requests made as usual; when the Hub's host cannot be reached at all, from the Hub
+    cache only, as HF_HUB_OFFLINE=1 would (huggingface_hub retries a dead connection with
+    back-off, for minutes over a model's files). Yields whether the cache was used that way."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE or _hub_reachable(constants.ENDPOINT):
+        yield False
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield True
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+def hub_unreachable_note(cache_only: bool) -> str:
+    """How a Hub miss came about, for an error message."""
+    from huggingface_hub import constants
+    if cache_only:
+        return (f"the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached from this machine, "
+                f"and the Hub cache ({constants.HF_HUB_CACHE}) does not hold it")
+    if constants.HF_HUB_OFFLINE:
+        return f"HF_HUB_OFFLINE is set and the Hub cache ({constants.HF_HUB_CACHE}) does not hold it"
+    return "it could not be fetched from the Hugging Face Hub"
+
+
 def _create_sourced(name: str, num_classes: int, pretrained, seed: int | None,
                     timm_kwargs: dict) -> nn.Module:
     """A model named `hf-hub:org/name` or `local-dir:/path`: the architecture and constructor
@@ -203,21 +248,26 @@ def _create_sourced(name: str, num_classes: int, pretrained, seed: int | None,
         raise ScaleshiftError(f"{name} names its weights itself: pass pretrained=True (its "
                               f"weights) or False (random init), not a file")
     source, _, where = name.partition(":")
-    try:
-        cfg, architecture, model_args = (_hub.load_model_config_from_hf(where) if source == "hf-hub"
-                                         else _hub.load_model_config_from_path(where))
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes,
-                                  **timm_kwargs)
-    except ScaleshiftError:
-        raise
-    except Exception as exc:   # Hub misses, network and file errors come in many types
-        where_from = (f"the Hugging Face Hub repo {where} (offline, HF_HUB_OFFLINE=1: from the Hub "
-                      f"cache, which must hold its config.json and weights)" if source == "hf-hub"
-                      else f"the folder {where}")
-        raise ScaleshiftError(f"could not build {name!r} from {where_from}: "
-                              f"{type(exc).__name__}: {exc}") from exc
+    access = hub_access() if source == "hf-hub" else contextlib.nullcontext(False)
+    with access as cache_only:
+        try:
+            cfg, architecture, model_args = (_hub.load_model_config_from_hf(where) if source == "hf-hub"
+                                             else _hub.load_model_config_from_path(where))
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes,
+                                      **timm_kwargs)
+        except ScaleshiftError:
+            raise
+        except Exception as exc:   # Hub misses, network and file errors come in many types
+            if source == "hf-hub":
+                raise ScaleshiftError(
+                    f"could not build {name!r}: {hub_unreachable_note(cache_only)} (its config.json "
+                    f"and weights; {type(exc).__name__}). Fetch it into the Hub cache while online "
+                    f"(huggingface_hub.snapshot_download({where!r})), or save it to a folder and "
+                    f"use local-dir:FOLDER") from None
+            raise ScaleshiftError(f"could not build {name!r} from the folder {where}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
     saved_args = {k: v for k, v in (model_args or {}).items() if k != "num_classes"}
     identity = Identity(name=name, architecture=architecture,
                         kwargs=_jsonable({**saved_args, **timm_kwargs}),
@@ -233,13 +283,14 @@ def _create_sourced(name: str, num_classes: int, pretrained, seed: int | None,
 
 
 def _create_from_hub(name: str, num_classes: int, timm_kwargs: dict) -> nn.Module:
-    try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, **timm_kwargs)
-    except Exception as exc:  # network errors come in many types (OSError, HTTP, hub errors)
-        raise ScaleshiftError(
-            f"could not download pretrained weights for {name!r} ({type(exc).__name__}: {exc}). "
-            f"This machine may be offline: pass pretrained='/path/to/weights.safetensors' "
-            f"(or .pth / .npz) to load a local file instead.") from exc
+    with hub_access() as cache_only:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, **timm_kwargs)
+        except Exception as exc:  # network errors come in many types (OSError, HTTP, hub errors)
+            raise ScaleshiftError(
+                f"could not load pretrained weights for {name!r}: {hub_unreachable_note(cache_only)} "
+                f"({type(exc).__name__}). Pass pretrained='/path/to/weights.safetensors' (or .pth "
+                f"/ .npz) to load a local file instead, or pretrained=false for random init") from None
 
 
 def _create_from_file(name: str, num_classes: int, path: Path, timm_kwargs: dict) -> nn.Module:

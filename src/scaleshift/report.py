@@ -72,6 +72,9 @@ def load_results(run_dirs: list[str | Path]) -> list[dict]:
     for run in run_dirs:
         path = Path(run) / "results.json" if Path(run).is_dir() else Path(run)
         if not path.is_file():
+            from .runs import is_run_dir, unfinished
+            if Path(run).is_dir() and is_run_dir(Path(run)):
+                raise ScaleshiftError(f"{unfinished(Path(run))}; report reads finished runs")
             raise ScaleshiftError(f"{path} not found: pass run directories written by "
                                   f"`scaleshift train` (each holds results.json)")
         data = read_json(path, "run results")

@@ -74,8 +74,25 @@ def weights_dir(run_dir: str | Path, weights: str | None = None) -> Path:
     return run_dir / folder
 
 
+def training_pid(run_dir: Path) -> str | None:
+    """The PID written in the run's lock file while a process holds the lock, else None."""
+    import fcntl
+    try:
+        with open(run_dir / LOCK) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return lock.read().strip() or "another process"
+    except OSError:
+        pass
+    return None
+
+
 def unfinished(run_dir: Path) -> str:
     """What to say about a run folder whose training has not finished (no results, no adapter)."""
+    pid = training_pid(run_dir)
+    if pid is not None:
+        return f"{run_dir} is still training (PID {pid}); wait for it to finish"
     command = f"scaleshift train {run_dir / CONFIG} out_dir={run_dir}"
     resume = (f"finish it with `{command} --resume`" if (run_dir / CHECKPOINT).is_file() else
               f"it has no checkpoint yet: train it again with `{command}`")
