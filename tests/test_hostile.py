@@ -382,6 +382,12 @@ CASES = [
                  "num_classes must be an integer"),
     Case("recipe-alias-bomb", recipe(ALIAS_BOMB), ["train", "{tmp}/recipe.yaml", "--validate-only"],
                  "expands to"),
+    Case("bench-into-a-user-folder", lambda tmp: write(tmp / "mine" / "bench.csv", "my csv\n"),
+         ["bench", "--model", "scaleshift_vit32", "--batch-size", "2", "--rounds", "1", "--parts", "time",
+          "--out", "{tmp}/mine"], "non-empty folder scaleshift did not write"),
+    Case("adapter-folder-with-a-foreign-record",
+         lambda tmp: (photo(tmp), write(tmp / "u" / "scaleshift_adapter.json", '{"mine": 1}')),
+         ["predict", "--model", "{tmp}/u", "{tmp}/x.png"], "is not an artifact scaleshift reads"),
     Case("train-min-lr-above-lr", nothing, TRAIN_VIT + ["min_lr=1", "--validate-only"],
          "min_lr=1 is above lr="),
     Case("train-warmup-lr-above-lr", nothing, TRAIN_VIT + ["warmup_lr=0.5", "--validate-only"],
@@ -664,3 +670,31 @@ def test_a_users_file_in_the_adapter_folder_is_found_before_training(finished_ru
     assert (run / "adapter" / "README.md").read_text() == "model card" and not (run / "results.json").exists()
     (run / "adapter" / "README.md").unlink()
     assert main(argv) == 0 and (run / "results.json").is_file()
+
+
+def test_wrapped_models_and_foreign_records_are_named(tmp_path):
+    import scaleshift
+    from scaleshift.errors import ScaleshiftError
+    model = scaleshift.create_model("vit_tiny_patch16_224", num_classes=3, seed=0, **TINY_VIT)
+    wrapped = torch.nn.DataParallel(scaleshift.apply(model, "ssf"))
+    for call in (lambda: scaleshift.merge(wrapped), lambda: scaleshift.save_adapter(wrapped, tmp_path / "a")):
+        with pytest.raises(ScaleshiftError, match="wrapped in DataParallel.*pass model.module"):
+            call()
+    scaleshift.save_adapter(wrapped.module, tmp_path / "a")                      # the fix works
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "scaleshift_adapter.json").write_text('{"mine": 1}')      # a name, not a record
+    with pytest.raises(ScaleshiftError, match="not an adapter scaleshift wrote"):
+        scaleshift.save_adapter(model, tmp_path / "u")
+    assert (tmp_path / "u" / "scaleshift_adapter.json").read_text() == '{"mine": 1}'
+
+
+@pytest.mark.slow
+def test_report_names_an_unfinished_run(finished_run, tmp_path, capsys):
+    import shutil
+
+    from scaleshift.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "results.json").unlink()
+    assert main(["report", str(run)]) == 2
+    assert "is an unfinished run" in capsys.readouterr().err
