@@ -39,6 +39,13 @@ def test_fgvc_paper_rows_average_the_same_datasets_and_vtab_drops_the_19_task_me
     assert "the paper's rows are left out" in vtab["notes"][1]
 
 
+def test_each_protocol_gets_tables_of_its_own():
+    official = dict(result("ssf", "digits", 70.0), protocol="official")
+    clean, other = build_tables([result("ssf", "digits", 90.0), result("ssf", "faces", 50.0), official])
+    assert clean["title"].endswith("protocol clean") and other["title"].endswith("protocol official")
+    assert clean["rows"][0][:3] == ["SSF (m)", "90.00", "50.00"] and other["rows"][0][:2] == ["SSF (m)", "70.00"]
+
+
 def test_no_shared_task_gives_no_mean():
     (table,) = build_tables([result("ssf", "digits", 90.0), result("linear", "faces", 80.0)])
     assert [row[3] for row in table["rows"]] == ["", ""]

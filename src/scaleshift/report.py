@@ -6,8 +6,8 @@ table has, and a note under the table names them and what was left out.
 
 Benchmarks are recognised by dataset: FGVC (Table 3: five datasets, mean, Params), VTAB-1k
 (Table 4: 19 tasks, group means, 19-task mean, Params), CIFAR-100 / ImageNet (Table 5: one
-column per backbone), anything else (one column per dataset, mean, Params). Every table names
-the protocol of the numbers it shows.
+column per backbone), anything else (one column per dataset, mean, Params). Runs of different
+protocols get tables of their own, each named by its protocol.
 """
 from __future__ import annotations
 
@@ -99,11 +99,12 @@ def load_results(run_dirs: list[str | Path]) -> list[dict]:
                          params=params / 1e6, run=str(path.parent)))
     seen: dict[tuple, str] = {}
     for row in rows:   # a table cell holds one run: a second one would silently replace it
-        key = (row["model"], row["method"], row["dataset"])
+        key = (row["model"], row["method"], row["dataset"], row["protocol"])
         if key in seen:
             raise ScaleshiftError(f"{seen[key]} and {row['run']} are both {row['method']} on "
-                                  f"{row['model']} / {row['dataset']}, and a report cell holds one "
-                                  f"run: pass one of them (report the others separately)")
+                                  f"{row['model']} / {row['dataset']} ({row['protocol']} protocol), "
+                                  f"and a report cell holds one run: pass one of them (report the "
+                                  f"others separately)")
         seen[key] = row["run"]
     return rows
 
@@ -177,7 +178,13 @@ def _by_method(results: list[dict]) -> dict:
 
 
 def build_tables(results: list[dict]) -> list[dict]:
-    protocols = ", ".join(sorted({r["protocol"] for r in results}))
+    """The tables of each protocol on its own: numbers selected differently (clean: on a
+    validation split; official: the last or best test epoch) are never averaged together."""
+    return [table for protocol in sorted({r["protocol"] for r in results})
+            for table in _protocol_tables([r for r in results if r["protocol"] == protocol], protocol)]
+
+
+def _protocol_tables(results: list[dict], protocols: str) -> list[dict]:
     tables = []
     fgvc = [r for r in results if r["dataset"] in FGVC]
     vtab = [r for r in results if r["dataset"] in VTAB]
