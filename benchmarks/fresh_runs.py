@@ -19,7 +19,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -89,28 +88,12 @@ def main() -> int:
     if args.one is not None:
         print(json.dumps(one_run(args.rounds, args.one)))
         return 0
-    from scaleshift.io import write_json, write_text
-    from scaleshift.runs import machine_info
+    from child_runs import run_children
     out = Path(args.out)
-    runs = out / "runs"
     command = f"python benchmarks/fresh_runs.py --processes {args.processes} --rounds {args.rounds}"
-    if not args.tables_only:
-        runs.mkdir(parents=True, exist_ok=True)
-        for i in range(1, args.processes + 1):
-            path = runs / f"run_{i}.json"
-            if path.is_file():
-                continue
-            child = subprocess.run([sys.executable, __file__, "--one", str(i), "--rounds", str(args.rounds)],
-                                   check=True, capture_output=True, text=True)
-            write_json(path, json.loads(child.stdout.strip().splitlines()[-1]))
-            print(f"process {i}: {path.read_text().strip()[:160]}...", flush=True)
-        write_json(out / "results.json", dict(command=command, machine=machine_info(), model=MODEL, batch=BATCH))
-    summary = json.loads((out / "results.json").read_text())
-    records = [json.loads(p.read_text()) for p in sorted(runs.glob("run_*.json"),
-                                                         key=lambda p: int(p.stem.split("_")[1]))]
-    text = table(records, summary["command"], summary["machine"])
-    write_text(out / "results.md", text)
-    print(text)
+    jobs = [(f"run_{i}", ["--one", str(i), "--rounds", str(args.rounds)])
+            for i in range(1, args.processes + 1)]
+    print(run_children(__file__, out, jobs, command, args.tables_only, table, model=MODEL, batch=BATCH))
     return 0
 
 

@@ -35,7 +35,6 @@ import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -190,30 +189,13 @@ def main() -> int:
     if args.one is not None:
         print(json.dumps(one_run(args.one[0], args.rounds, int(args.one[1]))))
         return 0
-    from scaleshift.io import write_json, write_text
-    from scaleshift.runs import machine_info
+    from child_runs import run_children
     out = Path(args.out)
-    runs = out / "runs"
     command = f"python benchmarks/step_gap.py --processes {args.processes} --rounds {args.rounds}"
-    if not args.tables_only:
-        runs.mkdir(parents=True, exist_ok=True)
-        for i in range(1, args.processes + 1):
-            for mode in MODES:   # the modes alternate, so a change in the machine's load hits both
-                path = runs / f"{mode}_{i}.json"
-                if path.is_file():
-                    continue
-                child = subprocess.run([sys.executable, __file__, "--one", mode, str(i),
-                                        "--rounds", str(args.rounds)],
-                                       check=True, capture_output=True, text=True)
-                write_json(path, json.loads(child.stdout.strip().splitlines()[-1]))
-                print(f"{mode} process {i}: done", flush=True)
-        write_json(out / "results.json", dict(command=command, machine=machine_info(), model=MODEL, batch=BATCH))
-    summary = json.loads((out / "results.json").read_text())
-    records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"), key=lambda p: (
-        int(p.stem.rsplit("_", 1)[1]), p.stem))]
-    text = table(records, summary["command"], summary["machine"])
-    write_text(out / "results.md", text)
-    print(text)
+    jobs = [(f"{mode}_{i}", ["--one", mode, str(i), "--rounds", str(args.rounds)])
+            for i in range(1, args.processes + 1)
+            for mode in MODES]   # the modes alternate, so a change in the machine's load hits both
+    print(run_children(__file__, out, jobs, command, args.tables_only, table, model=MODEL, batch=BATCH))
     return 0
 
 
